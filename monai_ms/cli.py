@@ -1,0 +1,67 @@
+"""``monai-ms`` command line: a thin layer over the package's APIs.
+
+Each sub-command lives in the module that owns the work and exposes two functions:
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit status). Modules are imported only
+when their command runs, so ``monai-ms --help`` stays fast (no torch import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "COMMANDS"]
+
+# command path -> (module, one-line help)
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("synth",): ("monai_ms.data.synthetic_cli", "write a synthetic MS cohort built on the MNI ICBM152 2009c template"),
+    ("manifest", "build"): ("monai_ms.data.manifest_cli", "build a manifest from a metadata CSV or a BIDS folder"),
+    ("manifest", "validate"): ("monai_ms.data.validation_cli", "check every file and field of a manifest"),
+    ("manifest", "split"): ("monai_ms.data.split_cli", "subject-level stratified train/validation/test split and folds"),
+    ("summary",): ("monai_ms.networks.summary", "print a torchinfo summary of a bundle's network"),
+}
+
+GROUP_HELP = {"manifest": "build, validate and split cohort manifests"}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from monai_ms import __version__
+
+    parser = argparse.ArgumentParser(prog="monai-ms", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"monai-ms {__version__}")
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for path, (_, help_text) in COMMANDS.items():
+        subparsers = top
+        for group in path[:-1]:
+            if group not in groups:
+                group_parser = top.add_parser(group, help=GROUP_HELP.get(group, ""))
+                groups[group] = group_parser.add_subparsers(dest=f"{group}_command", required=True, metavar="VERB")
+            subparsers = groups[group]
+        sub = subparsers.add_parser(path[-1], help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser()
+    path = next((p for p in COMMANDS if tuple(argv[: len(p)]) == p), None)
+    if path is not None:
+        # only the chosen command's module is imported, to add its own arguments
+        module = importlib.import_module(COMMANDS[path][0])
+        module.add_arguments(_find_subparser(parser, path))
+    args = parser.parse_args(argv)
+    return int(module.run(args) or 0)
+
+
+def _find_subparser(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> argparse.ArgumentParser:
+    for name in path:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Atomic file output: a file either appears complete or not at all.
+
+Every result file of monai_ms (NIfTI, JSON, CSV, PNG, checkpoints) is written to a temporary file in
+the destination folder and renamed into place, so an interrupted run never leaves a truncated file
+that later reads as if it were complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["atomic_path", "write_json", "write_text", "write_csv", "save_nifti", "save_figure"]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
+
+    Args:
+        path: final destination.
+        overwrite: if False, refuse (``FileExistsError``) when ``path`` already exists.
+
+    Raises:
+        FileExistsError: ``overwrite`` is False and ``path`` exists.
+
+    Examples:
+        >>> with atomic_path("out/metrics.json") as tmp:  # doctest: +SKIP
+        ...     tmp.write_text("{}")
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: already exists; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # keep the real suffix(es) so writers that dispatch on the extension (nibabel, matplotlib) work
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give results the usual mode
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(text: str, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``text`` to ``path`` atomically and return the path."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(obj: Any, path: str | os.PathLike, overwrite: bool = True, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically and return the path."""
+    text = json.dumps(_finite_or_none(obj), indent=indent, default=_json_default, allow_nan=False)
+    return write_text(text + "\n", path, overwrite=overwrite)
+
+
+def write_csv(frame: Any, path: str | os.PathLike, overwrite: bool = True, **to_csv_kwargs: Any) -> Path:
+    """Write a ``pandas.DataFrame`` to ``path`` atomically (``index=False`` unless given)."""
+    to_csv_kwargs.setdefault("index", False)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        frame.to_csv(tmp, **to_csv_kwargs)
+    return Path(path)
+
+
+def save_nifti(image: Any, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Save a ``nibabel`` image to ``path`` atomically and return the path."""
+    import nibabel as nib
+
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        nib.save(image, str(tmp))
+    return Path(path)
+
+
+def save_figure(figure: Any, path: str | os.PathLike, overwrite: bool = True, **savefig_kwargs: Any) -> Path:
+    """Save a ``matplotlib`` figure to ``path`` atomically and return the path."""
+    savefig_kwargs.setdefault("dpi", 100)
+    savefig_kwargs.setdefault("bbox_inches", "tight")
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        figure.savefig(tmp, **savefig_kwargs)
+    return Path(path)
+
+
+def _finite_or_none(value: Any) -> Any:
+    # NaN / inf are not JSON: an undefined metric (Pearson r of a constant) is written as null
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, np.generic):  # numpy scalars
+        return _finite_or_none(value.item())
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    # numpy / torch scalars and arrays, Paths
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
