@@ -1,0 +1,232 @@
+"""Building blocks shared by the monai_ms networks: convolution block, global pooling, MLP head.
+
+Every layer type comes from MONAI's ``Act`` / ``Norm`` factories, so ``norm="instance"``,
+``norm="batch"`` or ``norm=("group", {"num_groups": 8})`` is a configuration change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from monai.networks.blocks import Convolution, ResidualUnit, UpSample
+from monai.networks.layers.utils import get_act_layer
+
+__all__ = ["Conv3DBlock", "UpBlock", "GlobalPool", "MLPHead", "POOLING_MODES"]
+
+POOLING_MODES = ("avg", "avgmax")
+
+
+class Conv3DBlock(nn.Sequential):
+    """One encoder stage: a (strided) convolution with normalisation, dropout and activation.
+
+    A thin wrapper choosing between MONAI's :py:class:`~monai.networks.blocks.Convolution`
+    (``num_res_units=0``) and :py:class:`~monai.networks.blocks.ResidualUnit` with ``num_res_units``
+    sub-convolutions (``2`` adds a second, stride-1 convolution after the strided one), the same
+    convention as ``monai.networks.nets.UNet``. The block is stored as the single child ``unit``.
+
+    Args:
+        spatial_dims: number of spatial dimensions (3 for volumes).
+        in_channels: number of input channels.
+        out_channels: number of output channels.
+        strides: convolution stride (downsampling factor); 1 keeps the resolution.
+        kernel_size: convolution kernel size (odd, so that padding keeps the size with stride 1).
+        num_res_units: 0 for a plain convolution, n > 0 for a residual unit of n convolutions.
+        act: activation name or (name, kwargs), e.g. ``"PRELU"``, ``("leakyrelu", {"negative_slope": 0.1})``.
+        norm: normalisation name or (name, kwargs), e.g. ``"instance"``, ``("group", {"num_groups": 8})``.
+        dropout: dropout probability after each convolution (0 for none).
+        bias: whether the convolutions have a bias term.
+
+    Shapes:
+        input ``(B, in_channels, *S)`` -> output ``(B, out_channels, *ceil(S / strides))``.
+
+    Examples::
+
+        >>> block = Conv3DBlock(3, 1, 16, strides=2)
+        >>> block(torch.zeros(2, 1, 32, 24, 20)).shape
+        torch.Size([2, 16, 16, 12, 10])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        strides: int = 1,
+        kernel_size: int = 3,
+        num_res_units: int = 0,
+        act: str | tuple = "PRELU",
+        norm: str | tuple = "instance",
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_res_units < 0:
+            raise ValueError(f"num_res_units must be >= 0, got {num_res_units}")
+        common = dict(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            strides=strides,
+            kernel_size=kernel_size,
+            act=act,
+            norm=norm,
+            dropout=dropout,
+            bias=bias,
+        )
+        unit: nn.Module
+        if num_res_units > 0:
+            unit = ResidualUnit(subunits=num_res_units, **common)
+        else:
+            unit = Convolution(**common)
+        self.add_module("unit", unit)
+
+
+class UpBlock(nn.Module):
+    """One decoder stage: upsample, concatenate the encoder skip, then a stride-1 :class:`Conv3DBlock`.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: channels of the coarse input.
+        skip_channels: channels of the encoder feature map at the target resolution.
+        out_channels: channels of the output.
+        scale_factor: upsampling factor (the stride of the matching encoder stage).
+        kernel_size: kernel size of the convolution after concatenation.
+        num_res_units: see :class:`Conv3DBlock`.
+        act: activation, see :class:`Conv3DBlock`.
+        norm: normalisation, see :class:`Conv3DBlock`.
+        dropout: dropout probability.
+        bias: whether the convolutions have a bias term.
+        upsample: ``"deconv"`` (transposed convolution), ``"nontrainable"`` (interpolation after a
+            1x1 convolution) or ``"pixelshuffle"``; see :py:class:`~monai.networks.blocks.UpSample`.
+
+    Shapes:
+        ``forward(x, skip)``: x ``(B, in_channels, *S)``, skip ``(B, skip_channels, *(S * scale_factor))``
+        -> ``(B, out_channels, *(S * scale_factor))``.
+
+    Examples::
+
+        >>> up = UpBlock(3, 32, 16, 16, scale_factor=2)
+        >>> up(torch.zeros(1, 32, 4, 4, 4), torch.zeros(1, 16, 8, 8, 8)).shape
+        torch.Size([1, 16, 8, 8, 8])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        scale_factor: int = 2,
+        kernel_size: int = 3,
+        num_res_units: int = 0,
+        act: str | tuple = "PRELU",
+        norm: str | tuple = "instance",
+        dropout: float = 0.0,
+        bias: bool = True,
+        upsample: str = "deconv",
+    ) -> None:
+        super().__init__()
+        self.upsample = UpSample(
+            spatial_dims, in_channels, out_channels, scale_factor=scale_factor, mode=upsample, bias=bias
+        )
+        self.conv = Conv3DBlock(
+            spatial_dims,
+            out_channels + skip_channels,
+            out_channels,
+            strides=1,
+            kernel_size=kernel_size,
+            num_res_units=num_res_units,
+            act=act,
+            norm=norm,
+            dropout=dropout,
+            bias=bias,
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.upsample(x), skip], dim=1))
+
+
+class GlobalPool(nn.Module):
+    """Global pooling over all spatial dimensions: average, or average and maximum concatenated.
+
+    Works for any number of spatial dimensions and any input size, so heads built on it never depend
+    on the volume size.
+
+    Args:
+        mode: ``"avg"`` -> ``(B, C)``; ``"avgmax"`` -> ``(B, 2 * C)`` (averages first, then maxima).
+
+    Raises:
+        ValueError: ``mode`` is not one of ``POOLING_MODES``.
+
+    Examples::
+
+        >>> GlobalPool("avgmax")(torch.zeros(2, 8, 3, 4, 5)).shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(self, mode: str = "avg") -> None:
+        super().__init__()
+        if mode not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
+        self.mode = mode
+        self.use_max: bool = mode == "avgmax"
+
+    def out_features(self, channels: int) -> int:
+        """Number of output features for ``channels`` input channels."""
+        return 2 * channels if self.use_max else channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = torch.flatten(x, start_dim=2)
+        pooled = flat.mean(dim=-1)
+        if self.use_max:
+            pooled = torch.cat([pooled, flat.amax(dim=-1)], dim=1)
+        return pooled
+
+
+class MLPHead(nn.Sequential):
+    """Fully connected head: ``[Linear -> act -> Dropout] * len(hidden) -> Linear``, no output activation.
+
+    Args:
+        in_features: width of the input vector.
+        out_features: width of the output (1 for a scalar or a binary logit).
+        hidden: widths of the hidden layers; ``()`` gives a single linear layer.
+        act: activation name or (name, kwargs) from MONAI's ``Act`` factory.
+        dropout: dropout probability after each hidden layer.
+
+    Raises:
+        ValueError: a width is not positive or ``dropout`` is outside [0, 1).
+
+    Shapes:
+        ``(B, in_features)`` -> ``(B, out_features)``.
+
+    Examples::
+
+        >>> MLPHead(256, 1, hidden=(64,), dropout=0.2)(torch.zeros(4, 256)).shape
+        torch.Size([4, 1])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int = 1,
+        hidden: Sequence[int] = (64,),
+        act: str | tuple = "PRELU",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        widths = [int(in_features), *(int(h) for h in hidden), int(out_features)]
+        if min(widths) < 1:
+            raise ValueError(
+                f"MLP widths must be positive, got in={in_features}, hidden={tuple(hidden)}, out={out_features}"
+            )
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        for i, (n_in, n_out) in enumerate(zip(widths[:-2], widths[1:-1])):
+            self.add_module(f"linear_{i}", nn.Linear(n_in, n_out))
+            self.add_module(f"act_{i}", get_act_layer(act))
+            if dropout > 0:
+                self.add_module(f"dropout_{i}", nn.Dropout(dropout))
+        self.add_module("output", nn.Linear(widths[-2], widths[-1]))

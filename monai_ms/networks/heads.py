@@ -1,0 +1,234 @@
+"""Whole-volume prediction networks: encoder -> global pooling -> MLP (brain age, sex, any scalar).
+
+:class:`BrainRegressor3D` and :class:`BrainClassifier3D` differ only in their output: the regressor
+maps the head's normalised value back to target units with buffers stored in the model, the
+classifier returns the raw logit (sigmoid belongs to post-processing, the loss is
+``BCEWithLogitsLoss``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from monai_ms.networks.blocks import GlobalPool, MLPHead
+from monai_ms.networks.encoder import FeatureExtractor3D
+
+__all__ = ["PooledHeadNetwork3D", "BrainRegressor3D", "BrainClassifier3D"]
+
+
+def _statistic(name: str, value: Any, size: int, positive: bool = False) -> torch.Tensor:
+    """Turn a user-given mean or standard deviation into a float32 vector of ``size`` entries.
+
+    A scalar is broadcast; anything else must have exactly ``size`` entries, all finite (and > 0 when
+    ``positive``).
+    """
+    tensor = torch.as_tensor(value, dtype=torch.float32).detach().flatten().cpu()
+    if tensor.numel() == 1:
+        tensor = tensor.expand(size).clone()
+    if tensor.numel() != size:
+        raise ValueError(f"{name} must be a scalar or have {size} entries, got {tensor.numel()}: {tensor.tolist()}")
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} must be finite, got {tensor.tolist()}")
+    if positive and not bool((tensor > 0).all()):
+        raise ValueError(f"{name} must be > 0 (a constant column cannot be standardised), got {tensor.tolist()}")
+    return tensor
+
+
+class PooledHeadNetwork3D(nn.Module):
+    """Base of the whole-volume networks: FeatureExtractor3D -> GlobalPool -> MLPHead.
+
+    Subclasses define ``forward``; :meth:`head_output` gives the raw head output ``(B, out_channels)``.
+    Arguments are those of :class:`BrainRegressor3D`.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        strides: Sequence[int] = (2, 2, 2, 2),
+        kernel_size: int = 3,
+        num_res_units: int = 1,
+        hidden: Sequence[int] = (64,),
+        pooling: str = "avg",
+        act: str | tuple = "PRELU",
+        norm: str | tuple = "instance",
+        dropout: float = 0.0,
+        encoder_dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.encoder = FeatureExtractor3D(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            channels=channels,
+            strides=strides,
+            kernel_size=kernel_size,
+            num_res_units=num_res_units,
+            act=act,
+            norm=norm,
+            dropout=encoder_dropout,
+            bias=bias,
+        )
+        self.pool = GlobalPool(pooling)
+        self.head = MLPHead(
+            self.pool.out_features(self.encoder.out_channels), out_channels, hidden=hidden, act=act, dropout=dropout
+        )
+
+    def head_output(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw head output ``(B, out_channels)`` for an image ``(B, in_channels, *spatial)``."""
+        return self.head(self.pool(self.encoder(x)[-1]))
+
+
+class BrainRegressor3D(PooledHeadNetwork3D):
+    """Predict a continuous value (e.g. brain age) from a volume: encoder -> global pooling -> MLP.
+
+    The MLP predicts a normalised target; ``forward`` returns ``target_mean + target_std * head``, so the
+    output is in target units (years) while the head trains on a unit-scale value. ``target_mean`` and
+    ``target_std`` are buffers (shape ``(out_channels,)``, default 0 and 1): they are saved in the
+    ``state_dict`` and in TorchScript exports. Set them from the training split with
+    :meth:`set_normalization`. There is no output activation.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: image channels (1 for T1, 2 for T1 + T2 stacked).
+        out_channels: number of predicted values.
+        channels: encoder channels per level, see :class:`~monai_ms.networks.encoder.FeatureExtractor3D`.
+        strides: encoder strides per level (same length as ``channels``).
+        kernel_size: convolution kernel size.
+        num_res_units: 0 for plain convolutions, n > 0 for residual units of n convolutions.
+        hidden: widths of the MLP hidden layers (``()`` for a linear head).
+        pooling: ``"avg"`` (global average) or ``"avgmax"`` (average and maximum concatenated).
+        act: activation name or (name, kwargs) for encoder and MLP.
+        norm: encoder normalisation name or (name, kwargs): ``"instance"``, ``"batch"``,
+            ``("group", {"num_groups": 8})``.
+        dropout: dropout probability in the MLP head.
+        encoder_dropout: dropout probability after each encoder convolution.
+        bias: whether the convolutions have a bias term.
+
+    Raises:
+        ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, bad ``dropout``.
+
+    Shapes:
+        input ``(B, in_channels, D, H, W)`` of any size (global pooling) -> output ``(B, out_channels)``.
+
+    Examples::
+
+        >>> net = BrainRegressor3D(in_channels=1, channels=(8, 16, 32, 64), strides=(2, 2, 2, 2))
+        >>> net.set_normalization(target_mean=45.0, target_std=12.0)
+        >>> net(torch.zeros(2, 1, 32, 40, 32)).shape
+        torch.Size([2, 1])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        strides: Sequence[int] = (2, 2, 2, 2),
+        kernel_size: int = 3,
+        num_res_units: int = 1,
+        hidden: Sequence[int] = (64,),
+        pooling: str = "avg",
+        act: str | tuple = "PRELU",
+        norm: str | tuple = "instance",
+        dropout: float = 0.0,
+        encoder_dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=channels,
+            strides=strides,
+            kernel_size=kernel_size,
+            num_res_units=num_res_units,
+            hidden=hidden,
+            pooling=pooling,
+            act=act,
+            norm=norm,
+            dropout=dropout,
+            encoder_dropout=encoder_dropout,
+            bias=bias,
+        )
+        self.register_buffer("target_mean", torch.zeros(out_channels))
+        self.register_buffer("target_std", torch.ones(out_channels))
+
+    def set_normalization(self, target_mean: Any = None, target_std: Any = None) -> None:
+        """Store the target statistics of the training split in the model (``None`` keeps the current value).
+
+        Args:
+            target_mean: scalar or ``out_channels`` values.
+            target_std: scalar or ``out_channels`` values, all > 0.
+
+        Raises:
+            ValueError: wrong number of values, a non-finite value, or a standard deviation <= 0.
+
+        Examples::
+
+            >>> net = BrainRegressor3D(channels=(8, 16), strides=(2, 2))
+            >>> net.set_normalization(target_mean=45.0, target_std=12.0)
+            >>> float(net.target_std)
+            12.0
+        """
+        # check both values before changing either, so a failed call leaves the model as it was
+        mean = None if target_mean is None else _statistic("target_mean", target_mean, self.out_channels)
+        std = None if target_std is None else _statistic("target_std", target_std, self.out_channels, positive=True)
+        if mean is not None:
+            self.target_mean.copy_(mean)
+        if std is not None:
+            self.target_std.copy_(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Predict ``(B, out_channels)`` values in target units from ``x`` of shape ``(B, in_channels, *spatial)``."""
+        return self.target_mean + self.target_std * self.head_output(x)
+
+
+class BrainClassifier3D(PooledHeadNetwork3D):
+    """Classify a volume (e.g. sex): encoder -> global pooling -> MLP -> logits.
+
+    Returns logits, never probabilities: train with ``torch.nn.BCEWithLogitsLoss`` (one output) or
+    ``CrossEntropyLoss`` (several) and apply the sigmoid / softmax in post-processing
+    (``monai.transforms.Activations(sigmoid=True)``).
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: image channels (1 for T1, 2 for T1 + T2 stacked).
+        out_channels: number of logits (1 for a binary task such as P(male)).
+        channels: encoder channels per level.
+        strides: encoder strides per level (same length as ``channels``).
+        kernel_size: convolution kernel size.
+        num_res_units: 0 for plain convolutions, n > 0 for residual units of n convolutions.
+        hidden: widths of the MLP hidden layers.
+        pooling: ``"avg"`` or ``"avgmax"``.
+        act: activation name or (name, kwargs).
+        norm: encoder normalisation name or (name, kwargs).
+        dropout: dropout probability in the MLP head.
+        encoder_dropout: dropout probability after each encoder convolution.
+        bias: whether the convolutions have a bias term.
+
+    Raises:
+        ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, bad ``dropout``.
+
+    Shapes:
+        input ``(B, in_channels, D, H, W)`` of any size -> logits ``(B, out_channels)``.
+
+    Examples::
+
+        >>> net = BrainClassifier3D(in_channels=1, channels=(8, 16, 32, 64), strides=(2, 2, 2, 2))
+        >>> probability_male = torch.sigmoid(net(torch.zeros(2, 1, 32, 32, 32)))
+        >>> probability_male.shape
+        torch.Size([2, 1])
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, out_channels)`` for ``x`` of shape ``(B, in_channels, *spatial)``."""
+        return self.head_output(x)
