@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="table column of a manifest key, repeatable; KEY= ignores the key. Defaults: "
         + ", ".join(f"{k}={v}" for k, v in DEFAULT_COLUMNS.items()),
     )
+    parser.add_argument(
+        "--new-scans",
+        action="store_true",
+        help="scans to predict on: no split, every session under 'testing' (what the bundles' inference reads)",
+    )
     parser.add_argument("--out", required=True, help="manifest file to write (image paths relative to its folder)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (never an input file)")
     parser.add_argument("--name", default=None, help="cohort name (default: the source folder's name)")
@@ -120,8 +125,12 @@ def run(args: argparse.Namespace) -> int:
             lacking = sum(key not in e for e in entries)
             if lacking:
                 print(f"  {lacking} of {len(entries)} sessions have no {key}")
-        split = split_entries(entries, **split_kwargs(args))
-        print("\n".join(describe_split(split)))
+        if args.new_scans:
+            split = {"training": [], "validation": [], "testing": entries, "split": {"note": "new scans, not split"}}
+            print(f"new scans: all {len(entries)} sessions under 'testing'")
+        else:
+            split = split_entries(entries, **split_kwargs(args))
+            print("\n".join(describe_split(split)))
         manifest = new_manifest(split, name=name, description=args.description)
         if not args.no_check:
             report = validate_manifest(

@@ -353,7 +353,9 @@ def validate_manifest(
 
     if not all_entries:
         report.add_problem(report.source, "no entries in any split")
-    needs = chosen if splits is not None else (["training", "validation"] if task else [])
+    # training tasks need training and validation entries; inference reads the testing split
+    task_needs = ["testing"] if task and task.endswith("_inference") else ["training", "validation"] if task else []
+    needs = chosen if splits is not None else task_needs
     for split in needs:
         if not manifest.get(split):
             reason = "they were asked for" if splits is not None else f"task {task} needs them"

@@ -1,0 +1,34 @@
+"""Cohort data: manifests (build, validate, split), the paired T1/T2 transforms, synthetic cohorts."""
+
+from __future__ import annotations
+
+from monai_ms.data.manifest import (
+    TASK_KEYS,
+    ManifestError,
+    build_from_bids,
+    build_from_csv,
+    load_datalist,
+    new_manifest,
+    read_manifest,
+    write_manifest,
+)
+from monai_ms.data.split import split_entries
+from monai_ms.data.transforms import paired_transforms, parse_sex
+from monai_ms.data.validation import Problem, ValidationReport, validate_manifest
+
+__all__ = [
+    "TASK_KEYS",
+    "ManifestError",
+    "Problem",
+    "ValidationReport",
+    "build_from_bids",
+    "build_from_csv",
+    "load_datalist",
+    "new_manifest",
+    "paired_transforms",
+    "parse_sex",
+    "read_manifest",
+    "split_entries",
+    "validate_manifest",
+    "write_manifest",
+]

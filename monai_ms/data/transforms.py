@@ -1,0 +1,312 @@
+"""The paired T1/T2 dictionary transform chains shared by every monai_ms bundle.
+
+One definition, three stages:
+
+- ``"train"``: deterministic preprocessing (cached by ``CacheDataset``), then random augmentation
+  applied identically to every image key and the lesion mask, then per-modality normalisation;
+- ``"eval"``: the same deterministic preprocessing and normalisation, no augmentation;
+- ``"infer"``: as ``"eval"``, for scans without labels (every spatial step stays invertible, so a
+  prediction can be mapped back onto the input T1 grid with ``monai.transforms.Invertd``).
+
+Deterministic preprocessing: load -> channel first -> RAS -> reference image (T1) resampled to the
+target spacing -> other modalities (T2) resampled onto the T1 grid (one interpolation) -> crop to the
+brain (inputs are skull-stripped, as the seed layout's ``*_preprocessed`` files) -> pad/crop to the ROI.
+Normalisation is a z-score of each modality over its non-zero (brain) voxels.
+
+Bundle configs refer to :func:`paired_transforms` by ``_target_``; nothing else builds a chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    ConcatItemsd,
+    CropForegroundd,
+    DivisiblePadd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandBiasFieldd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    ResampleToMatchd,
+    ResizeWithPadOrCropd,
+    Spacingd,
+    SpatialPadd,
+    Transform,
+)
+
+__all__ = [
+    "STAGES",
+    "parse_sex",
+    "EncodeDemographics",
+    "EncodeDemographicsd",
+    "preprocessing",
+    "augmentation",
+    "paired_transforms",
+]
+
+STAGES = ("train", "eval", "infer")
+_SEX_CODES = {"f": 0.0, "female": 0.0, "m": 1.0, "male": 1.0}
+
+
+def parse_sex(value: Any) -> float:
+    """Encode sex as 1.0 for male and 0.0 for female.
+
+    Args:
+        value: ``F``/``M``/``female``/``male`` in any case (surrounding spaces ignored), or 0/1.
+
+    Raises:
+        ValueError: any other value; the message names the accepted spellings and the value.
+
+    Examples:
+        >>> parse_sex(" Male ")
+        1.0
+    """
+    if isinstance(value, (int, float, np.integer, np.floating)) and float(value) in (0.0, 1.0):
+        return float(value)
+    code = _SEX_CODES.get(str(value).strip().lower())
+    if code is None:
+        raise ValueError(f"sex must be one of F/M/female/male (any case), got {value!r}")
+    return code
+
+
+class EncodeDemographics(Transform):
+    """Stack age (years) and sex (1 = male) into a float vector of shape ``(2,)``.
+
+    Scaling is not done here: the networks hold the training split's statistics as buffers, so a
+    saved or exported model carries its own normalisation.
+
+    Examples:
+        >>> EncodeDemographics()(34.0, "F")
+        tensor([34.,  0.])
+    """
+
+    def __call__(self, age: Any, sex: Any) -> torch.Tensor:
+        return torch.tensor([float(age), parse_sex(sex)], dtype=torch.float32)
+
+
+class EncodeDemographicsd(MapTransform):
+    """Dictionary wrapper of :class:`EncodeDemographics`: writes ``output_key`` of shape ``(2,)``.
+
+    Args:
+        age_key: key of the age in years.
+        sex_key: key of the sex (F/M/female/male).
+        output_key: key to write the demographics vector to.
+    """
+
+    def __init__(self, age_key: str = "age", sex_key: str = "sex", output_key: str = "demographics") -> None:
+        super().__init__(keys=[age_key, sex_key])
+        self.age_key, self.sex_key, self.output_key = age_key, sex_key, output_key
+        self.encoder = EncodeDemographics()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        d[self.output_key] = self.encoder(d[self.age_key], d[self.sex_key])
+        return d
+
+
+class _ScalarTargetd(MapTransform):
+    """Turn a scalar label (EDSS, age, sex) into a float tensor of shape ``(1,)``, matching a
+    network output of shape ``(B, 1)`` once batched (a ``(B,)`` label would silently broadcast)."""
+
+    def __init__(self, keys: KeysCollection, encode_sex: bool = False, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.encode_sex = encode_sex
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = parse_sex(d[key]) if self.encode_sex else float(d[key])
+            d[key] = torch.tensor([value], dtype=torch.float32)
+        return d
+
+
+def preprocessing(
+    image_keys: Sequence[str] = ("t1", "t2"),
+    label_key: str | None = None,
+    spacing: Sequence[float] | float = 2.0,
+    roi_size: Sequence[int] | None = (80, 96, 80),
+    divisible_by: int | None = None,
+    margin: int = 2,
+) -> list[Transform]:
+    """Deterministic spatial preprocessing, the part ``CacheDataset`` caches.
+
+    Args:
+        image_keys: image keys; the first is the reference grid (T1) the others are resampled onto.
+        label_key: optional voxel label key on the reference grid (lesion mask), resampled with nearest.
+        spacing: target voxel size in mm.
+        roi_size: pad/crop the brain crop to this size (whole-volume networks); ``None`` keeps the crop.
+        divisible_by: with ``roi_size=None``, pad each side to a multiple of this (sliding window
+            inference and the segmenter's strides).
+        margin: voxels kept around the brain when cropping.
+
+    Returns:
+        transforms producing float32 tensors of shape ``(1, *roi_size)`` per image key.
+    """
+    image_keys = list(image_keys)
+    reference, others = image_keys[0], image_keys[1:]
+    ref_keys = [reference] + ([label_key] if label_key else [])
+    all_keys = image_keys + ([label_key] if label_key else [])
+    chain: list[Transform] = [
+        LoadImaged(keys=all_keys, image_only=True, ensure_channel_first=False),
+        EnsureChannelFirstd(keys=all_keys),
+        Orientationd(keys=all_keys, axcodes="RAS"),
+        # MONAI's Spacing/ResampleToMatch default to float64: twice the memory and time for nothing
+        Spacingd(
+            keys=ref_keys,
+            pixdim=spacing,
+            mode=["bilinear"] + (["nearest"] if label_key else []),
+            padding_mode="zeros",
+            dtype=np.float32,
+        ),
+    ]
+    if others:
+        # one interpolation of T2, straight onto the resampled T1 grid
+        chain.append(ResampleToMatchd(keys=others, key_dst=reference, padding_mode="zeros", dtype=np.float32))
+    chain.append(CropForegroundd(keys=all_keys, source_key=reference, margin=margin, allow_smaller=True))
+    if roi_size is not None:
+        chain.append(ResizeWithPadOrCropd(keys=all_keys, spatial_size=roi_size))
+    elif divisible_by:
+        chain.append(DivisiblePadd(keys=all_keys, k=divisible_by))
+    chain.append(EnsureTyped(keys=all_keys, dtype=torch.float32, track_meta=True))
+    return chain
+
+
+def augmentation(
+    image_keys: Sequence[str] = ("t1", "t2"),
+    label_key: str | None = None,
+    prob: float = 0.5,
+    rotate_degrees: float = 10.0,
+    scale: float = 0.1,
+    flip: bool = True,
+) -> list[Transform]:
+    """Random augmentation in raw intensity units (before normalisation).
+
+    Spatial transforms act on all image keys and the label together (one random draw); intensity
+    transforms draw independently per modality, as bias and contrast differ between sequences.
+
+    Args:
+        image_keys: image keys.
+        label_key: optional lesion mask key (nearest interpolation).
+        prob: probability of each transform.
+        rotate_degrees: maximum rotation about each axis.
+        scale: maximum relative scaling (0.1 = +-10%).
+        flip: also flip left-right (axis 0 in RAS).
+    """
+    image_keys = list(image_keys)
+    all_keys = image_keys + ([label_key] if label_key else [])
+    modes = ["bilinear"] * len(image_keys) + (["nearest"] if label_key else [])
+    angle = np.deg2rad(rotate_degrees)
+    chain: list[Transform] = [
+        RandAffined(
+            keys=all_keys,
+            prob=prob,
+            rotate_range=(angle, angle, angle),
+            scale_range=(scale, scale, scale),
+            mode=modes,
+            padding_mode="zeros",
+        )
+    ]
+    if flip:
+        chain.append(RandFlipd(keys=all_keys, prob=prob, spatial_axis=0))
+    for key in image_keys:
+        chain.append(RandBiasFieldd(keys=key, prob=prob, coeff_range=(0.0, 0.2)))
+        chain.append(RandAdjustContrastd(keys=key, prob=prob, gamma=(0.7, 1.5)))
+    return chain
+
+
+def paired_transforms(
+    stage: str = "train",
+    image_keys: Sequence[str] = ("t1", "t2"),
+    label_key: str | None = None,
+    target_key: str | None = None,
+    demographics: bool = False,
+    spacing: Sequence[float] | float = 2.0,
+    roi_size: Sequence[int] | None = (80, 96, 80),
+    patch_size: Sequence[int] | None = None,
+    patches_per_volume: int = 4,
+    divisible_by: int | None = None,
+    augment: bool = True,
+    augment_prob: float = 0.5,
+    noise_std: float = 0.05,
+    concat_key: str | None = None,
+) -> Compose:
+    """The dictionary transform chain of a bundle stage.
+
+    Args:
+        stage: ``"train"``, ``"eval"`` or ``"infer"`` (see module docstring).
+        image_keys: image keys, reference (T1) first; each becomes a ``(1, *spatial)`` float tensor.
+        label_key: lesion mask key (voxel labels on the T1 grid), or ``None``; ignored for ``"infer"``.
+        target_key: scalar target key (``"edss"``, ``"age"`` or ``"sex"``) made a ``(1,)`` tensor, or
+            ``None``; ``"sex"`` is encoded 1 = male; ignored for ``"infer"``.
+        demographics: add ``"demographics"``, shape ``(2,)``: age in years and sex (1 = male).
+        spacing: target voxel size in mm.
+        roi_size: whole-volume size after cropping to the brain; ``None`` for patch-based stages.
+        patch_size: with a ``label_key`` and ``stage="train"``, sample ``patches_per_volume`` patches of
+            this size, centred on lesion and background voxels alike (``RandCropByPosNegLabeld``).
+        patches_per_volume: patches per volume and epoch.
+        divisible_by: with ``roi_size=None``, pad whole volumes to a multiple of this.
+        augment: random augmentation at ``stage="train"``.
+        augment_prob: probability of each random transform.
+        noise_std: std of the Gaussian noise added after normalisation (``stage="train"``).
+        concat_key: also stack the image keys as channels of one tensor under this key, shape
+            ``(len(image_keys), *spatial)`` (the input of a multi-channel network such as
+            ``BrainSegmenter3D(in_channels=2)``); the per-modality keys stay, so ``Invertd`` can still use
+            ``orig_keys="t1"``. ``None``: no stacked key.
+
+    Raises:
+        ValueError: an unknown stage.
+
+    Examples:
+        >>> chain = paired_transforms("eval", target_key="edss", demographics=True)  # doctest: +SKIP
+        >>> item = chain({"t1": "T1.nii.gz", "t2": "T2.nii.gz", "age": 40, "sex": "F", "edss": 3.0})
+        >>> item["t1"].shape, item["demographics"].shape, item["edss"].shape
+        (torch.Size([1, 80, 96, 80]), torch.Size([2]), torch.Size([1]))
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    image_keys = list(image_keys)
+    if stage == "infer":
+        label_key, target_key = None, None
+    patch_based = stage == "train" and label_key is not None and patch_size is not None
+    chain = preprocessing(image_keys, label_key, spacing, None if patch_based else roi_size, divisible_by)
+    if patch_based:
+        chain.append(SpatialPadd(keys=image_keys + [label_key], spatial_size=patch_size))
+    if stage == "train" and augment:
+        chain += augmentation(image_keys, label_key, prob=augment_prob)
+    chain.append(NormalizeIntensityd(keys=image_keys, nonzero=True, channel_wise=True))
+    if patch_based:
+        chain.append(
+            RandCropByPosNegLabeld(
+                keys=image_keys + [label_key],
+                label_key=label_key,
+                spatial_size=patch_size,
+                pos=1.0,
+                neg=1.0,
+                num_samples=patches_per_volume,
+                image_key=image_keys[0],
+                image_threshold=0.0,
+            )
+        )
+    if stage == "train" and augment and noise_std > 0:
+        chain += [RandGaussianNoised(keys=key, prob=augment_prob, std=noise_std) for key in image_keys]
+    if concat_key is not None:
+        chain.append(ConcatItemsd(keys=image_keys, name=concat_key, dim=0))
+    if demographics:
+        chain.append(EncodeDemographicsd())
+    if target_key is not None:
+        chain.append(_ScalarTargetd(keys=target_key, encode_sex=target_key == "sex"))
+    return Compose(chain)

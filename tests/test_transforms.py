@@ -1,0 +1,117 @@
+"""The paired T1/T2 chain on real NIfTI files: alignment, normalisation, augmentation, inversion."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Invertd
+
+from monai_ms.data.transforms import EncodeDemographics, paired_transforms, parse_sex
+
+WORLD_CENTRE = np.array([10.0, -20.0, 15.0])  # mm, away from the origin so grid mistakes show
+
+
+def _ellipsoid_image(shape, zooms, orientation_flip, centre_mm, radii_mm, value, path, dtype=np.float32):
+    """A filled ellipsoid at a world position, written on a given voxel grid (optionally LPS)."""
+    zooms = np.asarray(zooms, dtype=float)
+    affine = np.diag([*zooms, 1.0])
+    if orientation_flip:  # LPS: x and y axes reversed
+        affine[0, 0], affine[1, 1] = -zooms[0], -zooms[1]
+    # place the grid so its centre sits at the world centre
+    centre_index = (np.asarray(shape) - 1) / 2
+    affine[:3, 3] = WORLD_CENTRE - affine[:3, :3] @ centre_index
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, 3)
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    inside = (((xyz - centre_mm) / radii_mm) ** 2).sum(1) <= 1
+    # a gentle gradient inside, so a z-score is defined (a constant image has no spread)
+    gradient = 1.0 + 0.01 * (xyz[:, 0] - centre_mm[0]) if dtype == np.float32 else 1.0
+    data = (inside * gradient * value).reshape(shape).astype(dtype)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return affine
+
+
+@pytest.fixture()
+def pair(tmp_path):
+    brain_centre = WORLD_CENTRE + np.array([3.0, -2.0, 1.0])
+    lesion_centre = brain_centre + np.array([6.0, 4.0, 0.0])
+    t1_affine = _ellipsoid_image((40, 44, 36), (2, 2, 2), False, brain_centre, (24, 28, 20), 100.0, tmp_path / "t1.nii.gz")
+    _ellipsoid_image((48, 52, 28), (1.8, 1.8, 3.0), True, brain_centre, (24, 28, 20), 50.0, tmp_path / "t2.nii.gz")
+    _ellipsoid_image((40, 44, 36), (2, 2, 2), False, lesion_centre, (5, 5, 5), 1, tmp_path / "lesion.nii.gz", np.uint8)
+    item = {
+        "t1": str(tmp_path / "t1.nii.gz"),
+        "t2": str(tmp_path / "t2.nii.gz"),
+        "lesion": str(tmp_path / "lesion.nii.gz"),
+        "age": 40.0,
+        "sex": "female",
+        "edss": 3.5,
+        "session": "s1",
+    }
+    return item, t1_affine
+
+
+def test_eval_chain_aligns_t2_on_t1_and_normalises(pair):
+    item, _ = pair
+    out = paired_transforms("eval", label_key="lesion", target_key="edss", demographics=True, spacing=2.0, roi_size=(48, 48, 48))(item)
+    t1, t2, lesion = out["t1"], out["t2"], out["lesion"]
+    assert t1.shape == t2.shape == lesion.shape == (1, 48, 48, 48)
+    assert t1.dtype == t2.dtype == torch.float32
+    # T2 came from another grid (LPS, 1.8 x 1.8 x 3 mm) and must now cover the same voxels as T1
+    centroids = [np.argwhere(image[0].numpy() != 0).mean(0) for image in (t1, t2)]
+    np.testing.assert_allclose(centroids[0], centroids[1], atol=0.5)  # voxels
+    # z-score over brain voxels per modality
+    for image in (t1, t2):
+        brain = image[image != 0]
+        assert abs(float(brain.mean())) < 1e-3 and abs(float(brain.std()) - 1) < 0.05
+    assert set(torch.unique(lesion).tolist()) <= {0.0, 1.0} and lesion.sum() > 0
+    assert out["demographics"].tolist() == [40.0, 0.0]
+    assert out["edss"].shape == (1,) and float(out["edss"]) == 3.5
+
+
+def test_train_chain_augments_identically(pair):
+    item, _ = pair
+    chain = paired_transforms("train", label_key="lesion", spacing=2.0, roi_size=(48, 48, 48), augment_prob=1.0, noise_std=0.0)
+    chain.set_random_state(seed=3)
+    a = chain(dict(item))
+    chain.set_random_state(seed=4)
+    b = chain(dict(item))
+    assert not torch.equal(a["t1"], b["t1"])  # random per call
+    # the same spatial draw moved T1, T2 and the mask together: the mask still sits inside the brain
+    for out in (a, b):
+        brain = (out["t1"][0] != 0) & (out["t2"][0] != 0)
+        lesion = out["lesion"][0] > 0
+        assert lesion.sum() > 0 and (lesion & brain).sum() / lesion.sum() > 0.95
+
+
+def test_patch_sampling_returns_patches_with_lesions(pair):
+    item, _ = pair
+    chain = paired_transforms("train", label_key="lesion", spacing=2.0, roi_size=None, patch_size=(16, 16, 16), patches_per_volume=4, augment=False, noise_std=0.0)
+    patches = chain(dict(item))
+    assert isinstance(patches, list) and len(patches) == 4
+    assert all(p["t1"].shape == (1, 16, 16, 16) for p in patches)
+    assert any(p["lesion"].sum() > 0 for p in patches)  # half the centres are lesion voxels
+
+
+def test_infer_chain_inverts_to_original_t1_grid(pair):
+    item, t1_affine = pair
+    item = {k: v for k, v in item.items() if k in ("t1", "t2", "session")}
+    chain = paired_transforms("infer", spacing=3.0, roi_size=None, divisible_by=16)
+    out = chain(item)
+    assert all(s % 16 == 0 for s in out["t1"].shape[1:])
+    out["pred"] = out["t1"].clone()
+    restored = Invertd(keys="pred", transform=chain, orig_keys="t1", nearest_interp=False)(out)["pred"]
+    assert restored.shape[1:] == (40, 44, 36)
+    np.testing.assert_allclose(restored.affine.numpy(), t1_affine, atol=1e-4)
+
+
+def test_sex_parsing_rejects_unknown_values():
+    assert parse_sex("F") == 0.0 and parse_sex(" MALE ") == 1.0 and parse_sex(1) == 1.0
+    with pytest.raises(ValueError, match="F/M/female/male"):
+        parse_sex("x")
+    assert EncodeDemographics()(50, "m").tolist() == [50.0, 1.0]
+
+
+def test_unknown_stage_is_refused():
+    with pytest.raises(ValueError, match="stage must be one of"):
+        paired_transforms("training")
