@@ -1,0 +1,8 @@
+"""Bundle tooling: config helpers, the demo cohort, export and verification."""
+
+from __future__ import annotations
+
+from monai_ms.bundle.cohort import demo_manifest, validate_cohort
+from monai_ms.bundle.config import bundle_root, check_overrides, running_workflow
+
+__all__ = ["bundle_root", "check_overrides", "demo_manifest", "running_workflow", "validate_cohort"]

@@ -1,0 +1,128 @@
+"""Helpers called from bundle configs: where the bundle is, and which overrides are known.
+
+Two MONAI bundle pitfalls are handled here rather than in each config:
+
+- ``bundle_root: "."`` is the working directory, not the bundle, but the documented usage line runs
+  from the repository root. :func:`bundle_root` finds the folder of the config file being run.
+- A mistyped command-line override (``--epoch 3`` for ``--epochs 3``) silently adds a new key.
+  :func:`check_overrides` refuses top-level keys that none of the bundle's config files defines.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["bundle_root", "check_overrides", "running_workflow"]
+
+
+def running_workflow() -> Any | None:
+    """The ``monai.bundle.ConfigWorkflow`` whose config is being parsed, found on the call stack."""
+    from monai.bundle import ConfigWorkflow
+
+    frame = inspect.currentframe()
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, ConfigWorkflow):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def _config_files_from_argv(argv: list[str]) -> list[str]:
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--config_file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            value = value.strip()
+            if value.startswith("["):  # "['a.json','b.json']" as python-fire passes lists
+                return [v.strip().strip("'\"") for v in value.strip("[]").split(",") if v.strip()]
+            return [v for v in value.split(",") if v]
+    return []
+
+
+def _configs_dir() -> Path | None:
+    workflow = running_workflow()
+    if workflow is not None:
+        return Path(workflow.config_root_path)
+    files = _config_files_from_argv(sys.argv)
+    return Path(files[0]).parent if files else None
+
+
+def bundle_root(default: str | os.PathLike | None = None) -> str:
+    """The bundle folder of the config being run (the parent of its ``configs/`` folder).
+
+    Looked up, in order: the running ``ConfigWorkflow`` (``python -m monai.bundle run`` or the
+    Python API), a ``--config_file`` argument, then ``default`` relative to the working directory.
+
+    Args:
+        default: fallback, e.g. ``"bundles/edss"``.
+
+    Raises:
+        FileNotFoundError: nothing found; the message says to pass ``--bundle_root``.
+
+    Examples:
+        In a config: ``"bundle_root": "$monai_ms.bundle.bundle_root('bundles/edss')"``.
+    """
+    configs = _configs_dir()
+    if configs is not None:
+        root = configs.parent if configs.name == "configs" else configs
+        return str(root.resolve())
+    if default is not None and Path(default).is_dir():
+        return str(Path(default).resolve())
+    raise FileNotFoundError(
+        f"cannot tell where the bundle is (no config file on record, {default!r} not found from {os.getcwd()}); "
+        "pass --bundle_root PATH"
+    )
+
+
+def _defined_keys(configs_dir: Path) -> set[str]:
+    keys: set[str] = set()
+    for path in configs_dir.glob("*.json"):
+        if path.name == "metadata.json":
+            continue
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(content, dict):
+            keys.update(content)
+    return keys
+
+
+def check_overrides(extra_allowed: tuple[str, ...] = ()) -> bool:
+    """Refuse top-level config keys that no config file of the bundle defines (a mistyped override).
+
+    Called first in each bundle's ``initialize`` list. Outside a ``ConfigWorkflow`` (e.g. a bare
+    ``ConfigParser``) it does nothing.
+
+    Args:
+        extra_allowed: keys accepted although no file defines them.
+
+    Raises:
+        ValueError: one line per unknown key, with the closest known keys.
+
+    Returns:
+        True when every key is known.
+    """
+    workflow = running_workflow()
+    if workflow is None:
+        return True
+    known = _defined_keys(Path(workflow.config_root_path)) | set(extra_allowed) | {"_meta_", "bundle_root"}
+    unknown = sorted(set(workflow.parser.config) - known)
+    if unknown:
+        lines = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
+            lines.append(f"unknown override --{key}: no config in {workflow.config_root_path} defines it{hint}")
+        raise ValueError("\n".join(lines))
+    return True

@@ -1,0 +1,86 @@
+"""Training and evaluation machinery: batch preparation, metrics, handlers, normalisation."""
+
+from __future__ import annotations
+
+from monai_ms.engines.brain_age import (
+    AgeBias,
+    BrainAgeReportHandler,
+    BrainAgeTableHandler,
+    brain_age_gap,
+    fit_age_bias,
+    load_age_bias,
+)
+from monai_ms.engines.classification import (
+    ClassificationReportHandler,
+    class_counts,
+    decisions_from_logits,
+    pos_weight_from_entries,
+    probability_from_logit,
+    sex_from_probability,
+)
+from monai_ms.engines.handlers import (
+    LearningCurveHandler,
+    PredictionCollector,
+    PredictionTableHandler,
+    ProgressBarHandler,
+    RegressionReportHandler,
+    loss_from_output,
+    lower_is_better,
+    negated_key_metric,
+)
+from monai_ms.engines.metrics import classification_metrics, regression_baselines, regression_metrics
+from monai_ms.engines.normalization import fit_normalization
+from monai_ms.engines.prepare_batch import PrepareBatchMultiInput
+
+__all__ = [
+    "AgeBias",
+    "BrainAgeReportHandler",
+    "BrainAgeTableHandler",
+    "ClassificationReportHandler",
+    "brain_age_gap",
+    "class_counts",
+    "decisions_from_logits",
+    "fit_age_bias",
+    "load_age_bias",
+    "pos_weight_from_entries",
+    "probability_from_logit",
+    "sex_from_probability",
+    "LearningCurveHandler",
+    "PredictionCollector",
+    "PredictionTableHandler",
+    "ProgressBarHandler",
+    "loss_from_output",
+    "RegressionReportHandler",
+    "PrepareBatchMultiInput",
+    "classification_metrics",
+    "fit_normalization",
+    "lower_is_better",
+    "negated_key_metric",
+    "regression_baselines",
+    "regression_metrics",
+]
+from monai_ms.engines.segmentation import (  # noqa: E402
+    FlipTTAInferer,
+    LesionMaskWriter,
+    SegmentationReportHandler,
+    label_lesions,
+    lesion_detection,
+    lesion_postprocessing,
+    lesion_table,
+    save_qc_figure,
+    segmentation_metrics,
+    summarize_segmentation,
+)
+
+__all__ += [
+    "FlipTTAInferer",
+    "LesionMaskWriter",
+    "SegmentationReportHandler",
+    "label_lesions",
+    "lesion_detection",
+    "lesion_postprocessing",
+    "lesion_table",
+    "save_qc_figure",
+    "segmentation_metrics",
+    "summarize_segmentation",
+]

@@ -1,0 +1,388 @@
+"""Binary classification (sex) around ``BrainClassifier3D``: class balance, decisions, the evaluation report.
+
+The network returns one logit; the loss is ``BCEWithLogitsLoss`` with ``pos_weight`` from
+:func:`pos_weight_from_entries`, so each class of the training split weighs the same in the loss. The
+sigmoid is applied only here, in post-processing (:func:`probability_from_logit`).
+
+A consequence worth stating: with both classes weighted equally the network estimates P(positive) for
+a population with equal class priors. A 0.5 threshold then targets balanced accuracy; to read the
+probability for a population with prevalence ``pi``, multiply its odds by ``pi / (1 - pi)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from ignite.engine import Engine, Events
+from scipy.special import expit
+from sklearn import metrics as skm
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from monai_ms.data.transforms import parse_sex
+from monai_ms.engines.handlers import PredictionCollector
+from monai_ms.engines.metrics import classification_metrics
+from monai_ms.io import save_figure, write_csv, write_json
+
+__all__ = [
+    "binary_labels",
+    "class_counts",
+    "pos_weight_from_entries",
+    "probability_from_logit",
+    "class_from_probability",
+    "sex_from_probability",
+    "decisions_from_logits",
+    "foreground_volume_ml",
+    "classification_baselines",
+    "ClassificationReportHandler",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _binary_label(entry: Mapping[str, Any], label_key: str) -> float:
+    """One entry's label as 0.0/1.0; ``sex`` is encoded 1 = male."""
+    where = f"session {entry.get('session', '?')}"
+    if label_key not in entry or entry[label_key] is None:
+        raise ValueError(f"{where}: no {label_key!r} label")
+    value = entry[label_key]
+    if label_key == "sex":
+        try:
+            return parse_sex(value)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if number not in (0.0, 1.0):
+        raise ValueError(f"{where}: {label_key} must be 0 or 1, got {value!r}")
+    return number
+
+
+def binary_labels(entries: Sequence[Mapping[str, Any]], label_key: str = "sex") -> np.ndarray:
+    """Labels of manifest entries as a 0/1 array (``sex``: 1 = male, 0 = female).
+
+    Args:
+        entries: manifest entries.
+        label_key: ``"sex"`` (F/M/female/male) or any key holding 0/1.
+
+    Returns:
+        float array of shape ``(N,)``.
+
+    Raises:
+        ValueError: an entry lacks the label or has another value; the message names the session.
+
+    Examples:
+        >>> binary_labels([{"session": "a", "sex": "F"}, {"session": "b", "sex": "male"}]).tolist()
+        [0.0, 1.0]
+    """
+    return np.array([_binary_label(entry, label_key) for entry in entries], dtype=np.float64)
+
+
+def class_counts(entries: Sequence[Mapping[str, Any]], label_key: str = "sex") -> dict[int, int]:
+    """Number of entries per class, ``{0: n_negative, 1: n_positive}``.
+
+    Examples:
+        >>> class_counts([{"sex": "F"}, {"sex": "F"}, {"sex": "M"}])
+        {0: 2, 1: 1}
+    """
+    labels = binary_labels(entries, label_key)
+    return {0: int(np.sum(labels == 0)), 1: int(np.sum(labels == 1))}
+
+
+def pos_weight_from_entries(
+    entries: Sequence[Mapping[str, Any]],
+    label_key: str = "sex",
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """``pos_weight`` for ``BCEWithLogitsLoss`` that gives both classes of the training split equal weight.
+
+    ``pos_weight = n_negative / n_positive``: the positive sessions' summed loss then counts as much as the
+    negative sessions'. Computed from the whole training split (before any DDP partition), so every
+    process uses the same value.
+
+    Args:
+        entries: manifest entries of the training split.
+        label_key: the label key (``"sex"``: positive = male).
+        device: device of the returned tensor (the loss's device).
+
+    Returns:
+        tensor of shape ``(1,)``.
+
+    Raises:
+        ValueError: a class has no entries (nothing to learn), or a label is invalid.
+
+    Examples:
+        >>> pos_weight_from_entries([{"sex": "F"}, {"sex": "F"}, {"sex": "F"}, {"sex": "M"}])
+        tensor([3.])
+    """
+    counts = class_counts(entries, label_key)
+    if min(counts.values()) == 0:
+        raise ValueError(
+            f"the training split needs both classes of {label_key!r} to train a classifier, "
+            f"got {counts[0]} negative (0) and {counts[1]} positive (1) sessions"
+        )
+    weight = counts[0] / counts[1]
+    logger.info(
+        f"training split class balance for {label_key!r}: {counts[0]} negative, {counts[1]} positive; "
+        f"BCEWithLogitsLoss pos_weight = {weight:.3f} (both classes weigh the same)"
+    )
+    return torch.tensor([weight], dtype=torch.float32, device=device)
+
+
+def probability_from_logit(logit: np.ndarray | Sequence[float]) -> np.ndarray:
+    """Sigmoid of logits (numerically stable), the post-processing of ``BrainClassifier3D``.
+
+    Examples:
+        >>> probability_from_logit([0.0, 100.0]).tolist()
+        [0.5, 1.0]
+    """
+    return expit(np.asarray(logit, dtype=np.float64))
+
+
+def class_from_probability(
+    probability: np.ndarray | Sequence[float], threshold: float = 0.5, class_names: Sequence[str] = ("0", "1")
+) -> np.ndarray:
+    """Class names from P(positive): ``class_names[1]`` where ``probability >= threshold``.
+
+    Examples:
+        >>> class_from_probability([0.2, 0.5, 0.9], class_names=("F", "M")).tolist()
+        ['F', 'M', 'M']
+    """
+    names = np.asarray(list(class_names), dtype=object)
+    return names[(np.asarray(probability, dtype=np.float64) >= threshold).astype(int)]
+
+
+def sex_from_probability(probability: np.ndarray | Sequence[float]) -> np.ndarray:
+    """``"M"`` where P(male) >= 0.5, else ``"F"`` (the ``sex_pred`` column of the sex bundle's inference)."""
+    return class_from_probability(probability, 0.5, ("F", "M"))
+
+
+def decisions_from_logits(output: Any, threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``output_transform`` for ignite's ``Accuracy`` on a one-logit classifier: ``(logit > threshold, label)``.
+
+    Args:
+        output: an evaluator's output (batched dict, or a decollated list of dicts) with ``pred`` and ``label``.
+        threshold: decision threshold on the logit (0 = probability 0.5).
+
+    Returns:
+        integer decisions and labels, each of shape ``(B, 1)``.
+    """
+    from monai.handlers import from_engine
+
+    pred, label = from_engine(["pred", "label"])(output)
+    if isinstance(pred, list):
+        pred, label = torch.stack(pred), torch.stack(label)
+    return (pred > threshold).long(), label.round().long()
+
+
+def foreground_volume_ml(path: str | Path) -> float:
+    """Volume of the non-zero voxels of a skull-stripped image in mL: the brain-mask (head-size) volume.
+
+    Args:
+        path: NIfTI file.
+
+    Returns:
+        number of non-zero voxels times the voxel volume (from the affine), in mL.
+    """
+    image = nib.load(str(path))
+    voxel_ml = abs(float(np.linalg.det(image.affine[:3, :3]))) / 1000.0
+    return float(np.count_nonzero(np.asanyarray(image.dataobj))) * voxel_ml
+
+
+def classification_baselines(
+    train_entries: Sequence[Mapping[str, Any]],
+    test_entries: Sequence[Mapping[str, Any]],
+    label_key: str = "sex",
+    threshold: float = 0.5,
+    volume_key: str | None = "t1",
+) -> dict[str, dict[str, Any]]:
+    """Trivial baselines on the test split, fitted on the training split only.
+
+    - ``training_prevalence``: P(positive) = the training split's positive fraction for everyone (AUC 0.5);
+    - ``logistic_brain_volume`` (when ``volume_key`` is given): class-balanced logistic regression on the
+      brain-mask volume of that image (:func:`foreground_volume_ml`). For sex this is the head-size cue; a
+      model no better than it has learnt nothing beyond head size.
+
+    Args:
+        train_entries: manifest entries of the training split (absolute image paths).
+        test_entries: manifest entries of the evaluated split.
+        label_key: the label key.
+        threshold: decision threshold on the probability.
+        volume_key: image key to measure, or ``None`` to skip the volume baseline.
+
+    Returns:
+        baseline name -> :func:`~monai_ms.engines.metrics.classification_metrics` dict, with a
+        ``"probabilities"`` list in test order (and ``"volumes_ml"`` for the volume baseline).
+    """
+    y_train = binary_labels(train_entries, label_key)
+    y_test = binary_labels(test_entries, label_key)
+    prevalence = np.full(y_test.shape, y_train.mean())
+    baselines: dict[str, dict[str, Any]] = {
+        "training_prevalence": {**classification_metrics(prevalence, y_test, threshold), "probabilities": prevalence.tolist()}
+    }
+    if volume_key is not None:
+        v_train = np.array([[foreground_volume_ml(e[volume_key])] for e in train_entries])
+        v_test = np.array([[foreground_volume_ml(e[volume_key])] for e in test_entries])
+        model = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced")).fit(v_train, y_train)
+        probability = model.predict_proba(v_test)[:, 1]
+        baselines["logistic_brain_volume"] = {
+            **classification_metrics(probability, y_test, threshold),
+            "probabilities": probability.tolist(),
+            "volumes_ml": v_test[:, 0].tolist(),
+        }
+    return baselines
+
+
+class ClassificationReportHandler(PredictionCollector):
+    """At the end of an evaluation run, write ``metrics.json``, ``predictions.csv`` and two PNGs.
+
+    Collects the logits of one run, turns them into probabilities (sigmoid) and writes into ``output_dir``:
+
+    - ``metrics.json``: AUC, accuracy, balanced accuracy, Brier score and confusion matrix (rows = true
+      class, columns = predicted, order ``class_names``) of the model and of the baselines of
+      :func:`classification_baselines` on the same sessions, plus the training split's class counts;
+    - ``predictions.csv``: one row per session (true class, probability, predicted class, baselines);
+    - ``roc_curve.png`` (model and brain-volume baseline) and ``confusion_matrix.png``.
+
+    Args:
+        output_dir: folder of the files.
+        entries: manifest entries of the evaluated split (to look up sessions).
+        train_entries: manifest entries of the training split (baselines and class counts).
+        target_key: the manifest key of the label, ``"sex"``.
+        class_names: names of class 0 and class 1 (``("F", "M")``).
+        probability_name: column name of P(class 1) in ``predictions.csv``.
+        threshold: decision threshold on the probability.
+        volume_key: image key whose brain-mask volume feeds the logistic baseline (reads each image's
+            voxels once), or ``None`` to skip that baseline.
+        extra_columns: manifest keys copied to ``predictions.csv``.
+
+    Examples:
+        In ``evaluate.json``: ``{"_target_": "monai_ms.engines.ClassificationReportHandler",
+        "output_dir": "@output_dir", "entries": "@evaluate#datalist", "train_entries":
+        "@evaluate#train_datalist"}`` in the evaluator's ``val_handlers``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        entries: Sequence[Mapping[str, Any]],
+        train_entries: Sequence[Mapping[str, Any]],
+        target_key: str = "sex",
+        class_names: Sequence[str] = ("F", "M"),
+        probability_name: str = "p_male",
+        threshold: float = 0.5,
+        volume_key: str | None = "t1",
+        extra_columns: Sequence[str] = ("subject", "age"),
+    ) -> None:
+        super().__init__(id_key="session", pred_key="pred", label_key="label", pred_transform=probability_from_logit)
+        if len(class_names) != 2:
+            raise ValueError(f"class_names must name two classes, got {list(class_names)}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.output_dir = Path(output_dir)
+        self.entries = {str(e["session"]): e for e in entries}
+        self.train_entries = list(train_entries)
+        self.target_key = target_key
+        self.class_names = list(class_names)
+        self.probability_name = probability_name
+        self.threshold = threshold
+        self.volume_key = volume_key
+        self.extra_columns = list(extra_columns)
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def write(self, engine: Engine | None = None) -> dict[str, Any]:
+        entries = [self.entries[i] for i in self.ids]
+        probability = np.asarray(self.preds, dtype=np.float64)
+        labels = np.asarray(self.labels, dtype=np.float64)
+        model = classification_metrics(probability, labels, self.threshold)
+        baselines = classification_baselines(
+            self.train_entries, entries, self.target_key, self.threshold, self.volume_key
+        )
+        frame = pd.DataFrame({"session": self.ids})
+        for column in self.extra_columns:
+            frame[column] = [e.get(column) for e in entries]
+        names = np.asarray(self.class_names, dtype=object)
+        frame[self.target_key] = names[labels.astype(int)]
+        frame[self.probability_name] = probability
+        frame["predicted"] = class_from_probability(probability, self.threshold, self.class_names)
+        frame["correct"] = frame["predicted"] == frame[self.target_key]
+        curves = {"model": probability}
+        for name, result in baselines.items():
+            if "volumes_ml" in result:
+                frame["brain_volume_ml"] = result.pop("volumes_ml")
+            curves[name] = np.asarray(result["probabilities"])
+            frame[f"baseline_{name}"] = result.pop("probabilities")
+        counts = class_counts(self.train_entries, self.target_key)
+        report = {
+            "target": self.target_key,
+            "classes": {"0": self.class_names[0], "1": self.class_names[1]},
+            "threshold": self.threshold,
+            "training_class_counts": {self.class_names[0]: counts[0], self.class_names[1]: counts[1]},
+            "confusion_matrix_layout": f"rows = true class, columns = predicted class, order {self.class_names}",
+            "model": model,
+            "baselines": baselines,
+        }
+        write_json(report, self.output_dir / "metrics.json")
+        write_csv(frame, self.output_dir / "predictions.csv")
+        self._plot(labels, curves, model)
+        summary = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if isinstance(v, float))
+        logger.info(f"evaluated {model['n']} sessions: {summary}; written to {self.output_dir}")
+        return report
+
+    def _plot(self, labels: np.ndarray, curves: Mapping[str, np.ndarray], model: Mapping[str, Any]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="chance")
+        if len(np.unique(labels)) == 2:
+            for name, probability in curves.items():
+                if name == "training_prevalence":
+                    continue  # a constant: the chance diagonal
+                fpr, tpr, _ = skm.roc_curve(labels, probability)
+                auc = skm.roc_auc_score(labels, probability)
+                ax.plot(fpr, tpr, drawstyle="steps-post", label=f"{name.replace('_', ' ')} (AUC {auc:.2f})")
+        ax.set(
+            xlabel=f"false positive rate (1 - specificity, {self.class_names[0]})",
+            ylabel=f"true positive rate (sensitivity, {self.class_names[1]})",
+            title=f"ROC, n {model['n']}",
+            xlim=(-0.02, 1.02),
+            ylim=(-0.02, 1.02),
+        )
+        ax.legend(loc="lower right", fontsize=8)
+        save_figure(fig, self.output_dir / "roc_curve.png")
+        plt.close(fig)
+
+        matrix = np.asarray(model["confusion_matrix"])
+        fig, ax = plt.subplots(figsize=(3.8, 3.4))
+        ax.imshow(matrix, cmap="Blues")
+        for (row, column), count in np.ndenumerate(matrix):
+            color = "white" if count > matrix.max() / 2 else "black"
+            ax.text(column, row, str(count), ha="center", va="center", color=color, fontsize=12)
+        ax.set(
+            xticks=[0, 1],
+            yticks=[0, 1],
+            xticklabels=self.class_names,
+            yticklabels=self.class_names,
+            xlabel="predicted",
+            ylabel="true",
+            title=f"accuracy {model['accuracy']:.2f}, balanced {model['balanced_accuracy']:.2f}",
+        )
+        fig.tight_layout()
+        save_figure(fig, self.output_dir / "confusion_matrix.png")
+        plt.close(fig)

@@ -1,0 +1,331 @@
+"""Ignite handlers of the monai_ms bundles: learning curves, evaluation reports, prediction tables.
+
+Each handler has ``attach(engine)`` so a bundle config lists it under ``train#handlers`` or
+``validate#handlers`` like MONAI's own handlers. Files are written atomically (``monai_ms.io``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from ignite.engine import Engine, Events
+
+from monai_ms.engines.metrics import regression_baselines, regression_metrics
+from monai_ms.io import save_figure, write_csv, write_json
+
+__all__ = [
+    "lower_is_better",
+    "negated_key_metric",
+    "PredictionCollector",
+    "ProgressBarHandler",
+    "loss_from_output",
+    "LearningCurveHandler",
+    "RegressionReportHandler",
+    "PredictionTableHandler",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def lower_is_better(current: float, best: float) -> bool:
+    """``metric_cmp_fn`` for evaluators whose key metric is an error (MAE): smaller is better."""
+    return current < best
+
+
+def negated_key_metric(engine: Engine) -> float:
+    """``score_function`` for ``EarlyStopHandler`` when the key metric is an error (higher score = better)."""
+    return -float(engine.state.metrics[engine.state.key_metric_name])
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().numpy()
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+        return torch.stack([v.detach().float().cpu() for v in value]).numpy()
+    return np.asarray(value)
+
+
+class PredictionCollector:
+    """Collect per-sample predictions, labels and ids over one engine run.
+
+    Works with batched outputs (``decollate=False``) and decollated lists alike.
+
+    Args:
+        id_key: batch key identifying a sample (the manifest's ``session``).
+        pred_key: output key of the prediction, shape ``(B, 1)`` or ``(B,)``.
+        label_key: output key of the label, or ``None``.
+        pred_transform: applied to the prediction array before storing (e.g. a sigmoid).
+    """
+
+    def __init__(
+        self,
+        id_key: str = "session",
+        pred_key: str = "pred",
+        label_key: str | None = "label",
+        pred_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.id_key, self.pred_key, self.label_key = id_key, pred_key, label_key
+        self.pred_transform = pred_transform
+        self.reset()
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.ids: list[str] = []
+        self.preds: list[float] = []
+        self.labels: list[float] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+
+    def _get(self, output: Any, key: str) -> np.ndarray:
+        if isinstance(output, Mapping):
+            return _to_numpy(output[key])
+        return _to_numpy([item[key] for item in output])
+
+    def collect(self, engine: Engine) -> None:
+        ids = engine.state.batch[self.id_key]
+        preds = self._get(engine.state.output, self.pred_key).reshape(len(ids), -1)[:, 0]
+        if self.pred_transform is not None:
+            preds = self.pred_transform(preds)
+        self.ids += [str(i) for i in ids]
+        self.preds += preds.tolist()
+        if self.label_key is not None:
+            self.labels += self._get(engine.state.output, self.label_key).reshape(len(ids), -1)[:, 0].tolist()
+
+
+class LearningCurveHandler:
+    """Record the mean training loss per epoch and the validation metrics; plot them as a PNG.
+
+    Attach to the trainer; pass the evaluator to record its metrics at each validation. After each
+    epoch ``output_dir/learning_curve.png`` and ``output_dir/training_log.csv`` are rewritten.
+
+    Args:
+        output_dir: folder of the PNG and CSV.
+        evaluator: the validation engine, or ``None``.
+        loss_transform: maps ``engine.state.output`` to the scalar loss.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        evaluator: Engine | None = None,
+        loss_transform: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.evaluator = evaluator
+        self.loss_transform = loss_transform or loss_from_output
+        self.rows: list[dict[str, float]] = []
+        self._losses: list[float] = []
+        self._trainer: Engine | None = None
+
+    def attach(self, engine: Engine) -> None:
+        self._trainer = engine
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._losses.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_loss)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        if self.evaluator is not None:
+            self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._validation_completed)
+
+    def _record_loss(self, engine: Engine) -> None:
+        self._losses.append(float(self.loss_transform(engine.state.output)))
+
+    def _row(self, epoch: int) -> dict[str, float]:
+        if not self.rows or self.rows[-1]["epoch"] != epoch:
+            self.rows.append({"epoch": epoch})
+        return self.rows[-1]
+
+    def _validation_completed(self, evaluator: Engine) -> None:
+        epoch = self._trainer.state.epoch if self._trainer is not None else evaluator.state.epoch
+        row = self._row(epoch)
+        for name, value in evaluator.state.metrics.items():
+            if np.isscalar(value):
+                row[f"val_{name}" if not name.startswith("val") else name] = float(value)
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        row = self._row(engine.state.epoch)
+        row["train_loss"] = float(np.mean(self._losses)) if self._losses else math.nan
+        row["lr"] = float(engine.optimizer.param_groups[0]["lr"]) if hasattr(engine, "optimizer") else math.nan
+        self.write()
+
+    def write(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        frame = pd.DataFrame(self.rows)
+        write_csv(frame, self.output_dir / "training_log.csv")
+        val_columns = [c for c in frame.columns if c.startswith("val")]
+        fig, axes = plt.subplots(1, 1 + bool(val_columns), figsize=(5 + 5 * bool(val_columns), 3.5), squeeze=False)
+        axes[0, 0].plot(frame["epoch"], frame.get("train_loss"), marker="o", label="training loss")
+        axes[0, 0].set(xlabel="epoch", ylabel="loss", title="training loss")
+        if val_columns:
+            for column in val_columns:
+                valid = frame[["epoch", column]].dropna()
+                axes[0, 1].plot(valid["epoch"], valid[column], marker="o", label=column)
+            axes[0, 1].set(xlabel="epoch", title="validation")
+            axes[0, 1].legend()
+        fig.tight_layout()
+        save_figure(fig, self.output_dir / "learning_curve.png")
+        plt.close(fig)
+
+
+def loss_from_output(output: Any) -> float:
+    """The scalar loss of a ``SupervisedTrainer`` iteration output (batched or decollated).
+
+    Use as ``output_transform`` of ``StatsHandler`` / ``TensorBoardStatsHandler`` on the trainer.
+    """
+    # SupervisedTrainer output: a dict with "loss", or (decollated) a list of dicts sharing it
+    item = output[0] if isinstance(output, (list, tuple)) else output
+    loss = item["loss"] if isinstance(item, Mapping) else item
+    return float(loss.item() if isinstance(loss, torch.Tensor) else loss)
+
+
+class ProgressBarHandler:
+    """A tqdm progress bar over each epoch's iterations showing the running loss (ignite ``ProgressBar``).
+
+    MONAI attaches handlers with ``attach(engine)`` only; this passes the loss transform that the
+    ignite bar needs to show the loss.
+
+    Args:
+        persist: keep each epoch's finished bar on screen.
+    """
+
+    def __init__(self, persist: bool = False) -> None:
+        from ignite.handlers import ProgressBar
+
+        self.bar = ProgressBar(persist=persist)
+
+    def attach(self, engine: Engine) -> None:
+        self.bar.attach(engine, output_transform=lambda output: {"loss": loss_from_output(output)})
+
+
+class RegressionReportHandler(PredictionCollector):
+    """At the end of an evaluation run, write ``metrics.json``, ``predictions.csv`` and a scatter PNG.
+
+    ``metrics.json`` holds the model's dataset-level metrics and the same metrics for the trivial
+    baselines fitted on the training split (see :func:`regression_baselines`) on the same samples.
+
+    Args:
+        output_dir: folder of the three files.
+        entries: manifest entries of the evaluated split (to look up ``session`` and demographics).
+        train_entries: manifest entries of the training split (for the baselines).
+        target_key: regression target key, e.g. ``"edss"``.
+        target_name: axis label of the plot.
+        within: also report the share of errors within this distance (EDSS: 1.0).
+        linear_on_demographics: include the linear age + sex baseline.
+        extra_columns: manifest keys copied to ``predictions.csv``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        entries: Sequence[Mapping[str, Any]],
+        train_entries: Sequence[Mapping[str, Any]],
+        target_key: str,
+        target_name: str | None = None,
+        within: float | None = None,
+        linear_on_demographics: bool = True,
+        extra_columns: Sequence[str] = ("subject", "age", "sex"),
+    ) -> None:
+        super().__init__(id_key="session", pred_key="pred", label_key="label")
+        self.output_dir = Path(output_dir)
+        self.entries = {str(e["session"]): e for e in entries}
+        self.train_entries = list(train_entries)
+        self.target_key = target_key
+        self.target_name = target_name or target_key
+        self.within = within
+        self.linear_on_demographics = linear_on_demographics
+        self.extra_columns = list(extra_columns)
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def write(self, engine: Engine | None = None) -> dict[str, Any]:
+        entries = [self.entries[i] for i in self.ids]
+        model = regression_metrics(self.preds, self.labels, self.within)
+        baselines = regression_baselines(
+            self.train_entries, entries, self.target_key, self.within, self.linear_on_demographics
+        )
+        frame = pd.DataFrame({"session": self.ids})
+        for column in self.extra_columns:
+            frame[column] = [e.get(column) for e in entries]
+        frame[self.target_key] = self.labels
+        frame["prediction"] = self.preds
+        frame["error"] = frame["prediction"] - frame[self.target_key]
+        for name, result in baselines.items():
+            frame[f"baseline_{name}"] = result.pop("predictions")
+        report = {"target": self.target_key, "model": model, "baselines": baselines}
+        write_json(report, self.output_dir / "metrics.json")
+        write_csv(frame, self.output_dir / "predictions.csv")
+        self._plot(frame, model)
+        summary = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if k != "n")
+        logger.info(f"evaluated {model['n']} sessions: {summary}; written to {self.output_dir}")
+        return report
+
+    def _plot(self, frame: pd.DataFrame, model: Mapping[str, float]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        true, pred = frame[self.target_key], frame["prediction"]
+        low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+        ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="identity")
+        ax.scatter(true, pred, s=18, alpha=0.8, label="sessions")
+        ax.set(
+            xlabel=f"true {self.target_name}",
+            ylabel=f"predicted {self.target_name}",
+            title=f"MAE {model['mae']:.2f}, r {model['pearson_r']:.2f}, n {model['n']}",
+        )
+        ax.legend(loc="upper left")
+        save_figure(fig, self.output_dir / "scatter.png")
+        plt.close(fig)
+
+
+class PredictionTableHandler(PredictionCollector):
+    """Write one row per session (``session``, the prediction, the model version) after a run.
+
+    Args:
+        output_file: the CSV to write (atomically, once the whole run has completed).
+        value_name: column name of the prediction, e.g. ``"edss_pred"``.
+        model_version: recorded in every row (the bundle's ``metadata.json`` version).
+        pred_transform: applied to the raw network output (e.g. a sigmoid for a logit).
+        extra: other columns computed from the prediction array, name -> function.
+    """
+
+    def __init__(
+        self,
+        output_file: str | Path,
+        value_name: str = "prediction",
+        model_version: str = "",
+        pred_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        extra: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+    ) -> None:
+        super().__init__(id_key="session", pred_key="pred", label_key=None, pred_transform=pred_transform)
+        self.output_file = Path(output_file)
+        self.value_name = value_name
+        self.model_version = model_version
+        self.extra = dict(extra or {})
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def write(self, engine: Engine | None = None) -> pd.DataFrame:
+        frame = pd.DataFrame({"session": self.ids, self.value_name: self.preds})
+        for name, function in self.extra.items():
+            frame[name] = function(np.asarray(self.preds))
+        frame["model_version"] = self.model_version
+        write_csv(frame, self.output_file)
+        logger.info(f"wrote {len(frame)} predictions to {self.output_file}")
+        return frame
