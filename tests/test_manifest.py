@@ -327,3 +327,12 @@ def test_cli_build_from_bids_with_column_free_defaults(tmp_path):
     out = tmp_path / "bids.json"
     assert main(["manifest", "build", "--bids", str(root), "--out", str(out), "--test", "0", "--val", "0.4"]) == 0
     assert len(load_datalist(out, "training")) + len(load_datalist(out, "validation")) == 3
+
+
+def test_cli_build_new_scans_puts_every_session_under_testing(tmp_path, capsys):
+    csv_path, rows = write_seed_cohort(tmp_path / "cohort", n_subjects=3)
+    out = tmp_path / "cohort" / "new_scans.json"
+    assert main(["manifest", "build", "--csv", str(csv_path), "--out", str(out), "--new-scans", "--task", "edss_inference"]) == 0
+    manifest = read_manifest(out)
+    assert manifest["training"] == [] and manifest["validation"] == []
+    assert sorted(e["session"] for e in manifest["testing"]) == sorted(r["MRI_ID"] for r in rows)

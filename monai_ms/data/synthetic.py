@@ -1,0 +1,1192 @@
+"""A synthetic multiple-sclerosis cohort built by deforming the real MNI ICBM152 2009c template.
+
+Each subject is the template warped into a new head (size, smooth nonlinear shape, pose), aged and
+diseased (enlarged ventricles, thinner cortex, white-matter lesions), and imaged twice per session: a T1
+on an isotropic RAS grid and a T2 on a different grid (thicker slices, LPS orientation, another field of
+view), both sampled from the same head through world coordinates, with bias fields, Rician noise and
+scanner-dependent intensity scales. EDSS comes from a documented generative model driven mostly by
+lesion load and atrophy. The numbers are in ``docs/synthetic_cohort.md``.
+
+Everything is deterministic from the seed: subject ``i`` draws from ``numpy.random.SeedSequence((seed,
+i))``, so a subject does not change when the cohort grows, and the number of worker processes does not
+change a single voxel.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monai_ms.data.templates import Template, load_template, mni_copying_text
+from monai_ms.io import save_figure, save_nifti, write_csv, write_json, write_text
+
+__all__ = [
+    "LAYOUTS",
+    "METADATA_COLUMNS",
+    "GROUND_TRUTH_COLUMNS",
+    "TISSUE_LABELS",
+    "CohortSummary",
+    "generate_cohort",
+    "sample_latents",
+    "edss_model",
+]
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("seed", "bids")
+METADATA_COLUMNS = [
+    "Patient_ID",
+    "MRI_ID",
+    "MR_System",
+    "Number_of_Lesions",
+    "Scan_Date",
+    "Sex",
+    "Date_of_Birth",
+    "EDSS",
+    "Age_at_Scan",
+]
+GROUND_TRUTH_COLUMNS = [
+    "MRI_ID",
+    "Patient_ID",
+    "participant_id",
+    "session_id",
+    "session",
+    "sex",
+    "age",
+    "scanner",
+    "disease",
+    "head_scale",
+    "atrophy",
+    "ventricle_expansion_mm",
+    "cortical_thinning",
+    "lesion_load_ml",
+    "lesion_volume_ml",
+    "lesion_mask_volume_ml",
+    "number_of_lesions",
+    "lesions_generated",
+    "ventricle_volume_ml",
+    "brain_volume_ml",
+    "intracranial_volume_ml",
+    "brain_parenchymal_fraction",
+    "edss_continuous",
+    "edss",
+    "t1_noise_fraction",
+    "t2_noise_fraction",
+]
+TISSUE_LABELS = {0: "background", 1: "CSF", 2: "grey matter", 3: "white matter", 4: "lesion"}
+COHORT_MARKER = "cohort.json"
+LICENCE_NAME = "LICENSE_MNI_ICBM152.txt"
+
+# ---------------------------------------------------------------------------------------------------
+# Generative model (docs/synthetic_cohort.md lists these with their meaning)
+# ---------------------------------------------------------------------------------------------------
+FEMALE_FRACTION = 0.70
+AGE_RANGE = (18.0, 65.0)
+AGE_BETA = (2.0, 2.6)  # age at first scan = 18 + 47 * Beta(2, 2.6): mean ~38.6, sd ~9.9
+SECOND_SESSION_FRACTION = 0.30
+INTERVAL_YEARS = (1.0, 3.0)
+SCANNER_3T_FRACTION = 0.6
+SCANNER_CHANGE_FRACTION = 0.2  # second session on the other field strength
+HEAD_SCALE_MEAN = {"F": 1.00, "M": 1.06}
+HEAD_SCALE_SD = 0.03
+HEAD_SCALE_RANGE = (0.92, 1.15)
+DEFORMATION_SD_MM = 2.0  # per component at the control points
+DEFORMATION_CONTROL_MM = 32.0
+DEFORMATION_MAX_MM = 6.0
+ROTATION_SD_DEG = 2.0
+ROTATION_MAX_DEG = 5.0
+TRANSLATION_SD_MM = 4.0
+TRANSLATION_MAX_MM = 10.0
+FOV_OFFSET_SD_MM = 2.0
+FOV_OFFSET_MAX_MM = 5.0
+T1_FOV_MM = (216.0, 248.0, 224.0)
+T2_FOV_EXTRA_MM = (0.0, 16.0)  # uniform, per axis, on top of the T1 field of view
+T2_SLICE_FACTOR = 1.5
+VENTRICLE_EXPANSION_MM = 5.0  # ventricle wall shift at atrophy 1
+VENTRICLE_FLOW_SIGMA_MM = 4.0
+VENTRICLE_FLOW_STEPS = 4
+CORTICAL_THINNING = 0.6  # fraction of cortical GM next to CSF turned to CSF at atrophy 1
+CORTEX_DEPTH_MM = 2.0
+# disease latent D ~ N(0, 1) drives lesions and atrophy
+LESION_FREE_LOGIT = (-2.3, -1.2)  # P(no lesions) = sigmoid(a + b * D)
+LESION_LOAD_LOG_ML = (1.25, 0.85, 0.012, 0.5)  # log mL ~ N(a + b D + c (age - 40), sd)
+LESION_LOAD_RANGE_ML = (0.3, 60.0)
+ATROPHY = (0.25, 0.17, 0.008, 0.07)  # a + b D + c (age - 40) + N(0, sd), clipped to [0, 1]
+ATROPHY_RATE = (0.015, 0.02)  # per year: a + b * max(D + 1, 0)
+NEW_LESIONS_PER_YEAR = (0.2, 0.6)  # Poisson rate exp(a + b D); lesion-free subjects 0.15 / year
+LESION_GROWTH = (0.25, 1.15, 1.8)  # P(grow), volume factor range
+# EDSS = a + b ln(1 + lesion mL) + c atrophy + d (age - 40) + subject N(0, su) + session N(0, se)
+EDSS_MODEL = {"intercept": 0.9, "lesion": 1.0, "atrophy": 3.0, "age": 0.015, "subject_sd": 0.45, "session_sd": 0.25}
+# lesion size mixture (mm3): (probability, median, log-sd, min, max)
+LESION_SIZES = ((0.8, 35.0, 1.0, 3.0, 1500.0), (0.2, 700.0, 0.6, 200.0, 6000.0))
+LESION_SIZES_TINY = ((0.6, 250.0, 0.5, 120.0, 1500.0), (0.4, 900.0, 0.5, 300.0, 6000.0))
+MAX_LESIONS = 150
+MAX_LESIONS_TINY = 12
+PERIVENTRICULAR_MM = 8.0
+NOISE_FRACTION = {"3T": (0.015, 0.03), "1.5T": (0.025, 0.05)}  # Rician sd / white-matter signal
+BIAS_SD = 0.08  # log-amplitude sd of each quadratic bias-field coefficient
+GAMMA_RANGE = (0.9, 1.1)
+INTENSITY_SCALE_RANGE = (4.0, 12.0)  # log-uniform global scale per image
+FIRST_SCAN_DATES = (datetime.date(2008, 1, 1), datetime.date(2022, 12, 31))
+SUPPORT_MARGIN_MM = 12.0  # > largest displacement, so voxels outside it are skipped safely
+
+
+# ---------------------------------------------------------------------------------------------------
+# Template-derived maps, computed once per process
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Anatomy:
+    template: Template
+    inverse_affine: np.ndarray  # world -> template voxel
+    support: np.ndarray  # uint8, brain mask dilated by SUPPORT_MARGIN_MM
+    cortex_proximity: np.ndarray  # float32, exp(-distance to sulcal CSF / CORTEX_DEPTH_MM)
+    flow: np.ndarray  # (3, ...) float32 on a 2 mm grid: ventricle-ward unit field
+    site_index: np.ndarray  # flat template indices of possible lesion centres
+    site_cdf: np.ndarray
+    site_ventricle_mm: np.ndarray
+    site_radial: np.ndarray  # (n, 3) unit vectors pointing away from the ventricles
+    reference: dict[str, dict[str, float]]  # modality -> tissue -> mean intensity
+    brain_centre: np.ndarray  # world mm
+
+
+_INFRATENTORIAL_LABELS = (11, 62, 46, 97, 39, 90, 50, 101, 2, 53, 20, 71)
+
+
+@functools.lru_cache(maxsize=1)
+def _anatomy() -> _Anatomy:
+    from scipy import ndimage
+
+    template = load_template()
+    mask = template.brain_mask > 0.5
+    # distance maps only where they matter: the brain's bounding box plus a margin
+    margin = int(SUPPORT_MARGIN_MM) + 4
+    lo = [max(int(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d))).min()) - margin, 0) for d in range(3)]
+    hi = [
+        min(int(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d))).max()) + margin + 1, mask.shape[d])
+        for d in range(3)
+    ]
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    mask_c = mask[crop]
+    ventricles_c = template.ventricles[crop]
+
+    support = np.zeros(mask.shape, dtype=np.uint8)
+    support[crop] = ndimage.distance_transform_edt(~mask_c) <= SUPPORT_MARGIN_MM
+
+    sulcal = (~mask_c) | ((template.csf[crop] > 0.5) & ~ventricles_c)
+    proximity = np.zeros(mask.shape, dtype=np.float32)
+    proximity[crop] = np.exp(-ndimage.distance_transform_edt(~sulcal) / CORTEX_DEPTH_MM)
+
+    ventricle_mm = ndimage.distance_transform_edt(~ventricles_c).astype(np.float32)
+
+    smooth = ndimage.gaussian_filter(template.ventricles.astype(np.float32), VENTRICLE_FLOW_SIGMA_MM)[::2, ::2, ::2]
+    flow = np.stack(np.gradient(smooth, 2.0)).astype(np.float32)
+    flow /= np.sqrt((flow**2).sum(axis=0)).max()
+
+    wm = template.wm
+    labels = template.labels
+    candidates = (wm >= 0.7) & mask
+    site_index = np.flatnonzero(candidates)
+    site_ijk = np.stack(np.unravel_index(site_index, mask.shape))
+    local = site_ijk - np.asarray(lo)[:, None]
+    site_vent = ventricle_mm[tuple(local)]
+    weight = wm.ravel()[site_index] * (0.2 + np.exp(-site_vent / 6.0))
+    weight *= np.where(np.isin(labels.ravel()[site_index], _INFRATENTORIAL_LABELS), 0.3, 1.0)
+    cdf = np.cumsum(weight, dtype=np.float64)
+    cdf /= cdf[-1]
+    radial = np.zeros((3, site_index.size), dtype=np.float32)
+    for axis in range(3):
+        step = np.zeros((3, 1), dtype=np.int64)
+        step[axis] = 1
+        upper = np.minimum(local + step, np.asarray(ventricle_mm.shape)[:, None] - 1)
+        lower = np.maximum(local - step, 0)
+        radial[axis] = ventricle_mm[tuple(upper)] - ventricle_mm[tuple(lower)]
+    radial /= np.maximum(np.linalg.norm(radial, axis=0), 1e-6)
+
+    pure = {
+        "wm": (template.wm > 0.95) & mask,
+        "gm": (template.gm > 0.9) & mask,
+        "csf": template.ventricles & (template.csf > 0.95),
+    }
+    reference = {
+        modality: {tissue: float(getattr(template, modality)[sel].mean()) for tissue, sel in pure.items()}
+        for modality in ("t1", "t2")
+    }
+    centre_voxel = np.array([(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d)))[[0, -1]].mean()) for d in range(3)])
+    brain_centre = template.affine[:3, :3] @ centre_voxel + template.affine[:3, 3]
+    logger.debug("template-derived maps ready: %d lesion sites", site_index.size)
+    return _Anatomy(
+        template=template,
+        inverse_affine=np.linalg.inv(template.affine),
+        support=support,
+        cortex_proximity=proximity,
+        flow=flow,
+        site_index=site_index,
+        site_cdf=cdf,
+        site_ventricle_mm=site_vent.astype(np.float32),
+        site_radial=radial.T.copy(),
+        reference=reference,
+        brain_centre=brain_centre,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Latent plan of a subject (no images): demographics, disease, sessions, lesions, EDSS
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class _Lesion:
+    centre: np.ndarray  # template voxel (= mm) coordinates
+    axes: np.ndarray  # semi-axes, mm
+    rotation: np.ndarray  # (3, 3), columns are the axis directions
+    roughness: float
+    border_mm: float
+    t1_contrast: float  # 0 = white-matter intensity, 1 = CSF intensity
+    t2_contrast: float
+    shape_seed: int
+    periventricular: bool
+
+    @property
+    def volume_mm3(self) -> float:
+        return float(4.0 / 3.0 * math.pi * np.prod(self.axes))
+
+
+@dataclass
+class _Session:
+    number: int
+    scan_date: datetime.date
+    age: float
+    scanner: str
+    atrophy: float
+    lesions: list[_Lesion]
+    edss_continuous: float = 0.0
+    edss: float = 0.0
+
+
+@dataclass
+class _SubjectPlan:
+    index: int
+    sex: str
+    date_of_birth: datetime.date
+    disease: float
+    head_scale: float
+    lesion_free: bool
+    sessions: list[_Session] = field(default_factory=list)
+
+
+def edss_model(lesion_load_ml: float, atrophy: float, age: float, noise: float = 0.0) -> tuple[float, float]:
+    """The EDSS of the generative model: continuous score and its value rounded to the EDSS scale.
+
+    ``EDSS = 0.9 + 1.0 ln(1 + lesion mL) + 3.0 atrophy + 0.015 (age - 40) + noise``, then rounded to the
+    nearest 0.5 and clipped to [0, 10].
+
+    Args:
+        lesion_load_ml: total white-matter lesion volume of the session in mL (subject space).
+        atrophy: latent atrophy in [0, 1] (0: template-like ventricles and cortex).
+        age: age at scan in years.
+        noise: subject + session noise (drawn by the generator; 0 gives the model's mean).
+
+    Returns:
+        ``(edss_continuous, edss)``.
+
+    Examples:
+        >>> edss_model(0.0, 0.0, 40.0)
+        (0.9, 1.0)
+    """
+    m = EDSS_MODEL
+    continuous = m["intercept"] + m["lesion"] * math.log1p(lesion_load_ml) + m["atrophy"] * atrophy
+    continuous += m["age"] * (age - 40.0) + noise
+    # "+ 0.0" turns a rounded -0.0 into 0.0
+    return round(continuous, 4), float(np.clip(np.round(continuous * 2.0) / 2.0, 0.0, 10.0)) + 0.0
+
+
+def _streams(seed: int, index: int) -> list[np.random.Generator]:
+    # separate streams, so e.g. tiny mode (other lesion sizes) keeps each subject's demographics
+    children = np.random.SeedSequence((int(seed), int(index))).spawn(3)
+    return [np.random.default_rng(child) for child in children]
+
+
+def _sample_lesion(rng: np.random.Generator, anatomy: _Anatomy, sizes: tuple) -> _Lesion:
+    probabilities = np.array([s[0] for s in sizes])
+    _, median, log_sd, low, high = sizes[int(rng.choice(len(sizes), p=probabilities / probabilities.sum()))]
+    volume = float(np.clip(median * math.exp(log_sd * rng.standard_normal()), low, high))
+    site = int(np.searchsorted(anatomy.site_cdf, rng.random()))
+    site = min(site, anatomy.site_index.size - 1)
+    centre = np.array(np.unravel_index(anatomy.site_index[site], anatomy.template.shape), dtype=np.float64)
+    centre += rng.uniform(-0.5, 0.5, 3)
+    periventricular = bool(anatomy.site_ventricle_mm[site] <= PERIVENTRICULAR_MM)
+    if periventricular:
+        # Dawson's fingers: elongated along the direction away from the ventricle wall
+        elongation = rng.uniform(1.3, 2.2)
+        ratios = np.array([elongation, elongation**-0.5, elongation**-0.5])
+        first = anatomy.site_radial[site].astype(np.float64)
+        helper = np.eye(3)[int(np.argmin(np.abs(first)))]
+        second = np.cross(first, helper)
+        second /= np.linalg.norm(second)
+        third = np.cross(first, second)
+        angle = rng.uniform(0, 2 * math.pi)
+        second, third = math.cos(angle) * second + math.sin(angle) * third, -math.sin(angle) * second + math.cos(angle) * third
+        rotation = np.stack([first, second, third], axis=1)
+    else:
+        ratios = np.exp(rng.normal(0.0, 0.25, 3))
+        ratios /= np.prod(ratios) ** (1 / 3)
+        q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+        rotation = q * np.sign(np.diag(r))
+    radius = (3.0 * volume / (4.0 * math.pi)) ** (1 / 3)
+    t1_contrast = rng.uniform(0.2, 0.85)
+    t2_contrast = float(np.clip(0.35 + 0.45 * t1_contrast + rng.normal(0, 0.08), 0.35, 1.0))
+    return _Lesion(
+        centre=centre,
+        axes=radius * ratios,
+        rotation=rotation,
+        roughness=rng.uniform(0.1, 0.3),
+        border_mm=rng.uniform(0.8, 2.0),
+        t1_contrast=t1_contrast,
+        t2_contrast=t2_contrast,
+        shape_seed=int(rng.integers(2**31)),
+        periventricular=periventricular,
+    )
+
+
+def _subject_plan(seed: int, index: int, tiny: bool) -> tuple[_SubjectPlan, np.random.Generator]:
+    """Draw one subject's latent plan; returns it and the subject's imaging random stream."""
+    anatomy = _anatomy()
+    demo, lesion_rng, imaging = _streams(seed, index)
+    sex = "F" if demo.random() < FEMALE_FRACTION else "M"
+    age = AGE_RANGE[0] + (AGE_RANGE[1] - AGE_RANGE[0]) * demo.beta(*AGE_BETA)
+    disease = float(demo.standard_normal())
+    head_scale = float(np.clip(demo.normal(HEAD_SCALE_MEAN[sex], HEAD_SCALE_SD), *HEAD_SCALE_RANGE))
+    lesion_free = bool(demo.random() < 1.0 / (1.0 + math.exp(-(LESION_FREE_LOGIT[0] + LESION_FREE_LOGIT[1] * disease))))
+    a, b, c, sd = LESION_LOAD_LOG_ML
+    load_ml = float(np.clip(math.exp(a + b * disease + c * (age - 40) + sd * demo.standard_normal()), *LESION_LOAD_RANGE_ML))
+    a, b, c, sd = ATROPHY
+    atrophy = float(np.clip(a + b * disease + c * (age - 40) + sd * demo.standard_normal(), 0.0, 1.0))
+    span = (FIRST_SCAN_DATES[1] - FIRST_SCAN_DATES[0]).days
+    first_date = FIRST_SCAN_DATES[0] + datetime.timedelta(days=int(demo.integers(span + 1)))
+    date_of_birth = first_date - datetime.timedelta(days=int(round(age * 365.25)))
+    scanner = "3T" if demo.random() < SCANNER_3T_FRACTION else "1.5T"
+    subject_noise = EDSS_MODEL["subject_sd"] * demo.standard_normal()
+    second = demo.random() < SECOND_SESSION_FRACTION
+    interval = demo.uniform(*INTERVAL_YEARS)
+    switch_scanner = demo.random() < SCANNER_CHANGE_FRACTION
+    session_noise = EDSS_MODEL["session_sd"] * demo.standard_normal(2)
+
+    sizes = LESION_SIZES_TINY if tiny else LESION_SIZES
+    cap = MAX_LESIONS_TINY if tiny else MAX_LESIONS
+    lesions: list[_Lesion] = []
+    if not lesion_free:
+        total = 0.0
+        target_mm3 = load_ml * 1000.0 / head_scale**3
+        while total < target_mm3 and len(lesions) < cap:
+            lesions.append(_sample_lesion(lesion_rng, anatomy, sizes))
+            total += lesions[-1].volume_mm3
+
+    plan = _SubjectPlan(index, sex, date_of_birth, disease, head_scale, lesion_free)
+    dates = [first_date]
+    if second:
+        dates.append(first_date + datetime.timedelta(days=int(round(interval * 365.25))))
+    for number, scan_date in enumerate(dates, start=1):
+        if number == 2:
+            years = (dates[1] - dates[0]).days / 365.25
+            atrophy = float(min(1.0, atrophy + years * (ATROPHY_RATE[0] + ATROPHY_RATE[1] * max(disease + 1.0, 0.0))))
+            rate = 0.15 if lesion_free else math.exp(NEW_LESIONS_PER_YEAR[0] + NEW_LESIONS_PER_YEAR[1] * disease)
+            grown = []
+            for lesion in lesions:
+                if lesion_rng.random() < LESION_GROWTH[0]:
+                    factor = lesion_rng.uniform(*LESION_GROWTH[1:]) ** (1 / 3)
+                    lesion = _Lesion(**{**lesion.__dict__, "axes": lesion.axes * factor})
+                grown.append(lesion)
+            new = int(lesion_rng.poisson(rate * years))
+            lesions = grown + [_sample_lesion(lesion_rng, anatomy, sizes) for _ in range(min(new, cap))]
+            if switch_scanner:
+                scanner = "1.5T" if scanner == "3T" else "3T"
+        session_age = (scan_date - date_of_birth).days / 365.25
+        session = _Session(number, scan_date, session_age, scanner, atrophy, list(lesions))
+        load = sum(lesion.volume_mm3 for lesion in lesions) * head_scale**3 / 1000.0
+        session.edss_continuous, session.edss = edss_model(
+            load, atrophy, session_age, subject_noise + session_noise[number - 1]
+        )
+        plan.sessions.append(session)
+    return plan, imaging
+
+
+def _lesion_load_ml(session: _Session, plan: _SubjectPlan) -> float:
+    return sum(lesion.volume_mm3 for lesion in session.lesions) * plan.head_scale**3 / 1000.0
+
+
+def _ids(plan: _SubjectPlan, session: _Session, width: int) -> dict[str, str]:
+    number = f"{plan.index + 1:0{width}d}"
+    return {
+        "Patient_ID": f"P{number}",
+        "MRI_ID": f"sub-{number}-{session.number:02d}",
+        "participant_id": f"sub-P{number}",
+        "session_id": f"ses-{session.number:02d}",
+    }
+
+
+def sample_latents(subjects: int, seed: int = 0, tiny: bool = False) -> Any:
+    """Draw the latent table of a cohort without making images (fast; for model checks and docs).
+
+    Args:
+        subjects: number of subjects.
+        seed: random seed (the same seed gives the same subjects as :func:`generate_cohort`).
+        tiny: use the lesion sizes of the tiny test cohort.
+
+    Returns:
+        ``pandas.DataFrame``, one row per session: ``MRI_ID, Patient_ID, sex, age, scanner, disease,
+        head_scale, atrophy, lesion_load_ml, lesions_generated, edss_continuous, edss``.
+
+    Raises:
+        ValueError: ``subjects`` is not a positive integer.
+
+    Examples:
+        >>> table = sample_latents(20, seed=1)  # doctest: +SKIP
+        >>> set(table["sex"]) <= {"F", "M"}  # doctest: +SKIP
+        True
+    """
+    import pandas as pd
+
+    subjects = _check_positive_int("subjects", subjects)
+    width = max(2, len(str(subjects)))
+    rows = []
+    for index in range(subjects):
+        plan, _ = _subject_plan(seed, index, tiny)
+        for session in plan.sessions:
+            ids = _ids(plan, session, width)
+            rows.append(
+                {
+                    "MRI_ID": ids["MRI_ID"],
+                    "Patient_ID": ids["Patient_ID"],
+                    "sex": plan.sex,
+                    "age": round(session.age, 2),
+                    "scanner": session.scanner,
+                    "disease": round(plan.disease, 4),
+                    "head_scale": round(plan.head_scale, 4),
+                    "atrophy": round(session.atrophy, 4),
+                    "lesion_load_ml": round(_lesion_load_ml(session, plan), 4),
+                    "lesions_generated": len(session.lesions),
+                    "edss_continuous": session.edss_continuous,
+                    "edss": session.edss,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendering: lesions in template space, images on scanner grids
+# ---------------------------------------------------------------------------------------------------
+def _sample(volume: np.ndarray, coordinates: np.ndarray, order: int = 1, mode: str = "constant") -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.map_coordinates(volume, coordinates, order=order, mode=mode, cval=0.0, output=np.float32, prefilter=False)
+
+
+def _render_lesions(lesions: Sequence[_Lesion], anatomy: _Anatomy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lesion fraction and contrast maps on the template grid, each lesion built in its bounding box.
+
+    Returns:
+        ``(fraction, t1_contrast, t2_contrast)``, float32 ``(193, 229, 193)``; the contrast maps are
+        fraction-weighted (``fraction * contrast`` of the lesion that owns the voxel).
+    """
+    from scipy import ndimage
+
+    shape = anatomy.template.shape
+    fraction = np.zeros(shape, dtype=np.float32)
+    contrast_t1 = np.zeros(shape, dtype=np.float32)
+    contrast_t2 = np.zeros(shape, dtype=np.float32)
+    wm = anatomy.template.wm
+    for lesion in lesions:
+        reach = float(lesion.axes.max()) * (1.0 + 2.0 * lesion.roughness) + 2.0 * lesion.border_mm + 1.0
+        lo = np.maximum(np.floor(lesion.centre - reach).astype(int), 0)
+        hi = np.minimum(np.ceil(lesion.centre + reach).astype(int) + 1, shape)
+        if np.any(hi <= lo):
+            continue
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        grid = np.stack(np.meshgrid(*[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi)], indexing="ij"))
+        offset = grid.reshape(3, -1) - lesion.centre[:, None].astype(np.float32)
+        # coordinates in the unit-ellipsoid frame: the same shape at any size (growth keeps the shape)
+        unit = (lesion.rotation.T.astype(np.float32) @ offset) / lesion.axes[:, None].astype(np.float32)
+        rough = np.random.default_rng(lesion.shape_seed).standard_normal((9, 9, 9)).astype(np.float32)
+        rough = ndimage.gaussian_filter(rough, 1.2)
+        rough /= rough.std() + 1e-6
+        bumps = _sample(rough, (unit + 2.0) * 2.0, order=1, mode="nearest")
+        radius = np.linalg.norm(unit, axis=0) * (1.0 + lesion.roughness * bumps)
+        mean_axis = float(np.prod(lesion.axes) ** (1 / 3))
+        inside = np.clip(0.5 + (1.0 - radius) * mean_axis / lesion.border_mm, 0.0, 1.0).reshape(grid.shape[1:])
+        # white matter only: stops at the ventricle wall and the cortex
+        inside *= np.clip(wm[box] / 0.5, 0.0, 1.0)
+        current = fraction[box]
+        update = inside > current
+        current[update] = inside[update]
+        contrast_t1[box][update] = inside[update] * lesion.t1_contrast
+        contrast_t2[box][update] = inside[update] * lesion.t2_contrast
+    return fraction, contrast_t1, contrast_t2
+
+
+@dataclass(frozen=True)
+class _Grid:
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+
+@dataclass(frozen=True)
+class _Head:
+    """Subject head in scanner space: world = rotation @ (scale * template_world) + translation."""
+
+    scale: float
+    rotation: np.ndarray
+    translation: np.ndarray
+    deformation: np.ndarray  # (3, ...) mm on a 4 mm template grid
+    expansion_mm: float
+    thinning: float
+
+    def world_to_template_voxel(self, anatomy: _Anatomy) -> np.ndarray:
+        world_to_head = np.eye(4)
+        world_to_head[:3, :3] = self.rotation.T / self.scale
+        world_to_head[:3, 3] = -(self.rotation.T @ self.translation) / self.scale
+        return anatomy.inverse_affine @ world_to_head
+
+
+def _rotation(angles_deg: np.ndarray) -> np.ndarray:
+    x, y, z = np.deg2rad(angles_deg)
+    rx = np.array([[1, 0, 0], [0, math.cos(x), -math.sin(x)], [0, math.sin(x), math.cos(x)]])
+    ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
+    rz = np.array([[math.cos(z), -math.sin(z), 0], [math.sin(z), math.cos(z), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _deformation_field(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    from scipy import ndimage
+
+    control = tuple(int(math.ceil(n / DEFORMATION_CONTROL_MM)) + 1 for n in shape)
+    target = tuple(int(math.ceil(n / 4.0)) + 1 for n in shape)
+    coarse = rng.normal(0.0, DEFORMATION_SD_MM, (3, *control))
+    fine = np.stack([ndimage.zoom(c, np.divide(target, control), order=3, mode="nearest", grid_mode=False) for c in coarse])
+    return np.clip(fine, -DEFORMATION_MAX_MM, DEFORMATION_MAX_MM).astype(np.float32)
+
+
+def _fov_grid(centre: np.ndarray, fov_mm: np.ndarray, voxel_mm: np.ndarray, flip: tuple[bool, bool, bool]) -> _Grid:
+    shape = tuple(int(math.ceil(f / v)) for f, v in zip(fov_mm, voxel_mm))
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(np.where(flip, -1.0, 1.0) * voxel_mm)
+    affine[:3, 3] = centre - affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
+    return _Grid(shape, affine)  # type: ignore[arg-type]
+
+
+def _head_points(grid: _Grid, head: _Head, anatomy: _Anatomy) -> tuple[np.ndarray, np.ndarray]:
+    """Output voxels inside the brain and their template voxel coordinates.
+
+    Returns:
+        ``(flat_indices (n,), template_coordinates (3, n))``.
+    """
+    matrix = head.world_to_template_voxel(anatomy) @ grid.affine
+    ijk = np.indices(grid.shape, dtype=np.float32).reshape(3, -1)
+    coords = matrix[:3, :3].astype(np.float32) @ ijk + matrix[:3, 3:4].astype(np.float32)
+    # cheap rejection of voxels far from the brain before the nonlinear warps
+    keep = np.flatnonzero(_sample(anatomy.support, coords, order=0) > 0)
+    coords = coords[:, keep].astype(np.float64)
+    coords += np.stack([_sample(c, coords / 4.0, mode="nearest") for c in head.deformation])
+    if head.expansion_mm > 0:
+        # integrate the ventricle-ward flow in small steps: a diffeomorphism, so nothing folds
+        step = head.expansion_mm / VENTRICLE_FLOW_STEPS
+        for _ in range(VENTRICLE_FLOW_STEPS):
+            coords += step * np.stack([_sample(c, coords / 2.0, mode="nearest") for c in anatomy.flow])
+    inside = _sample(anatomy.template.brain_mask, coords) >= 0.5
+    return keep[inside], coords[:, inside]
+
+
+def _bias_field(rng: np.random.Generator, world: np.ndarray) -> np.ndarray:
+    """Smooth multiplicative field: exp of a random quadratic in world coordinates (per image)."""
+    x, y, z = (world - world.mean(axis=1, keepdims=True)) / 100.0
+    terms = np.stack([x, y, z, x * x, y * y, z * z, x * y, x * z, y * z])
+    return np.exp(rng.normal(0.0, BIAS_SD, terms.shape[0]) @ terms).astype(np.float32)
+
+
+def _intensity(
+    modality: str,
+    base: np.ndarray,
+    gm: np.ndarray,
+    proximity: np.ndarray,
+    lesion: np.ndarray,
+    contrast: np.ndarray,
+    thinning: float,
+    anatomy: _Anatomy,
+) -> np.ndarray:
+    ref = anatomy.reference[modality]
+    # cortical thinning: part of the GM next to sulcal CSF becomes CSF (partial-volume mix)
+    value = base + (thinning * proximity * gm) * (ref["csf"] - ref["gm"])
+    # lesions replace tissue by a mix of WM and CSF intensity, one contrast per lesion
+    return value * (1.0 - lesion) + lesion * ref["wm"] + contrast * (ref["csf"] - ref["wm"])
+
+
+def _acquire(
+    rng: np.random.Generator, value: np.ndarray, world: np.ndarray, modality: str, scanner: str, anatomy: _Anatomy
+) -> tuple[np.ndarray, float]:
+    """Scanner effects on the clean intensities: contrast gamma, bias field, Rician noise, global scale."""
+    wm = anatomy.reference[modality]["wm"]
+    gamma = rng.uniform(*GAMMA_RANGE)
+    value = wm * np.power(np.maximum(value, 0.0) / wm, gamma)
+    value = value * _bias_field(rng, world)
+    noise_fraction = float(rng.uniform(*NOISE_FRACTION[scanner]))
+    sigma = noise_fraction * wm
+    real = value + sigma * rng.standard_normal(value.size, dtype=np.float32)
+    imaginary = sigma * rng.standard_normal(value.size, dtype=np.float32)
+    scale = math.exp(rng.uniform(*np.log(INTENSITY_SCALE_RANGE)))
+    return (np.hypot(real, imaginary) * scale).astype(np.float32), noise_fraction
+
+
+def _world(grid: _Grid, flat: np.ndarray) -> np.ndarray:
+    ijk = np.stack(np.unravel_index(flat, grid.shape)).astype(np.float64)
+    return grid.affine[:3, :3] @ ijk + grid.affine[:3, 3:4]
+
+
+def _nifti(array: np.ndarray, grid: _Grid, description: str) -> Any:
+    import nibabel as nib
+
+    image = nib.Nifti1Image(array, grid.affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.header.set_qform(grid.affine, code=1)
+    image.header.set_sform(grid.affine, code=1)
+    image.header["descrip"] = description[:79].encode()
+    return image
+
+
+# ---------------------------------------------------------------------------------------------------
+# One subject (worker task)
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Task:
+    seed: int
+    index: int
+    tiny: bool
+    spacing: float
+    layout: str
+    root: str
+    width: int
+
+
+def _paths(layout: str, ids: dict[str, str]) -> dict[str, str]:
+    if layout == "seed":
+        mri = ids["MRI_ID"]
+        return {
+            "t1": f"T1/{mri}_T1_preprocessed.nii.gz",
+            "t2": f"T2/{mri}_T2_preprocessed.nii.gz",
+            "lesion": f"masks/{mri}_lesion.nii.gz",
+            "tissue": f"tissue/{mri}_tissue.nii.gz",
+        }
+    stem = f"{ids['participant_id']}_{ids['session_id']}"
+    anat = f"{ids['participant_id']}/{ids['session_id']}/anat"
+    return {
+        "t1": f"{anat}/{stem}_T1w.nii.gz",
+        "t2": f"{anat}/{stem}_T2w.nii.gz",
+        "lesion": f"derivatives/lesions/{anat}/{stem}_label-lesion_mask.nii.gz",
+        "tissue": f"derivatives/lesions/{anat}/{stem}_dseg.nii.gz",
+    }
+
+
+def _generate_subject(task: _Task) -> list[dict[str, Any]]:
+    from scipy import ndimage
+
+    anatomy = _anatomy()
+    template = anatomy.template
+    plan, rng = _subject_plan(task.seed, task.index, task.tiny)
+    deformation = _deformation_field(rng, template.shape)
+    root = Path(task.root)
+    records = []
+    for session in plan.sessions:
+        rotation = _rotation(np.clip(rng.normal(0, ROTATION_SD_DEG, 3), -ROTATION_MAX_DEG, ROTATION_MAX_DEG))
+        translation = np.clip(rng.normal(0, TRANSLATION_SD_MM, 3), -TRANSLATION_MAX_MM, TRANSLATION_MAX_MM)
+        head = _Head(
+            plan.head_scale,
+            rotation,
+            translation,
+            deformation,
+            VENTRICLE_EXPANSION_MM * session.atrophy,
+            CORTICAL_THINNING * session.atrophy,
+        )
+        # the technologist centres each field of view on the head, give or take a few mm
+        head_centre = rotation @ (plan.head_scale * anatomy.brain_centre) + translation
+        offsets = np.clip(rng.normal(0, FOV_OFFSET_SD_MM, (2, 3)), -FOV_OFFSET_MAX_MM, FOV_OFFSET_MAX_MM)
+        spacing = task.spacing
+        t1_grid = _fov_grid(head_centre + offsets[0], np.asarray(T1_FOV_MM), np.full(3, spacing), (False, False, False))
+        t2_fov = np.asarray(T1_FOV_MM) + rng.uniform(*T2_FOV_EXTRA_MM, 3)
+        t2_voxel = np.array([spacing, spacing, T2_SLICE_FACTOR * spacing])
+        t2_grid = _fov_grid(head_centre + offsets[1], t2_fov, t2_voxel, (True, True, False))  # LPS
+
+        fraction, contrast_t1, contrast_t2 = _render_lesions(session.lesions, anatomy)
+
+        flat, coords = _head_points(t1_grid, head, anatomy)
+        gm = _sample(template.gm, coords)
+        wm = _sample(template.wm, coords)
+        csf = _sample(template.csf, coords)
+        proximity = _sample(anatomy.cortex_proximity, coords)
+        lesion = _sample(fraction, coords)
+        clean_t1 = _intensity(
+            "t1", _sample(template.t1, coords), gm, proximity, lesion, _sample(contrast_t1, coords), head.thinning, anatomy
+        )
+        t1_values, t1_noise = _acquire(rng, clean_t1, _world(t1_grid, flat), "t1", session.scanner, anatomy)
+        ventricles = _sample(template.ventricles.astype(np.float32), coords)
+
+        # tissue fractions after thinning and lesions -> hard labels
+        thinned = head.thinning * proximity * gm
+        fractions = np.stack([csf + thinned, gm - thinned, wm]) * (1.0 - lesion)
+        tissue_values = (np.argmax(fractions, axis=0) + 1).astype(np.uint8)
+        lesion_values = lesion >= 0.5
+        tissue_values[lesion_values] = 4
+
+        t1 = np.zeros(t1_grid.shape, dtype=np.float32)
+        t1.flat[flat] = t1_values
+        mask = np.zeros(t1_grid.shape, dtype=np.uint8)
+        mask.flat[flat] = lesion_values
+        tissue = np.zeros(t1_grid.shape, dtype=np.uint8)
+        tissue.flat[flat] = tissue_values
+
+        flat2, coords2 = _head_points(t2_grid, head, anatomy)
+        clean_t2 = _intensity(
+            "t2",
+            _sample(template.t2, coords2),
+            _sample(template.gm, coords2),
+            _sample(anatomy.cortex_proximity, coords2),
+            _sample(fraction, coords2),
+            _sample(contrast_t2, coords2),
+            head.thinning,
+            anatomy,
+        )
+        t2_values, t2_noise = _acquire(rng, clean_t2, _world(t2_grid, flat2), "t2", session.scanner, anatomy)
+        t2 = np.zeros(t2_grid.shape, dtype=np.float32)
+        t2.flat[flat2] = t2_values
+
+        ids = _ids(plan, session, task.width)
+        paths = _paths(task.layout, ids)
+        note = "monai-ms synthetic; derived from MNI ICBM152 2009c"
+        save_nifti(_nifti(t1, t1_grid, note), root / paths["t1"])
+        save_nifti(_nifti(t2, t2_grid, note), root / paths["t2"])
+        save_nifti(_nifti(mask, t1_grid, note + " lesion mask"), root / paths["lesion"])
+        save_nifti(_nifti(tissue, t1_grid, note + " tissue labels"), root / paths["tissue"])
+
+        _, components = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        voxel_ml = t1_grid.voxel_volume_ml
+        intracranial = flat.size * voxel_ml
+        brain = float((1.0 - csf - thinned).sum()) * voxel_ml
+        records.append(
+            {
+                **ids,
+                "session": session.number,
+                "sex": plan.sex,
+                "date_of_birth": plan.date_of_birth.isoformat(),
+                "scan_date": session.scan_date.isoformat(),
+                "age": round(session.age, 2),
+                "scanner": session.scanner,
+                "disease": round(plan.disease, 4),
+                "head_scale": round(plan.head_scale, 4),
+                "atrophy": round(session.atrophy, 4),
+                "ventricle_expansion_mm": round(head.expansion_mm, 3),
+                "cortical_thinning": round(head.thinning, 4),
+                "lesion_load_ml": round(_lesion_load_ml(session, plan), 4),
+                "lesion_volume_ml": round(float(lesion.sum()) * voxel_ml, 4),
+                "lesion_mask_volume_ml": round(float(lesion_values.sum()) * voxel_ml, 4),
+                "number_of_lesions": int(components),
+                "lesions_generated": len(session.lesions),
+                "ventricle_volume_ml": round(float(ventricles.sum()) * voxel_ml, 3),
+                "brain_volume_ml": round(brain, 2),
+                "intracranial_volume_ml": round(intracranial, 2),
+                "brain_parenchymal_fraction": round(brain / intracranial, 4),
+                "edss_continuous": session.edss_continuous,
+                "edss": session.edss,
+                "t1_noise_fraction": round(t1_noise, 4),
+                "t2_noise_fraction": round(t2_noise, 4),
+                "paths": paths,
+            }
+        )
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cohort
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CohortSummary:
+    """What :func:`generate_cohort` wrote.
+
+    Attributes:
+        out_dir: the cohort folder.
+        layout: ``"seed"`` or ``"bids"``.
+        seed: random seed.
+        spacing: T1 voxel size in mm (the T2 has ``spacing x spacing x 1.5 spacing``).
+        tiny: whether the tiny test settings were used.
+        subjects: number of subjects (patients).
+        sessions: number of scan sessions.
+        lesion_free_sessions: sessions whose lesion mask is empty.
+        edss_min: lowest EDSS.
+        edss_max: highest EDSS.
+        edss_median: median EDSS.
+        r2_age_sex: in-sample R^2 of a linear model of EDSS on (age, sex).
+        r2_lesion_atrophy: in-sample R^2 of EDSS on (ln(1 + lesion volume mL), atrophy).
+        r2_lesion_ventricles: in-sample R^2 of EDSS on (ln(1 + lesion volume mL), ventricle volume /
+            intracranial volume), i.e. from quantities measurable in the images.
+        seconds: wall time.
+        workers: worker processes used.
+    """
+
+    out_dir: Path
+    layout: str
+    seed: int
+    spacing: float
+    tiny: bool
+    subjects: int
+    sessions: int
+    lesion_free_sessions: int
+    edss_min: float
+    edss_max: float
+    edss_median: float
+    r2_age_sex: float
+    r2_lesion_atrophy: float
+    r2_lesion_ventricles: float
+    seconds: float
+    workers: int
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines (what the CLI prints)."""
+        return [
+            f"wrote {self.sessions} sessions of {self.subjects} subjects to {self.out_dir} (layout {self.layout}, "
+            f"seed {self.seed}, T1 {self.spacing:g} mm{', tiny' if self.tiny else ''})",
+            f"lesion-free sessions: {self.lesion_free_sessions}; EDSS {self.edss_min:g}-{self.edss_max:g} "
+            f"(median {self.edss_median:g})",
+            f"R^2 of EDSS on age+sex {self.r2_age_sex:.2f}; on lesion load+atrophy {self.r2_lesion_atrophy:.2f}; "
+            f"on lesion load+ventricle fraction {self.r2_lesion_ventricles:.2f}",
+            f"time {self.seconds:.1f} s with {self.workers} worker(s)",
+        ]
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _r2(table: Any, columns: Sequence[str]) -> float:
+    from sklearn.linear_model import LinearRegression
+
+    if len(table) < len(columns) + 2 or table["edss"].nunique() < 2:
+        return float("nan")
+    x = table[list(columns)].to_numpy(dtype=float)
+    y = table["edss"].to_numpy(dtype=float)
+    return float(LinearRegression().fit(x, y).score(x, y))
+
+
+def _looks_like_cohort(path: Path) -> bool:
+    return (path / COHORT_MARKER).is_file() and (path / LICENCE_NAME).is_file()
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: output path exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out}: output folder is not empty; choose a new folder or pass overwrite=True (--overwrite)"
+            )
+        if not _looks_like_cohort(out):
+            raise FileExistsError(
+                f"{out}: refusing to replace a non-empty folder that is not a monai-ms synthetic cohort "
+                f"(no {COHORT_MARKER} and {LICENCE_NAME}); remove it yourself or choose a new folder"
+            )
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    """Move the finished cohort into place; an old cohort is removed only after the new one is there."""
+    trash = None
+    if out.is_dir():
+        if any(out.iterdir()):
+            trash = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out, trash)
+        else:
+            out.rmdir()
+    os.replace(tmp, out)
+    if trash is not None:
+        shutil.rmtree(trash)
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    # forkserver/spawn: workers start clean (no inherited threads); each loads the template once
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def generate_cohort(
+    out_dir: str | os.PathLike,
+    subjects: int,
+    seed: int = 0,
+    spacing: float | None = None,
+    layout: str = "seed",
+    tiny: bool = False,
+    workers: int | None = None,
+    preview: bool = False,
+    overwrite: bool = False,
+) -> CohortSummary:
+    """Write a synthetic MS cohort (T1, T2, lesion masks, tissue labels, metadata) built on MNI ICBM152 2009c.
+
+    About 30% of subjects get a second session 1-3 years later. Per session: T1 ``float32`` on an
+    isotropic RAS grid of ``spacing`` mm (``216 x 248 x 224`` mm field of view), T2 ``float32`` on a
+    ``spacing x spacing x 1.5 spacing`` mm LPS grid with another field of view (align them through the
+    affines), lesion mask and tissue labels (``uint8``; 0 background, 1 CSF, 2 GM, 3 WM, 4 lesion) on the
+    T1 grid. The cohort is built in a hidden sibling folder and renamed into place at the end.
+
+    Args:
+        out_dir: output folder; must not exist or be empty (see ``overwrite``).
+        subjects: number of subjects (patients).
+        seed: random seed; subject ``i`` depends only on ``(seed, i)``.
+        spacing: T1 voxel size in mm, in [0.5, 8]; default 2.0 (4.0 with ``tiny``).
+        layout: ``"seed"`` (``T1/``, ``T2/``, ``masks/``, ``tissue/``, ``metadata.csv``) or ``"bids"``.
+        tiny: fast test cohort: 4 mm voxels (unless ``spacing`` is given) and fewer, larger lesions.
+        workers: worker processes; default ``min(2, cpu count)``. Results do not depend on it.
+        preview: also write ``preview.png`` (T1, T2 on the T1 grid, T1 with the mask outlined).
+        overwrite: replace ``out_dir`` if it holds a previous synthetic cohort (never another folder).
+
+    Returns:
+        :class:`CohortSummary`.
+
+    Raises:
+        ValueError: an argument is out of range.
+        FileExistsError: ``out_dir`` is not empty (and not an older cohort with ``overwrite=True``).
+        NotADirectoryError: ``out_dir`` is a file.
+        monai_ms.data.templates.TemplateNotFoundError: the template data packages are missing.
+
+    Examples:
+        >>> summary = generate_cohort("demo_cohort", subjects=4, tiny=True)  # doctest: +SKIP
+        >>> summary.sessions >= 4  # doctest: +SKIP
+        True
+    """
+    import pandas as pd
+
+    start = time.perf_counter()
+    subjects = _check_positive_int("subjects", subjects)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    spacing = (4.0 if tiny else 2.0) if spacing is None else spacing
+    if not isinstance(spacing, (int, float, np.floating)) or not 0.5 <= float(spacing) <= 8.0:
+        raise ValueError(f"spacing must be a voxel size in mm in [0.5, 8], got {spacing!r}")
+    spacing = float(spacing)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    workers = min(2, os.cpu_count() or 1) if workers is None else _check_positive_int("workers", workers)
+    workers = min(workers, subjects)
+    out = Path(out_dir).expanduser().absolute()
+    _prepare_output(out, overwrite)
+    load_template()  # fail early, before any folder appears, if the template is not installed
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        width = max(2, len(str(subjects)))
+        tasks = [_Task(int(seed), i, bool(tiny), spacing, layout, str(tmp), width) for i in range(subjects)]
+        if workers == 1:
+            per_subject = [_generate_subject(task) for task in tasks]
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
+                per_subject = list(pool.map(_generate_subject, tasks))
+        records = [record for subject in per_subject for record in subject]
+        truth = pd.DataFrame(records)
+        _write_tables(tmp, truth, layout)
+        _write_docs(tmp, truth, layout, int(seed), spacing, bool(tiny))
+        if preview:
+            _write_preview(tmp, truth)
+        truth["log_lesion"] = np.log1p(truth["lesion_volume_ml"])
+        truth["male"] = (truth["sex"] == "M").astype(float)
+        truth["ventricle_fraction"] = truth["ventricle_volume_ml"] / truth["intracranial_volume_ml"]
+        summary = CohortSummary(
+            out_dir=out,
+            layout=layout,
+            seed=int(seed),
+            spacing=spacing,
+            tiny=bool(tiny),
+            subjects=subjects,
+            sessions=len(truth),
+            lesion_free_sessions=int((truth["lesion_mask_volume_ml"] == 0).sum()),
+            edss_min=float(truth["edss"].min()),
+            edss_max=float(truth["edss"].max()),
+            edss_median=float(truth["edss"].median()),
+            r2_age_sex=_r2(truth, ["age", "male"]),
+            r2_lesion_atrophy=_r2(truth, ["log_lesion", "atrophy"]),
+            r2_lesion_ventricles=_r2(truth, ["log_lesion", "ventricle_fraction"]),
+            seconds=round(time.perf_counter() - start, 2),
+            workers=workers,
+        )
+        marker = {
+            "generator": "monai_ms.data.synthetic.generate_cohort",
+            "parameters": {"subjects": subjects, "seed": int(seed), "spacing": spacing, "layout": layout, "tiny": bool(tiny)},
+            "summary": {k: v for k, v in asdict(summary).items() if k not in ("out_dir", "seconds", "workers")},
+        }
+        write_json(marker, tmp / COHORT_MARKER)
+        _commit(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary = CohortSummary(**{**asdict(summary), "seconds": round(time.perf_counter() - start, 2)})
+    logger.info("synthetic cohort: %s", " | ".join(summary.lines()))
+    return summary
+
+
+def _write_tables(root: Path, truth: Any, layout: str) -> None:
+    import pandas as pd
+
+    write_csv(truth[GROUND_TRUTH_COLUMNS], root / "ground_truth.csv")
+    if layout == "seed":
+        metadata = pd.DataFrame(
+            {
+                "Patient_ID": truth["Patient_ID"],
+                "MRI_ID": truth["MRI_ID"],
+                "MR_System": truth["scanner"],
+                "Number_of_Lesions": truth["number_of_lesions"],
+                "Scan_Date": truth["scan_date"],
+                "Sex": truth["sex"],
+                "Date_of_Birth": truth["date_of_birth"],
+                "EDSS": truth["edss"],
+                "Age_at_Scan": truth["age"].round(1),
+            }
+        )
+        write_csv(metadata[METADATA_COLUMNS], root / "metadata.csv")
+        return
+    participants = truth.drop_duplicates("participant_id")[["participant_id", "sex", "date_of_birth"]]
+    write_csv(participants, root / "participants.tsv", sep="\t")
+    write_json(
+        {
+            "participant_id": {"Description": "subject identifier"},
+            "sex": {"Description": "sex", "Levels": {"F": "female", "M": "male"}},
+            "date_of_birth": {"Description": "date of birth (synthetic)", "Format": "YYYY-MM-DD"},
+        },
+        root / "participants.json",
+    )
+    for participant, rows in truth.groupby("participant_id", sort=True):
+        sessions = pd.DataFrame(
+            {
+                "session_id": rows["session_id"],
+                "acq_time": rows["scan_date"] + "T09:00:00",
+                "age": rows["age"].round(1),
+                "edss": rows["edss"],
+                "scanner": rows["scanner"],
+            }
+        )
+        write_csv(sessions, root / participant / f"{participant}_sessions.tsv", sep="\t")
+    from monai_ms import __version__
+
+    generated_by = [{"Name": "monai-ms", "Version": __version__, "Description": "monai_ms.data.synthetic"}]
+    write_json(
+        {
+            "Name": "monai-ms synthetic MS cohort (MNI ICBM152 2009c derived)",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "raw",
+            "License": f"derived from the MNI ICBM152 2009c template; see {LICENCE_NAME}",
+            "GeneratedBy": generated_by,
+        },
+        root / "dataset_description.json",
+    )
+    write_json(
+        {
+            "Name": "lesion masks and tissue labels of the synthetic cohort",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": generated_by,
+        },
+        root / "derivatives" / "lesions" / "dataset_description.json",
+    )
+    labels = pd.DataFrame({"index": list(TISSUE_LABELS), "name": list(TISSUE_LABELS.values())})
+    write_csv(labels, root / "derivatives" / "lesions" / "dseg.tsv", sep="\t")
+    write_text(f"ground_truth.csv\n{COHORT_MARKER}\n{LICENCE_NAME}\npreview.png\n", root / ".bidsignore")
+
+
+def _write_docs(root: Path, truth: Any, layout: str, seed: int, spacing: float, tiny: bool) -> None:
+    write_text(mni_copying_text(), root / LICENCE_NAME)
+    files = (
+        "T1/{MRI_ID}_T1_preprocessed.nii.gz, T2/{MRI_ID}_T2_preprocessed.nii.gz, masks/{MRI_ID}_lesion.nii.gz, "
+        "tissue/{MRI_ID}_tissue.nii.gz, metadata.csv"
+        if layout == "seed"
+        else "participants.tsv, sub-*/sub-*_sessions.tsv, sub-*/ses-*/anat/*_T1w.nii.gz and *_T2w.nii.gz, "
+        "derivatives/lesions/sub-*/ses-*/anat/*_label-lesion_mask.nii.gz and *_dseg.nii.gz"
+    )
+    text = f"""# Synthetic multiple-sclerosis cohort (monai-ms)
+
+Synthetic data: no real person was scanned. Made by `monai_ms.data.synthetic.generate_cohort` with seed {seed},
+T1 voxel {spacing:g} mm{" (tiny test settings)" if tiny else ""}, layout `{layout}`:
+{truth["Patient_ID"].nunique()} subjects, {len(truth)} sessions.
+
+Files: {files}; ground_truth.csv (the latent variables), {COHORT_MARKER} (generator parameters).
+
+## Generative model (details and numbers: docs/synthetic_cohort.md in monai-ms)
+
+- Each head is the MNI ICBM152 2009c template, scaled (females 1.00, males 1.06 on average, sd 0.03),
+  smoothly deformed (a few mm), rotated (a few degrees) and shifted (a few mm) in the scanner.
+- A latent disease severity drives the white-matter lesion load (lognormal, many periventricular lesions,
+  about 1 in 8 subjects lesion-free) and atrophy (ventricles enlarged by up to 5 mm, cortex thinned).
+- EDSS = 0.9 + 1.0 ln(1 + lesion mL) + 3.0 atrophy + 0.015 (age - 40) + noise, rounded to 0.5 in [0, 10].
+- T1: {spacing:g} mm isotropic, RAS. T2: {spacing:g} x {spacing:g} x {T2_SLICE_FACTOR * spacing:g} mm, LPS, another field of
+  view: resample T2 onto T1 through the affines. Both are skull-stripped (zero outside the brain), float32,
+  with a smooth bias field, Rician noise and an arbitrary intensity scale per image.
+- Lesion masks (0/1) and tissue labels (0 background, 1 CSF, 2 GM, 3 WM, 4 lesion) are on the T1 grid.
+
+## Template licence
+
+The images are derived from the MNI ICBM152 2009c template (Fonov et al., NeuroImage 2011; Collins et al.),
+distributed under the notice in {LICENCE_NAME}, which must accompany every copy:
+
+{mni_copying_text().strip()}
+"""
+    write_text(text, root / "README.md")
+
+
+def _write_preview(root: Path, truth: Any, rows: int = 4) -> None:
+    """Montage: one row per session (lesion loads spread over the cohort), T1 | T2 on the T1 grid | T1 + mask."""
+    import nibabel as nib
+    from matplotlib.figure import Figure
+    from nibabel.processing import resample_from_to
+
+    order = truth.sort_values("lesion_volume_ml").index.to_list()
+    picks = sorted({order[int(round(q * (len(order) - 1)))] for q in np.linspace(0, 1, min(rows, len(order)))})
+    picks = sorted(picks, key=lambda i: truth.loc[i, "lesion_volume_ml"])
+    figure = Figure(figsize=(9, 3.1 * len(picks)))
+    axes = figure.subplots(len(picks), 3, squeeze=False)
+    for row, index in enumerate(picks):
+        record = truth.loc[index]
+        t1_image = nib.load(str(root / record["paths"]["t1"]))
+        t1 = t1_image.get_fdata(dtype=np.float32)
+        t2 = resample_from_to(nib.load(str(root / record["paths"]["t2"])), t1_image, order=1).get_fdata(dtype=np.float32)
+        mask = np.asarray(nib.load(str(root / record["paths"]["lesion"])).dataobj)
+        per_slice = mask.sum(axis=(0, 1))
+        # T1 is RAS: the third axis is inferior -> superior
+        k = int(np.argmax(per_slice)) if per_slice.any() else int(np.argmax((t1 > 0).sum(axis=(0, 1))))
+        for column, (image, title) in enumerate([(t1, "T1"), (t2, "T2 (on T1 grid)"), (t1, "T1 + lesion mask")]):
+            ax = axes[row, column]
+            plane = image[:, :, k].T
+            brain = plane[plane > 0]
+            top = float(np.percentile(brain, 99.5)) if brain.size else 1.0
+            ax.imshow(plane, cmap="gray", origin="lower", vmin=0, vmax=top, interpolation="nearest")
+            if column == 2 and mask[:, :, k].any():
+                ax.contour(mask[:, :, k].T, levels=[0.5], colors="red", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title)
+        axes[row, 0].set_ylabel(
+            f"{record['MRI_ID']}  {record['sex']} {record['age']:.0f} y\n"
+            f"EDSS {record['edss']:g}, lesions {record['lesion_volume_ml']:.1f} mL\nz index {k}",
+            fontsize=9,
+        )
+    figure.suptitle("monai-ms synthetic cohort (MNI ICBM152 2009c derived); axial, R on the right", fontsize=10)
+    save_figure(figure, root / "preview.png")
