@@ -356,7 +356,7 @@ class ClassificationReportHandler(PredictionCollector):
                     continue  # a constant: the chance diagonal
                 fpr, tpr, _ = skm.roc_curve(labels, probability)
                 auc = skm.roc_auc_score(labels, probability)
-                ax.plot(fpr, tpr, drawstyle="steps-post", label=f"{name.replace('_', ' ')} (AUC {auc:.2f})")
+                ax.plot(fpr, tpr, label=f"{name.replace('_', ' ')} (AUC {auc:.2f})")
         ax.set(
             xlabel=f"false positive rate (1 - specificity, {self.class_names[0]})",
             ylabel=f"true positive rate (sensitivity, {self.class_names[1]})",
