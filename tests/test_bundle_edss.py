@@ -168,3 +168,10 @@ def test_summary_counts_every_parameter_of_the_bundle_network(capsys):
     total = sum(p.numel() for p in network.parameters())
     assert f"Total params: {total:,}" in printed
     assert "demographics" in printed or "[1, 2]" in printed
+
+
+def test_lowercase_boolean_override_is_refused(tiny_manifest, tmp_path):
+    # python-fire passes "false" as a (truthy) string: refuse it instead of silently switching AMP on
+    result = run_bundle("edss", "training", ["train"], {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "amp": "false", "ckpt_dir": str(tmp_path / "models")})
+    assert result.returncode != 0
+    assert "--amp must be True or False" in result.stderr

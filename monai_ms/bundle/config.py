@@ -84,9 +84,10 @@ def bundle_root(default: str | os.PathLike | None = None) -> str:
     )
 
 
-def _defined_keys(configs_dir: Path) -> set[str]:
-    keys: set[str] = set()
-    for path in configs_dir.glob("*.json"):
+def _defaults(configs_dir: Path) -> dict[str, Any]:
+    """Top-level keys defined by the bundle's config files, with their values in the files."""
+    defaults: dict[str, Any] = {}
+    for path in sorted(configs_dir.glob("*.json")):
         if path.name == "metadata.json":
             continue
         try:
@@ -94,12 +95,15 @@ def _defined_keys(configs_dir: Path) -> set[str]:
         except (OSError, json.JSONDecodeError):
             continue
         if isinstance(content, dict):
-            keys.update(content)
-    return keys
+            for key, value in content.items():
+                defaults.setdefault(key, value)
+    return defaults
 
 
 def check_overrides(extra_allowed: tuple[str, ...] = ()) -> bool:
-    """Refuse top-level config keys that no config file of the bundle defines (a mistyped override).
+    """Refuse top-level config keys that no config file of the bundle defines (a mistyped override),
+    and a switch given as the string ``"true"``/``"false"`` (python-fire reads only ``True``/``False``
+    as booleans, so ``--amp false`` would silently switch AMP on).
 
     Called first in each bundle's ``initialize`` list. Outside a ``ConfigWorkflow`` (e.g. a bare
     ``ConfigParser``) it does nothing.
@@ -116,13 +120,18 @@ def check_overrides(extra_allowed: tuple[str, ...] = ()) -> bool:
     workflow = running_workflow()
     if workflow is None:
         return True
-    known = _defined_keys(Path(workflow.config_root_path)) | set(extra_allowed) | {"_meta_", "bundle_root"}
-    unknown = sorted(set(workflow.parser.config) - known)
-    if unknown:
-        lines = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, sorted(known), n=3)
-            hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
-            lines.append(f"unknown override --{key}: no config in {workflow.config_root_path} defines it{hint}")
+    defaults = _defaults(Path(workflow.config_root_path))
+    known = set(defaults) | set(extra_allowed) | {"_meta_", "bundle_root"}
+    config = workflow.parser.config
+    lines = []
+    for key in sorted(set(config) - known):
+        close = difflib.get_close_matches(key, sorted(known), n=3)
+        hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
+        lines.append(f"unknown override --{key}: no config in {workflow.config_root_path} defines it{hint}")
+    for key, default in defaults.items():
+        value = config.get(key)
+        if isinstance(default, bool) and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            lines.append(f"--{key} must be True or False (capitalised), got the string {config[key]!r}")
+    if lines:
         raise ValueError("\n".join(lines))
     return True
