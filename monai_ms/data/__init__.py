@@ -13,21 +13,29 @@ from monai_ms.data.manifest import (
     write_manifest,
 )
 from monai_ms.data.split import split_entries
+from monai_ms.data.synthetic import CohortSummary, generate_cohort, sample_latents
+from monai_ms.data.templates import Template, TemplateNotFoundError, load_template
 from monai_ms.data.transforms import paired_transforms, parse_sex
 from monai_ms.data.validation import Problem, ValidationReport, validate_manifest
 
 __all__ = [
+    "CohortSummary",
     "TASK_KEYS",
+    "Template",
+    "TemplateNotFoundError",
     "ManifestError",
     "Problem",
     "ValidationReport",
     "build_from_bids",
     "build_from_csv",
+    "generate_cohort",
+    "load_template",
     "load_datalist",
     "new_manifest",
     "paired_transforms",
     "parse_sex",
     "read_manifest",
+    "sample_latents",
     "split_entries",
     "validate_manifest",
     "write_manifest",

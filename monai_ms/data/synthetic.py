@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_ms.data.templates import Template, load_template, mni_copying_text
+from monai_ms.data.templates import Template, load_template, mni_copying_text, template_files
 from monai_ms.io import save_figure, save_nifti, write_csv, write_json, write_text
 
 __all__ = [
@@ -101,9 +101,9 @@ SECOND_SESSION_FRACTION = 0.30
 INTERVAL_YEARS = (1.0, 3.0)
 SCANNER_3T_FRACTION = 0.6
 SCANNER_CHANGE_FRACTION = 0.2  # second session on the other field strength
-HEAD_SCALE_MEAN = {"F": 1.00, "M": 1.06}
+HEAD_SCALE_MEAN = {"F": 0.93, "M": 0.985}  # the template brain is large: 1.89 L inside its mask
 HEAD_SCALE_SD = 0.03
-HEAD_SCALE_RANGE = (0.92, 1.15)
+HEAD_SCALE_RANGE = (0.85, 1.08)
 DEFORMATION_SD_MM = 2.0  # per component at the control points
 DEFORMATION_CONTROL_MM = 32.0
 DEFORMATION_MAX_MM = 6.0
@@ -122,7 +122,7 @@ VENTRICLE_FLOW_STEPS = 4
 CORTICAL_THINNING = 0.6  # fraction of cortical GM next to CSF turned to CSF at atrophy 1
 CORTEX_DEPTH_MM = 2.0
 # disease latent D ~ N(0, 1) drives lesions and atrophy
-LESION_FREE_LOGIT = (-2.3, -1.2)  # P(no lesions) = sigmoid(a + b * D)
+LESION_FREE_LOGIT = (-2.6, -1.2)  # P(no lesions) = sigmoid(a + b * D)
 LESION_LOAD_LOG_ML = (1.25, 0.85, 0.012, 0.5)  # log mL ~ N(a + b D + c (age - 40), sd)
 LESION_LOAD_RANGE_ML = (0.3, 60.0)
 ATROPHY = (0.25, 0.17, 0.008, 0.07)  # a + b D + c (age - 40) + N(0, sd), clipped to [0, 1]
@@ -153,8 +153,12 @@ class _Anatomy:
     template: Template
     inverse_affine: np.ndarray  # world -> template voxel
     support: np.ndarray  # uint8, brain mask dilated by SUPPORT_MARGIN_MM
+    support_box: tuple[tuple[float, float], ...]  # its bounding box, template voxels (per axis lo, hi)
     cortex_proximity: np.ndarray  # float32, exp(-distance to sulcal CSF / CORTEX_DEPTH_MM)
     flow: np.ndarray  # (3, ...) float32 on a 2 mm grid: ventricle-ward unit field
+    coarse_index: np.ndarray  # flat indices of the support on the 2 mm grid (where warps are computed)
+    coarse_points: np.ndarray  # (3, m) float64 template voxel coordinates of those points
+    coarse_flowing: np.ndarray  # (m,) bool: the ventricle flow is not negligible there
     site_index: np.ndarray  # flat template indices of possible lesion centres
     site_cdf: np.ndarray
     site_ventricle_mm: np.ndarray
@@ -166,6 +170,15 @@ class _Anatomy:
 _INFRATENTORIAL_LABELS = (11, 62, 46, 97, 39, 90, 50, 101, 2, 53, 20, 71)
 
 
+def _bounding_box(mask: np.ndarray) -> list[tuple[int, int]]:
+    """First and last index of the non-zero voxels along each axis."""
+    box = []
+    for axis in range(mask.ndim):
+        along = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append((int(along[0]), int(along[-1])))
+    return box
+
+
 @functools.lru_cache(maxsize=1)
 def _anatomy() -> _Anatomy:
     from scipy import ndimage
@@ -174,11 +187,9 @@ def _anatomy() -> _Anatomy:
     mask = template.brain_mask > 0.5
     # distance maps only where they matter: the brain's bounding box plus a margin
     margin = int(SUPPORT_MARGIN_MM) + 4
-    lo = [max(int(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d))).min()) - margin, 0) for d in range(3)]
-    hi = [
-        min(int(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d))).max()) + margin + 1, mask.shape[d])
-        for d in range(3)
-    ]
+    brain_box = _bounding_box(mask)
+    lo = [max(first - margin, 0) for first, _ in brain_box]
+    hi = [min(last + margin + 1, n) for (_, last), n in zip(brain_box, mask.shape)]
     crop = tuple(slice(a, b) for a, b in zip(lo, hi))
     mask_c = mask[crop]
     ventricles_c = template.ventricles[crop]
@@ -194,7 +205,13 @@ def _anatomy() -> _Anatomy:
 
     smooth = ndimage.gaussian_filter(template.ventricles.astype(np.float32), VENTRICLE_FLOW_SIGMA_MM)[::2, ::2, ::2]
     flow = np.stack(np.gradient(smooth, 2.0)).astype(np.float32)
-    flow /= np.sqrt((flow**2).sum(axis=0)).max()
+    flow_norm = np.sqrt((flow**2).sum(axis=0))
+    flow /= flow_norm.max()
+    # the warps are computed once per session on the 2 mm grid (inside the support) and interpolated
+    coarse_support = support[::2, ::2, ::2] > 0
+    coarse_index = np.flatnonzero(coarse_support)
+    coarse_points = 2.0 * np.stack(np.unravel_index(coarse_index, coarse_support.shape)).astype(np.float64)
+    coarse_flowing = flow_norm.ravel()[coarse_index] > 1e-3 * flow_norm.max()
 
     wm = template.wm
     labels = template.labels
@@ -225,15 +242,19 @@ def _anatomy() -> _Anatomy:
         modality: {tissue: float(getattr(template, modality)[sel].mean()) for tissue, sel in pure.items()}
         for modality in ("t1", "t2")
     }
-    centre_voxel = np.array([(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d)))[[0, -1]].mean()) for d in range(3)])
+    centre_voxel = np.array([(first + last) / 2.0 for first, last in brain_box])
     brain_centre = template.affine[:3, :3] @ centre_voxel + template.affine[:3, 3]
     logger.debug("template-derived maps ready: %d lesion sites", site_index.size)
     return _Anatomy(
         template=template,
         inverse_affine=np.linalg.inv(template.affine),
         support=support,
+        support_box=tuple((float(first), float(last)) for first, last in _bounding_box(support > 0)),
         cortex_proximity=proximity,
         flow=flow,
+        coarse_index=coarse_index,
+        coarse_points=coarse_points,
+        coarse_flowing=coarse_flowing,
         site_index=site_index,
         site_cdf=cdf,
         site_ventricle_mm=site_vent.astype(np.float32),
@@ -337,7 +358,8 @@ def _sample_lesion(rng: np.random.Generator, anatomy: _Anatomy, sizes: tuple) ->
         second /= np.linalg.norm(second)
         third = np.cross(first, second)
         angle = rng.uniform(0, 2 * math.pi)
-        second, third = math.cos(angle) * second + math.sin(angle) * third, -math.sin(angle) * second + math.cos(angle) * third
+        cos, sin = math.cos(angle), math.sin(angle)
+        second, third = cos * second + sin * third, -sin * second + cos * third
         rotation = np.stack([first, second, third], axis=1)
     else:
         ratios = np.exp(rng.normal(0.0, 0.25, 3))
@@ -368,9 +390,11 @@ def _subject_plan(seed: int, index: int, tiny: bool) -> tuple[_SubjectPlan, np.r
     age = AGE_RANGE[0] + (AGE_RANGE[1] - AGE_RANGE[0]) * demo.beta(*AGE_BETA)
     disease = float(demo.standard_normal())
     head_scale = float(np.clip(demo.normal(HEAD_SCALE_MEAN[sex], HEAD_SCALE_SD), *HEAD_SCALE_RANGE))
-    lesion_free = bool(demo.random() < 1.0 / (1.0 + math.exp(-(LESION_FREE_LOGIT[0] + LESION_FREE_LOGIT[1] * disease))))
+    logit = LESION_FREE_LOGIT[0] + LESION_FREE_LOGIT[1] * disease
+    lesion_free = bool(demo.random() < 1.0 / (1.0 + math.exp(-logit)))
     a, b, c, sd = LESION_LOAD_LOG_ML
-    load_ml = float(np.clip(math.exp(a + b * disease + c * (age - 40) + sd * demo.standard_normal()), *LESION_LOAD_RANGE_ML))
+    load_ml = math.exp(a + b * disease + c * (age - 40) + sd * demo.standard_normal())
+    load_ml = float(np.clip(load_ml, *LESION_LOAD_RANGE_ML))
     a, b, c, sd = ATROPHY
     atrophy = float(np.clip(a + b * disease + c * (age - 40) + sd * demo.standard_normal(), 0.0, 1.0))
     span = (FIRST_SCAN_DATES[1] - FIRST_SCAN_DATES[0]).days
@@ -400,7 +424,8 @@ def _subject_plan(seed: int, index: int, tiny: bool) -> tuple[_SubjectPlan, np.r
     for number, scan_date in enumerate(dates, start=1):
         if number == 2:
             years = (dates[1] - dates[0]).days / 365.25
-            atrophy = float(min(1.0, atrophy + years * (ATROPHY_RATE[0] + ATROPHY_RATE[1] * max(disease + 1.0, 0.0))))
+            progression = ATROPHY_RATE[0] + ATROPHY_RATE[1] * max(disease + 1.0, 0.0)
+            atrophy = float(min(1.0, atrophy + years * progression))
             rate = 0.15 if lesion_free else math.exp(NEW_LESIONS_PER_YEAR[0] + NEW_LESIONS_PER_YEAR[1] * disease)
             grown = []
             for lesion in lesions:
@@ -414,9 +439,8 @@ def _subject_plan(seed: int, index: int, tiny: bool) -> tuple[_SubjectPlan, np.r
                 scanner = "1.5T" if scanner == "3T" else "3T"
         session_age = (scan_date - date_of_birth).days / 365.25
         session = _Session(number, scan_date, session_age, scanner, atrophy, list(lesions))
-        load = sum(lesion.volume_mm3 for lesion in lesions) * head_scale**3 / 1000.0
         session.edss_continuous, session.edss = edss_model(
-            load, atrophy, session_age, subject_noise + session_noise[number - 1]
+            _lesion_load_ml(session, plan), atrophy, session_age, subject_noise + session_noise[number - 1]
         )
         plan.sessions.append(session)
     return plan, imaging
@@ -459,6 +483,7 @@ def sample_latents(subjects: int, seed: int = 0, tiny: bool = False) -> Any:
     import pandas as pd
 
     subjects = _check_positive_int("subjects", subjects)
+    seed = _check_seed(seed)
     width = max(2, len(str(subjects)))
     rows = []
     for index in range(subjects):
@@ -490,7 +515,9 @@ def sample_latents(subjects: int, seed: int = 0, tiny: bool = False) -> Any:
 def _sample(volume: np.ndarray, coordinates: np.ndarray, order: int = 1, mode: str = "constant") -> np.ndarray:
     from scipy import ndimage
 
-    return ndimage.map_coordinates(volume, coordinates, order=order, mode=mode, cval=0.0, output=np.float32, prefilter=False)
+    return ndimage.map_coordinates(
+        volume, coordinates, order=order, mode=mode, cval=0.0, output=np.float32, prefilter=False
+    )
 
 
 def _render_lesions(lesions: Sequence[_Lesion], anatomy: _Anatomy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -547,13 +574,17 @@ class _Grid:
 
 @dataclass(frozen=True)
 class _Head:
-    """Subject head in scanner space: world = rotation @ (scale * template_world) + translation."""
+    """Subject head in scanner space: ``world = rotation @ (scale * head) + translation``.
+
+    ``head`` is in template millimetres; what the scanner sees at head point ``h`` is the template at
+    ``h + displacement(h)``, the session's whole nonlinear warp (subject shape + ventricle expansion)
+    stored on the 2 mm template grid.
+    """
 
     scale: float
     rotation: np.ndarray
     translation: np.ndarray
-    deformation: np.ndarray  # (3, ...) mm on a 4 mm template grid
-    expansion_mm: float
+    displacement: np.ndarray  # (3, 97, 115, 97) float32, template voxels (mm)
     thinning: float
 
     def world_to_template_voxel(self, anatomy: _Anatomy) -> np.ndarray:
@@ -575,10 +606,32 @@ def _deformation_field(rng: np.random.Generator, shape: tuple[int, int, int]) ->
     from scipy import ndimage
 
     control = tuple(int(math.ceil(n / DEFORMATION_CONTROL_MM)) + 1 for n in shape)
-    target = tuple(int(math.ceil(n / 4.0)) + 1 for n in shape)
+    target = tuple(int(math.ceil(n / 8.0)) + 1 for n in shape)
     coarse = rng.normal(0.0, DEFORMATION_SD_MM, (3, *control))
-    fine = np.stack([ndimage.zoom(c, np.divide(target, control), order=3, mode="nearest", grid_mode=False) for c in coarse])
+    zoom = np.divide(target, control)
+    fine = np.stack([ndimage.zoom(c, zoom, order=3, mode="nearest", grid_mode=False) for c in coarse])
     return np.clip(fine, -DEFORMATION_MAX_MM, DEFORMATION_MAX_MM).astype(np.float32)
+
+
+def _session_displacement(anatomy: _Anatomy, warped: np.ndarray, expansion_mm: float) -> np.ndarray:
+    """Subject deformation then ventricle expansion, as one displacement field on the 2 mm template grid.
+
+    Args:
+        warped: ``(3, m)`` the subject-deformed positions of ``anatomy.coarse_points``.
+    """
+    start = anatomy.coarse_points
+    coords = warped.copy()
+    if expansion_mm > 0:
+        # integrate the ventricle-ward flow in small steps (a diffeomorphism, so nothing folds); sampling
+        # the template further in makes the ventricles look larger
+        moving = coords[:, anatomy.coarse_flowing]
+        step = expansion_mm / VENTRICLE_FLOW_STEPS
+        for _ in range(VENTRICLE_FLOW_STEPS):
+            moving += step * np.stack([_sample(c, moving / 2.0, mode="nearest") for c in anatomy.flow])
+        coords[:, anatomy.coarse_flowing] = moving
+    displacement = np.zeros((3, *anatomy.flow.shape[1:]), dtype=np.float32)
+    displacement.reshape(3, -1)[:, anatomy.coarse_index] = coords - start
+    return displacement
 
 
 def _fov_grid(centre: np.ndarray, fov_mm: np.ndarray, voxel_mm: np.ndarray, flip: tuple[bool, bool, bool]) -> _Grid:
@@ -589,26 +642,30 @@ def _fov_grid(centre: np.ndarray, fov_mm: np.ndarray, voxel_mm: np.ndarray, flip
     return _Grid(shape, affine)  # type: ignore[arg-type]
 
 
-def _head_points(grid: _Grid, head: _Head, anatomy: _Anatomy) -> tuple[np.ndarray, np.ndarray]:
-    """Output voxels inside the brain and their template voxel coordinates.
+def _head_points(grid: _Grid, head: _Head, anatomy: _Anatomy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Output voxels inside the brain, their template voxel coordinates and brain-mask values.
 
     Returns:
-        ``(flat_indices (n,), template_coordinates (3, n))``.
+        ``(flat_indices (n,), template_coordinates (3, n), brain_mask (n,))``.
     """
     matrix = head.world_to_template_voxel(anatomy) @ grid.affine
-    ijk = np.indices(grid.shape, dtype=np.float32).reshape(3, -1)
-    coords = matrix[:3, :3].astype(np.float32) @ ijk + matrix[:3, 3:4].astype(np.float32)
+    # only the output box that can reach the support (brain + margin) is looked at
+    corners = np.array(np.meshgrid(*anatomy.support_box, indexing="ij")).reshape(3, -1)
+    inverse = np.linalg.inv(matrix)
+    reach = inverse[:3, :3] @ corners + inverse[:3, 3:4]
+    lo = np.clip(np.floor(reach.min(axis=1)).astype(int) - 1, 0, grid.shape)
+    hi = np.clip(np.ceil(reach.max(axis=1)).astype(int) + 2, 0, grid.shape)
+    box = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")).reshape(3, -1)
+    coords = matrix[:3, :3].astype(np.float32) @ box.astype(np.float32) + matrix[:3, 3:4].astype(np.float32)
     # cheap rejection of voxels far from the brain before the nonlinear warps
-    keep = np.flatnonzero(_sample(anatomy.support, coords, order=0) > 0)
-    coords = coords[:, keep].astype(np.float64)
-    coords += np.stack([_sample(c, coords / 4.0, mode="nearest") for c in head.deformation])
-    if head.expansion_mm > 0:
-        # integrate the ventricle-ward flow in small steps: a diffeomorphism, so nothing folds
-        step = head.expansion_mm / VENTRICLE_FLOW_STEPS
-        for _ in range(VENTRICLE_FLOW_STEPS):
-            coords += step * np.stack([_sample(c, coords / 2.0, mode="nearest") for c in anatomy.flow])
-    inside = _sample(anatomy.template.brain_mask, coords) >= 0.5
-    return keep[inside], coords[:, inside]
+    inside_support = np.flatnonzero(_sample(anatomy.support, coords, order=0) > 0)
+    keep = np.ravel_multi_index(tuple(box[:, inside_support]), grid.shape)
+    coords = coords[:, inside_support]
+    coords = coords.astype(np.float64)
+    coords += np.stack([_sample(c, coords / 2.0, mode="nearest") for c in head.displacement])
+    brain = _sample(anatomy.template.brain_mask, coords)
+    inside = brain >= 0.5
+    return keep[inside], coords[:, inside], brain[inside]
 
 
 def _bias_field(rng: np.random.Generator, world: np.ndarray) -> np.ndarray:
@@ -700,90 +757,143 @@ def _paths(layout: str, ids: dict[str, str]) -> dict[str, str]:
     }
 
 
-def _generate_subject(task: _Task) -> list[dict[str, Any]]:
+def _lesion_samples(
+    fraction: np.ndarray, contrast: np.ndarray, coords: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    lesion = _sample(fraction, coords)
+    weighted = np.zeros_like(lesion)
+    touched = np.flatnonzero(lesion > 0)  # a few percent of the brain at most
+    weighted[touched] = _sample(contrast, coords[:, touched])
+    return lesion, weighted
+
+
+@dataclass(frozen=True)
+class _SessionImages:
+    t1: np.ndarray
+    t2: np.ndarray
+    lesion_mask: np.ndarray
+    tissue: np.ndarray
+    t1_grid: _Grid
+    t2_grid: _Grid
+    measures: dict[str, float]
+
+
+def _image_session(
+    rng: np.random.Generator,
+    plan: _SubjectPlan,
+    session: _Session,
+    warped: np.ndarray,
+    spacing: float,
+    anatomy: _Anatomy,
+) -> _SessionImages:
+    """Pose the subject's head in the scanner, render T1/T2/mask/tissue, and measure volumes."""
     from scipy import ndimage
 
-    anatomy = _anatomy()
     template = anatomy.template
+    rotation = _rotation(np.clip(rng.normal(0, ROTATION_SD_DEG, 3), -ROTATION_MAX_DEG, ROTATION_MAX_DEG))
+    translation = np.clip(rng.normal(0, TRANSLATION_SD_MM, 3), -TRANSLATION_MAX_MM, TRANSLATION_MAX_MM)
+    expansion = VENTRICLE_EXPANSION_MM * session.atrophy
+    thinning = CORTICAL_THINNING * session.atrophy
+    head = _Head(plan.head_scale, rotation, translation, _session_displacement(anatomy, warped, expansion), thinning)
+    # the technologist centres each field of view on the head, give or take a few mm
+    head_centre = rotation @ (plan.head_scale * anatomy.brain_centre) + translation
+    offsets = np.clip(rng.normal(0, FOV_OFFSET_SD_MM, (2, 3)), -FOV_OFFSET_MAX_MM, FOV_OFFSET_MAX_MM)
+    t1_grid = _fov_grid(head_centre + offsets[0], np.asarray(T1_FOV_MM), np.full(3, spacing), (False, False, False))
+    t2_fov = np.asarray(T1_FOV_MM) + rng.uniform(*T2_FOV_EXTRA_MM, 3)
+    t2_voxel = np.array([spacing, spacing, T2_SLICE_FACTOR * spacing])
+    t2_grid = _fov_grid(head_centre + offsets[1], t2_fov, t2_voxel, (True, True, False))  # LPS
+
+    fraction, contrast_t1, contrast_t2 = _render_lesions(session.lesions, anatomy)
+
+    flat, coords, brain = _head_points(t1_grid, head, anatomy)
+    gm = _sample(template.gm, coords)
+    wm = _sample(template.wm, coords)
+    csf = np.clip(brain - gm - wm, 0.0, 1.0)
+    proximity = _sample(anatomy.cortex_proximity, coords)
+    lesion, weighted = _lesion_samples(fraction, contrast_t1, coords)
+    clean = _intensity("t1", _sample(template.t1, coords), gm, proximity, lesion, weighted, thinning, anatomy)
+    t1_values, t1_noise = _acquire(rng, clean, _world(t1_grid, flat), "t1", session.scanner, anatomy)
+    ventricles = _sample(template.ventricles.astype(np.float32), coords)
+    # tissue fractions after thinning and lesions -> hard labels
+    thinned = thinning * proximity * gm
+    fractions = np.stack([csf + thinned, gm - thinned, wm]) * (1.0 - lesion)
+    tissue_values = (np.argmax(fractions, axis=0) + 1).astype(np.uint8)
+    lesion_values = lesion >= 0.5
+    tissue_values[lesion_values] = 4
+
+    flat2, coords2, _ = _head_points(t2_grid, head, anatomy)
+    lesion2, weighted2 = _lesion_samples(fraction, contrast_t2, coords2)
+    clean = _intensity(
+        "t2",
+        _sample(template.t2, coords2),
+        _sample(template.gm, coords2),
+        _sample(anatomy.cortex_proximity, coords2),
+        lesion2,
+        weighted2,
+        thinning,
+        anatomy,
+    )
+    t2_values, t2_noise = _acquire(rng, clean, _world(t2_grid, flat2), "t2", session.scanner, anatomy)
+
+    def scatter(grid: _Grid, where: np.ndarray, values: np.ndarray, dtype: type) -> np.ndarray:
+        volume = np.zeros(grid.shape, dtype=dtype)
+        volume.flat[where] = values
+        return volume
+
+    for name, grid, where in (("T1", t1_grid, flat), ("T2", t2_grid, flat2)):
+        ijk = np.stack(np.unravel_index(where, grid.shape))
+        if (ijk == 0).any() or (ijk == np.asarray(grid.shape)[:, None] - 1).any():
+            logger.warning(
+                "subject %d session %d: the brain touches the %s field of view", plan.index, session.number, name
+            )
+    lesion_mask = scatter(t1_grid, flat, lesion_values, np.uint8)
+    _, components = ndimage.label(lesion_mask, structure=np.ones((3, 3, 3)))
+    voxel_ml = t1_grid.voxel_volume_ml
+    intracranial = flat.size * voxel_ml
+    parenchyma = float((1.0 - csf - thinned).sum()) * voxel_ml
+    measures = {
+        "ventricle_expansion_mm": round(expansion, 3),
+        "cortical_thinning": round(thinning, 4),
+        "lesion_volume_ml": round(float(lesion.sum()) * voxel_ml, 4),
+        "lesion_mask_volume_ml": round(float(lesion_values.sum()) * voxel_ml, 4),
+        "number_of_lesions": int(components),
+        "ventricle_volume_ml": round(float(ventricles.sum()) * voxel_ml, 3),
+        "brain_volume_ml": round(parenchyma, 2),
+        "intracranial_volume_ml": round(intracranial, 2),
+        "brain_parenchymal_fraction": round(parenchyma / intracranial, 4),
+        "t1_noise_fraction": round(t1_noise, 4),
+        "t2_noise_fraction": round(t2_noise, 4),
+    }
+    return _SessionImages(
+        t1=scatter(t1_grid, flat, t1_values, np.float32),
+        t2=scatter(t2_grid, flat2, t2_values, np.float32),
+        lesion_mask=lesion_mask,
+        tissue=scatter(t1_grid, flat, tissue_values, np.uint8),
+        t1_grid=t1_grid,
+        t2_grid=t2_grid,
+        measures=measures,
+    )
+
+
+def _generate_subject(task: _Task) -> list[dict[str, Any]]:
+    anatomy = _anatomy()
     plan, rng = _subject_plan(task.seed, task.index, task.tiny)
-    deformation = _deformation_field(rng, template.shape)
+    deformation = _deformation_field(rng, anatomy.template.shape)
+    # the subject's shape, on the 2 mm template grid; shared by its sessions
+    warped = anatomy.coarse_points + np.stack(
+        [_sample(c, anatomy.coarse_points / 8.0, mode="nearest") for c in deformation]
+    )
     root = Path(task.root)
+    note = "monai-ms synthetic; derived from MNI ICBM152 2009c"
     records = []
     for session in plan.sessions:
-        rotation = _rotation(np.clip(rng.normal(0, ROTATION_SD_DEG, 3), -ROTATION_MAX_DEG, ROTATION_MAX_DEG))
-        translation = np.clip(rng.normal(0, TRANSLATION_SD_MM, 3), -TRANSLATION_MAX_MM, TRANSLATION_MAX_MM)
-        head = _Head(
-            plan.head_scale,
-            rotation,
-            translation,
-            deformation,
-            VENTRICLE_EXPANSION_MM * session.atrophy,
-            CORTICAL_THINNING * session.atrophy,
-        )
-        # the technologist centres each field of view on the head, give or take a few mm
-        head_centre = rotation @ (plan.head_scale * anatomy.brain_centre) + translation
-        offsets = np.clip(rng.normal(0, FOV_OFFSET_SD_MM, (2, 3)), -FOV_OFFSET_MAX_MM, FOV_OFFSET_MAX_MM)
-        spacing = task.spacing
-        t1_grid = _fov_grid(head_centre + offsets[0], np.asarray(T1_FOV_MM), np.full(3, spacing), (False, False, False))
-        t2_fov = np.asarray(T1_FOV_MM) + rng.uniform(*T2_FOV_EXTRA_MM, 3)
-        t2_voxel = np.array([spacing, spacing, T2_SLICE_FACTOR * spacing])
-        t2_grid = _fov_grid(head_centre + offsets[1], t2_fov, t2_voxel, (True, True, False))  # LPS
-
-        fraction, contrast_t1, contrast_t2 = _render_lesions(session.lesions, anatomy)
-
-        flat, coords = _head_points(t1_grid, head, anatomy)
-        gm = _sample(template.gm, coords)
-        wm = _sample(template.wm, coords)
-        csf = _sample(template.csf, coords)
-        proximity = _sample(anatomy.cortex_proximity, coords)
-        lesion = _sample(fraction, coords)
-        clean_t1 = _intensity(
-            "t1", _sample(template.t1, coords), gm, proximity, lesion, _sample(contrast_t1, coords), head.thinning, anatomy
-        )
-        t1_values, t1_noise = _acquire(rng, clean_t1, _world(t1_grid, flat), "t1", session.scanner, anatomy)
-        ventricles = _sample(template.ventricles.astype(np.float32), coords)
-
-        # tissue fractions after thinning and lesions -> hard labels
-        thinned = head.thinning * proximity * gm
-        fractions = np.stack([csf + thinned, gm - thinned, wm]) * (1.0 - lesion)
-        tissue_values = (np.argmax(fractions, axis=0) + 1).astype(np.uint8)
-        lesion_values = lesion >= 0.5
-        tissue_values[lesion_values] = 4
-
-        t1 = np.zeros(t1_grid.shape, dtype=np.float32)
-        t1.flat[flat] = t1_values
-        mask = np.zeros(t1_grid.shape, dtype=np.uint8)
-        mask.flat[flat] = lesion_values
-        tissue = np.zeros(t1_grid.shape, dtype=np.uint8)
-        tissue.flat[flat] = tissue_values
-
-        flat2, coords2 = _head_points(t2_grid, head, anatomy)
-        clean_t2 = _intensity(
-            "t2",
-            _sample(template.t2, coords2),
-            _sample(template.gm, coords2),
-            _sample(anatomy.cortex_proximity, coords2),
-            _sample(fraction, coords2),
-            _sample(contrast_t2, coords2),
-            head.thinning,
-            anatomy,
-        )
-        t2_values, t2_noise = _acquire(rng, clean_t2, _world(t2_grid, flat2), "t2", session.scanner, anatomy)
-        t2 = np.zeros(t2_grid.shape, dtype=np.float32)
-        t2.flat[flat2] = t2_values
-
+        images = _image_session(rng, plan, session, warped, task.spacing, anatomy)
         ids = _ids(plan, session, task.width)
         paths = _paths(task.layout, ids)
-        note = "monai-ms synthetic; derived from MNI ICBM152 2009c"
-        save_nifti(_nifti(t1, t1_grid, note), root / paths["t1"])
-        save_nifti(_nifti(t2, t2_grid, note), root / paths["t2"])
-        save_nifti(_nifti(mask, t1_grid, note + " lesion mask"), root / paths["lesion"])
-        save_nifti(_nifti(tissue, t1_grid, note + " tissue labels"), root / paths["tissue"])
-
-        _, components = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-        voxel_ml = t1_grid.voxel_volume_ml
-        intracranial = flat.size * voxel_ml
-        brain = float((1.0 - csf - thinned).sum()) * voxel_ml
+        save_nifti(_nifti(images.t1, images.t1_grid, note), root / paths["t1"])
+        save_nifti(_nifti(images.t2, images.t2_grid, note), root / paths["t2"])
+        save_nifti(_nifti(images.lesion_mask, images.t1_grid, note + " lesion mask"), root / paths["lesion"])
+        save_nifti(_nifti(images.tissue, images.t1_grid, note + " tissue labels"), root / paths["tissue"])
         records.append(
             {
                 **ids,
@@ -796,21 +906,11 @@ def _generate_subject(task: _Task) -> list[dict[str, Any]]:
                 "disease": round(plan.disease, 4),
                 "head_scale": round(plan.head_scale, 4),
                 "atrophy": round(session.atrophy, 4),
-                "ventricle_expansion_mm": round(head.expansion_mm, 3),
-                "cortical_thinning": round(head.thinning, 4),
                 "lesion_load_ml": round(_lesion_load_ml(session, plan), 4),
-                "lesion_volume_ml": round(float(lesion.sum()) * voxel_ml, 4),
-                "lesion_mask_volume_ml": round(float(lesion_values.sum()) * voxel_ml, 4),
-                "number_of_lesions": int(components),
                 "lesions_generated": len(session.lesions),
-                "ventricle_volume_ml": round(float(ventricles.sum()) * voxel_ml, 3),
-                "brain_volume_ml": round(brain, 2),
-                "intracranial_volume_ml": round(intracranial, 2),
-                "brain_parenchymal_fraction": round(brain / intracranial, 4),
                 "edss_continuous": session.edss_continuous,
                 "edss": session.edss,
-                "t1_noise_fraction": round(t1_noise, 4),
-                "t2_noise_fraction": round(t2_noise, 4),
+                **images.measures,
                 "paths": paths,
             }
         )
@@ -868,16 +968,27 @@ class CohortSummary:
             f"seed {self.seed}, T1 {self.spacing:g} mm{', tiny' if self.tiny else ''})",
             f"lesion-free sessions: {self.lesion_free_sessions}; EDSS {self.edss_min:g}-{self.edss_max:g} "
             f"(median {self.edss_median:g})",
-            f"R^2 of EDSS on age+sex {self.r2_age_sex:.2f}; on lesion load+atrophy {self.r2_lesion_atrophy:.2f}; "
-            f"on lesion load+ventricle fraction {self.r2_lesion_ventricles:.2f}",
+            f"R^2 of EDSS on age+sex {_format_r2(self.r2_age_sex)}; "
+            f"on lesion load+atrophy {_format_r2(self.r2_lesion_atrophy)}; "
+            f"on lesion load+ventricle fraction {_format_r2(self.r2_lesion_ventricles)}",
             f"time {self.seconds:.1f} s with {self.workers} worker(s)",
         ]
+
+
+def _format_r2(value: float) -> str:
+    return "n/a (too few sessions)" if math.isnan(value) else f"{value:.2f}"
 
 
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
 
 
 def _r2(table: Any, columns: Sequence[str]) -> float:
@@ -977,8 +1088,7 @@ def generate_cohort(
 
     start = time.perf_counter()
     subjects = _check_positive_int("subjects", subjects)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = _check_seed(seed)
     spacing = (4.0 if tiny else 2.0) if spacing is None else spacing
     if not isinstance(spacing, (int, float, np.floating)) or not 0.5 <= float(spacing) <= 8.0:
         raise ValueError(f"spacing must be a voxel size in mm in [0.5, 8], got {spacing!r}")
@@ -989,7 +1099,7 @@ def generate_cohort(
     workers = min(workers, subjects)
     out = Path(out_dir).expanduser().absolute()
     _prepare_output(out, overwrite)
-    load_template()  # fail early, before any folder appears, if the template is not installed
+    template_files()  # fail early, before any folder appears, if the template is not installed
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
@@ -1031,8 +1141,19 @@ def generate_cohort(
         )
         marker = {
             "generator": "monai_ms.data.synthetic.generate_cohort",
-            "parameters": {"subjects": subjects, "seed": int(seed), "spacing": spacing, "layout": layout, "tiny": bool(tiny)},
-            "summary": {k: v for k, v in asdict(summary).items() if k not in ("out_dir", "seconds", "workers")},
+            "parameters": {
+                "subjects": subjects,
+                "seed": int(seed),
+                "spacing": spacing,
+                "layout": layout,
+                "tiny": bool(tiny),
+            },
+            # strict JSON: an undefined R^2 (too few sessions) is null, not NaN
+            "summary": {
+                key: None if isinstance(value, float) and math.isnan(value) else value
+                for key, value in asdict(summary).items()
+                if key not in ("out_dir", "seconds", "workers")
+            },
         }
         write_json(marker, tmp / COHORT_MARKER)
         _commit(tmp, out)
@@ -1131,13 +1252,13 @@ Files: {files}; ground_truth.csv (the latent variables), {COHORT_MARKER} (genera
 
 ## Generative model (details and numbers: docs/synthetic_cohort.md in monai-ms)
 
-- Each head is the MNI ICBM152 2009c template, scaled (females 1.00, males 1.06 on average, sd 0.03),
+- Each head is the MNI ICBM152 2009c template, scaled (females 0.93, males 0.985 on average, sd 0.03),
   smoothly deformed (a few mm), rotated (a few degrees) and shifted (a few mm) in the scanner.
 - A latent disease severity drives the white-matter lesion load (lognormal, many periventricular lesions,
   about 1 in 8 subjects lesion-free) and atrophy (ventricles enlarged by up to 5 mm, cortex thinned).
 - EDSS = 0.9 + 1.0 ln(1 + lesion mL) + 3.0 atrophy + 0.015 (age - 40) + noise, rounded to 0.5 in [0, 10].
-- T1: {spacing:g} mm isotropic, RAS. T2: {spacing:g} x {spacing:g} x {T2_SLICE_FACTOR * spacing:g} mm, LPS, another field of
-  view: resample T2 onto T1 through the affines. Both are skull-stripped (zero outside the brain), float32,
+- T1: {spacing:g} mm isotropic, RAS. T2: {spacing:g} x {spacing:g} x {T2_SLICE_FACTOR * spacing:g} mm, LPS, another
+  field of view: resample T2 onto T1 through the affines. Both are skull-stripped (zero outside the brain), float32,
   with a smooth bias field, Rician noise and an arbitrary intensity scale per image.
 - Lesion masks (0/1) and tissue labels (0 background, 1 CSF, 2 GM, 3 WM, 4 lesion) are on the T1 grid.
 
@@ -1160,25 +1281,33 @@ def _write_preview(root: Path, truth: Any, rows: int = 4) -> None:
     order = truth.sort_values("lesion_volume_ml").index.to_list()
     picks = sorted({order[int(round(q * (len(order) - 1)))] for q in np.linspace(0, 1, min(rows, len(order)))})
     picks = sorted(picks, key=lambda i: truth.loc[i, "lesion_volume_ml"])
-    figure = Figure(figsize=(9, 3.1 * len(picks)))
+    figure = Figure(figsize=(10, 4.0 * len(picks)), layout="constrained")
     axes = figure.subplots(len(picks), 3, squeeze=False)
     for row, index in enumerate(picks):
         record = truth.loc[index]
         t1_image = nib.load(str(root / record["paths"]["t1"]))
         t1 = t1_image.get_fdata(dtype=np.float32)
-        t2 = resample_from_to(nib.load(str(root / record["paths"]["t2"])), t1_image, order=1).get_fdata(dtype=np.float32)
+        t2_image = nib.load(str(root / record["paths"]["t2"]))
+        t2 = resample_from_to(t2_image, t1_image, order=1).get_fdata(dtype=np.float32)
         mask = np.asarray(nib.load(str(root / record["paths"]["lesion"])).dataobj)
         per_slice = mask.sum(axis=(0, 1))
         # T1 is RAS: the third axis is inferior -> superior
         k = int(np.argmax(per_slice)) if per_slice.any() else int(np.argmax((t1 > 0).sum(axis=(0, 1))))
+        # crop every column of the row to the brain on this slice
+        rows_, cols_ = np.nonzero(t1[:, :, k].T > 0)
+        crop = (
+            (slice(max(rows_.min() - 3, 0), rows_.max() + 4), slice(max(cols_.min() - 3, 0), cols_.max() + 4))
+            if rows_.size
+            else (slice(None), slice(None))
+        )
         for column, (image, title) in enumerate([(t1, "T1"), (t2, "T2 (on T1 grid)"), (t1, "T1 + lesion mask")]):
             ax = axes[row, column]
-            plane = image[:, :, k].T
+            plane = image[:, :, k].T[crop]
             brain = plane[plane > 0]
             top = float(np.percentile(brain, 99.5)) if brain.size else 1.0
             ax.imshow(plane, cmap="gray", origin="lower", vmin=0, vmax=top, interpolation="nearest")
             if column == 2 and mask[:, :, k].any():
-                ax.contour(mask[:, :, k].T, levels=[0.5], colors="red", linewidths=0.8)
+                ax.contour(mask[:, :, k].T[crop], levels=[0.5], colors="red", linewidths=0.8)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:

@@ -1,4 +1,9 @@
-"""``monai-ms synth``: write a synthetic MS cohort built on the MNI ICBM152 2009c template."""
+"""``monai-ms synth``: write a synthetic MS cohort built on the MNI ICBM152 2009c template.
+
+Usage:
+    monai-ms synth --out DIR --subjects N [--seed S] [--spacing MM] [--layout seed|bids] [--tiny]
+                   [--workers W] [--preview] [--overwrite]
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,36 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="cohort folder to create (must not exist or be empty)")
-    parser.add_argument("--subjects", type=int, required=True, help="number of patients (about 30%% get a second session)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same cohort (default 0)")
-    parser.add_argument("--spacing", type=float, default=None, help="T1 voxel size in mm (default 2, 4 with --tiny)")
+    """Add the ``synth`` options to ``parser``.
+
+    Args:
+        parser: the sub-command's parser.
+    """
+    parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    parser.add_argument("--subjects", required=True, type=int, help="number of subjects (about 1.3 sessions each)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--spacing", type=float, default=None, help="T1 voxel size in mm (default 2, or 4 with --tiny)")
     parser.add_argument("--layout", choices=("seed", "bids"), default="seed", help="folder layout (default seed)")
-    parser.add_argument("--tiny", action="store_true", help="fast test cohort: coarse voxels, fewer and larger lesions")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: up to 2)")
-    parser.add_argument("--preview", action="store_true", help="also write preview.png (T1 / T2 / mask slices)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic cohort in --out")
+    parser.add_argument("--tiny", action="store_true", help="small fast cohort for tests: 4 mm, fewer lesions")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default min(2, cpu count))")
+    parser.add_argument("--preview", action="store_true", help="also write preview.png (a montage of a few sessions)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it holds an earlier synthetic cohort (never other data)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    """Generate the cohort and print a short summary.
+
+    Args:
+        args: parsed options (see :func:`add_arguments`).
+
+    Returns:
+        0 on success, 1 on a refused or failed run (the reason is printed to stderr), 130 when
+        interrupted (Ctrl-C).
+    """
     from monai_ms.data.synthetic import generate_cohort
     from monai_ms.data.templates import TemplateNotFoundError
 
@@ -36,10 +59,15 @@ def run(args: argparse.Namespace) -> int:
             preview=args.preview,
             overwrite=args.overwrite,
         )
-    except (ValueError, FileExistsError, NotADirectoryError, TemplateNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, TemplateNotFoundError) as error:
+        print(f"monai-ms synth: error: {error}", file=sys.stderr)
         return 1
-    print("\n".join(summary.lines()))
+    except KeyboardInterrupt:
+        # generate_cohort has removed its partial folder by now
+        print(f"monai-ms synth: interrupted; nothing was written to {args.out}", file=sys.stderr)
+        return 130
+    for line in summary.lines():
+        print(line)
     if args.preview:
         print(f"preview: {summary.out_dir / 'preview.png'}")
     return 0
