@@ -76,6 +76,19 @@ def _binary(mask: Any, name: str) -> np.ndarray:
     return mask > 0.5 if mask.dtype.kind == "f" else mask > 0
 
 
+def _union_box(*masks: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+    # lesions fill a tiny part of a head volume: labelling and distances inside the box of all masks
+    # (plus a margin of background) give the same answers in a fraction of the time
+    union = np.logical_or.reduce(masks) if len(masks) > 1 else masks[0]
+    if not union.any():
+        return tuple(slice(0, 0) for _ in union.shape)
+    box = []
+    for axis in range(union.ndim):
+        present = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
+        box.append(slice(max(int(present[0]) - margin, 0), min(int(present[-1]) + margin + 1, union.shape[axis])))
+    return tuple(box)
+
+
 def label_lesions(
     mask: Any,
     spacing: Sequence[float] | float,
@@ -108,15 +121,18 @@ def label_lesions(
         raise ValueError(f"connectivity must be 1, 2 or 3 (orthogonal hops), got {connectivity!r}")
     binary = _binary(mask, "mask")
     voxel_mm3 = float(np.prod(_spacing(spacing)))
-    labels, count = ndimage.label(binary, structure=ndimage.generate_binary_structure(3, connectivity))
+    labels = np.zeros(binary.shape, dtype=np.int32)
+    box = _union_box(binary)
+    inner, count = ndimage.label(binary[box], structure=ndimage.generate_binary_structure(3, connectivity))
     if count == 0:
-        return labels.astype(np.int32), 0
-    volumes = np.bincount(labels.ravel(), minlength=count + 1) * voxel_mm3
+        return labels, 0
+    volumes = np.bincount(inner.ravel(), minlength=count + 1) * voxel_mm3
     keep = volumes >= min_volume_mm3
     keep[0] = False
     lookup = np.zeros(count + 1, dtype=np.int32)
     lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lookup[labels], int(keep.sum())
+    labels[box] = lookup[inner]
+    return labels, int(keep.sum())
 
 
 def _lesion_f1(sensitivity: float, ppv: float, true_count: int, pred_count: int) -> float:
@@ -172,6 +188,8 @@ def lesion_detection(
     pred_b, truth_b = _binary(pred, "prediction"), _binary(truth, "reference mask")
     if pred_b.shape != truth_b.shape:
         raise ValueError(f"prediction and reference mask differ in shape: {pred_b.shape} vs {truth_b.shape}")
+    box = _union_box(pred_b, truth_b)
+    pred_b, truth_b = pred_b[box], truth_b[box]
     truth_labels, true_count = label_lesions(truth_b, spacing, min_volume_mm3, connectivity)
     pred_labels, pred_count = label_lesions(pred_b, spacing, min_volume_mm3, connectivity)
     detected = int(_overlap_hits(truth_labels, true_count, pred_labels > 0, overlap).sum())
@@ -229,10 +247,11 @@ def segmentation_metrics(
     both = int(np.logical_and(pred_b, truth_b).sum())
     hd95 = math.nan
     if n_pred and n_true:
+        box = _union_box(pred_b, truth_b)  # surfaces and distances are unchanged by cropping away background
         hd95 = float(
             compute_hausdorff_distance(
-                torch.from_numpy(pred_b)[None, None],
-                torch.from_numpy(truth_b)[None, None],
+                torch.from_numpy(np.ascontiguousarray(pred_b[box]))[None, None],
+                torch.from_numpy(np.ascontiguousarray(truth_b[box]))[None, None],
                 include_background=True,
                 percentile=95,
                 spacing=spacing_mm.tolist(),
@@ -323,9 +342,10 @@ def lesion_table(
     columns = ["session", "lesion_id", "voxels", "volume_ml", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]
     if count == 0:
         return pd.DataFrame(columns=columns)
-    index = np.arange(1, count + 1)
-    voxels = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    centres = np.asarray(ndimage.center_of_mass(labels > 0, labels, index), dtype=np.float64).reshape(count, 3)
+    coordinates = np.nonzero(labels)
+    ids = labels[coordinates]
+    voxels = np.bincount(ids, minlength=count + 1)[1:]
+    centres = np.stack([np.bincount(ids, weights=c, minlength=count + 1)[1:] for c in coordinates], axis=1) / voxels[:, None]
     world = centres @ affine[:3, :3].T + affine[:3, 3]
     frame = pd.DataFrame(
         {
@@ -523,6 +543,11 @@ class SegmentationReportHandler:
 
     Raises:
         ValueError: a prediction whose shape differs from the reference mask file's.
+
+    Examples:
+        In ``evaluate.json`` (``evaluate#handlers``)::
+
+            {"_target_": "monai_ms.engines.SegmentationReportHandler", "output_dir": "@output_dir"}
     """
 
     def __init__(
@@ -624,10 +649,18 @@ class LesionMaskWriter:
         qc_mask_key: output key of the mask or probability on the network grid (for the QC picture).
         min_volume_mm3, connectivity: lesion rules for counting (the mask file keeps every voxel).
         model_version: recorded in ``lesions.csv``.
+        input_keys: batch keys of the scan's input files (loaded images or manifest paths), which are
+            never written over.
 
     Raises:
         ValueError: an output path that is one of the scan's input files, or a mask whose shape differs
             from the input T1's.
+
+    Examples:
+        In ``inference.json``, after ``CheckpointLoader`` in ``infer#handlers``::
+
+            {"_target_": "monai_ms.engines.LesionMaskWriter", "output_dir": "@inference_dir",
+             "model_version": "$@_meta_#version"}
     """
 
     def __init__(
