@@ -16,6 +16,7 @@ from monai_ms.networks import (
     Conv3DBlock,
     DualStreamRegressor,
     FeatureExtractor3D,
+    ForwardWithLesionMap,
 )
 
 TINY = (4, 8, 16, 32)  # channels small enough for a 2-core CPU
@@ -132,6 +133,7 @@ def _scriptable_cases() -> list[tuple[str, nn.Module, tuple[torch.Tensor, ...]]]
     regressor.set_normalization(target_mean=45.0, target_std=12.0)
     return [
         ("dual", dual, _dual_inputs(2, (16, 24, 16))),
+        ("dual_lesion", DualStreamRegressor(channels=TINY, hidden=(16,), lesion_level=1), _dual_inputs(2, (16, 24, 16))),
         ("regressor", regressor, (torch.randn(2, 2, 16, 24, 16),)),
         ("classifier", BrainClassifier3D(channels=TINY), (torch.randn(2, 1, 16, 24, 16),)),
         ("segmenter", BrainSegmenter3D(channels=TINY, strides=(2, 2, 2)), (torch.randn(2, 2, 16, 24, 16),)),
@@ -293,3 +295,54 @@ def test_segmenter_overfits_two_samples() -> None:
     network = BrainSegmenter3D(channels=TINY, strides=(2, 2, 2))
     losses = _fit(network, (images,), masks, nn.BCEWithLogitsLoss(), steps=40)
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+# ---------------------------------------------------------------- EDSS lesion pathway
+
+
+@pytest.mark.parametrize("level,expected", [(None, (0,)), (0, (2, 1, 16, 12, 8)), (1, (2, 1, 8, 6, 4))])
+def test_lesion_pathway_returns_logits_at_the_chosen_encoder_level(level, expected) -> None:
+    network = DualStreamRegressor(channels=TINY, hidden=(16,), lesion_level=level).eval()
+    inputs = _dual_inputs(2, (32, 24, 16))
+    with torch.no_grad():
+        prediction, logits = network.forward_with_lesion_map(*inputs)
+        assert torch.equal(prediction, network(*inputs))
+        assert torch.equal(ForwardWithLesionMap(network)(*inputs)[1], logits)
+    assert prediction.shape == (2, 1) and tuple(logits.shape) == expected
+
+
+def test_lesion_pathway_rejects_a_level_outside_the_encoder_and_unequal_t1_t2_sizes() -> None:
+    with pytest.raises(ValueError, match="lesion_level"):
+        DualStreamRegressor(channels=TINY, lesion_level=4)
+    network = DualStreamRegressor(channels=TINY, lesion_level=0).eval()
+    t1, _, demographics = _dual_inputs(2, (16, 16, 16))
+    with pytest.raises(ValueError, match="same size"):
+        network(t1, torch.randn(2, 1, 16, 16, 24), demographics)
+
+
+def _train_lesion_pathway(lesion_weight: float, steps: int = 40) -> list[float]:
+    from monai_ms.engines import LesionAuxiliaryLoss
+
+    torch.manual_seed(0)
+    t1, t2, demographics = _dual_inputs(2, (24, 24, 24))
+    masks = (t2 > 1.0).float()  # a learnable "lesion": bright T2 voxels
+    network = DualStreamRegressor(channels=TINY, hidden=(16,), lesion_level=0)
+    training_view = ForwardWithLesionMap(network)
+    loss_fn = LesionAuxiliaryLoss(nn.L1Loss(), lesion_weight=lesion_weight)
+    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    target = torch.tensor([[1.0], [6.0]])
+    lesion_losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        prediction, logits = training_view(t1, t2, demographics)
+        loss_fn((prediction, logits), (target, masks)).backward()
+        optimizer.step()
+        soft = nn.functional.adaptive_avg_pool3d(masks, logits.shape[2:])
+        lesion_losses.append(loss_fn.lesion_loss(logits.detach(), soft).item())
+    return lesion_losses
+
+
+def test_lesion_pathway_learns_the_mask_through_the_auxiliary_loss() -> None:
+    with_masks, without = _train_lesion_pathway(1.0), _train_lesion_pathway(0.0)
+    assert with_masks[-1] < 0.9 * with_masks[0], with_masks
+    assert with_masks[-1] < without[-1] - 0.1, (with_masks[-1], without[-1])

@@ -29,7 +29,9 @@ def demo_manifest(
 
     The cohort is the synthetic one of ``monai-ms synth`` (seed layout) with a subject-level
     stratified 70/15/15 split. Generation takes about a minute; a file lock lets two bundles started
-    together share one generation, and the cohort is renamed into place only when complete.
+    together share one generation, and the cohort is renamed into place only when complete. Each
+    generator version gets its own folder (``v2/``, ...), so a newer monai_ms never trains on a cohort
+    cached by an older one; older folders are left in place (delete them to free space).
 
     Args:
         dataset_dir: folder of the demo data (git-ignored ``demo_data/`` at the repository root).
@@ -39,13 +41,13 @@ def demo_manifest(
         tiny: the generator's fast test mode (coarse voxels), for tests.
 
     Returns:
-        path of ``manifest.json``.
+        path of ``<dataset_dir>/v<generator version>/manifest.json``.
     """
     from monai_ms.data.manifest import build_from_csv, write_manifest
     from monai_ms.data.split import split_entries
-    from monai_ms.data.synthetic import generate_cohort
+    from monai_ms.data.synthetic import GENERATOR_VERSION, generate_cohort
 
-    dataset_dir = Path(dataset_dir)
+    dataset_dir = Path(dataset_dir) / f"v{GENERATOR_VERSION}"
     manifest = dataset_dir / "manifest.json"
     if manifest.is_file():
         return str(manifest)

@@ -71,6 +71,7 @@ GROUND_TRUTH_COLUMNS = [
     "disease",
     "head_scale",
     "atrophy",
+    "image_atrophy",
     "ventricle_expansion_mm",
     "cortical_thinning",
     "lesion_load_ml",
@@ -92,6 +93,9 @@ COHORT_MARKER = "cohort.json"
 LICENCE_NAME = "LICENSE_MNI_ICBM152.txt"
 
 # ---------------------------------------------------------------------------------------------------
+# bumped whenever a given seed gives other images or labels, so cached demo cohorts are not reused
+GENERATOR_VERSION = 2
+
 # Generative model (docs/synthetic_cohort.md lists these with their meaning)
 # ---------------------------------------------------------------------------------------------------
 FEMALE_FRACTION = 0.70
@@ -127,6 +131,8 @@ LESION_LOAD_LOG_ML = (1.25, 0.85, 0.012, 0.5)  # log mL ~ N(a + b D + c (age - 4
 LESION_LOAD_RANGE_ML = (0.3, 60.0)
 ATROPHY = (0.25, 0.17, 0.008, 0.07)  # a + b D + c (age - 40) + N(0, sd), clipped to [0, 1]
 ATROPHY_RATE = (0.015, 0.02)  # per year: a + b * max(D + 1, 0)
+# normal brain ageing, added to the disease atrophy in the images only (EDSS sees the disease part)
+AGEING_PER_YEAR = 0.014  # image atrophy gained per year of age after AGE_RANGE[0]
 NEW_LESIONS_PER_YEAR = (0.2, 0.6)  # Poisson rate exp(a + b D); lesion-free subjects 0.15 / year
 LESION_GROWTH = (0.25, 1.15, 1.8)  # P(grow), volume factor range
 # EDSS = a + b ln(1 + lesion mL) + c atrophy + d (age - 40) + subject N(0, su) + session N(0, se)
@@ -294,6 +300,11 @@ class _Session:
     lesions: list[_Lesion]
     edss_continuous: float = 0.0
     edss: float = 0.0
+
+    @property
+    def image_atrophy(self) -> float:
+        """Disease atrophy plus normal ageing: what the ventricles and cortex show, in [0, 1]."""
+        return float(min(1.0, self.atrophy + AGEING_PER_YEAR * max(self.age - AGE_RANGE[0], 0.0)))
 
 
 @dataclass
@@ -500,6 +511,7 @@ def sample_latents(subjects: int, seed: int = 0, tiny: bool = False) -> Any:
                     "disease": round(plan.disease, 4),
                     "head_scale": round(plan.head_scale, 4),
                     "atrophy": round(session.atrophy, 4),
+                    "image_atrophy": round(session.image_atrophy, 4),
                     "lesion_load_ml": round(_lesion_load_ml(session, plan), 4),
                     "lesions_generated": len(session.lesions),
                     "edss_continuous": session.edss_continuous,
@@ -792,8 +804,8 @@ def _image_session(
     template = anatomy.template
     rotation = _rotation(np.clip(rng.normal(0, ROTATION_SD_DEG, 3), -ROTATION_MAX_DEG, ROTATION_MAX_DEG))
     translation = np.clip(rng.normal(0, TRANSLATION_SD_MM, 3), -TRANSLATION_MAX_MM, TRANSLATION_MAX_MM)
-    expansion = VENTRICLE_EXPANSION_MM * session.atrophy
-    thinning = CORTICAL_THINNING * session.atrophy
+    expansion = VENTRICLE_EXPANSION_MM * session.image_atrophy
+    thinning = CORTICAL_THINNING * session.image_atrophy
     head = _Head(plan.head_scale, rotation, translation, _session_displacement(anatomy, warped, expansion), thinning)
     # the technologist centres each field of view on the head, give or take a few mm
     head_centre = rotation @ (plan.head_scale * anatomy.brain_centre) + translation
@@ -906,6 +918,7 @@ def _generate_subject(task: _Task) -> list[dict[str, Any]]:
                 "disease": round(plan.disease, 4),
                 "head_scale": round(plan.head_scale, 4),
                 "atrophy": round(session.atrophy, 4),
+                "image_atrophy": round(session.image_atrophy, 4),
                 "lesion_load_ml": round(_lesion_load_ml(session, plan), 4),
                 "lesions_generated": len(session.lesions),
                 "edss_continuous": session.edss_continuous,

@@ -19,6 +19,7 @@ from monai_ms.engines.classification import (
     sex_from_probability,
 )
 from monai_ms.engines.handlers import (
+    BroadcastBuffersHandler,
     LearningCurveHandler,
     PredictionCollector,
     PredictionTableHandler,
@@ -28,6 +29,7 @@ from monai_ms.engines.handlers import (
     lower_is_better,
     negated_key_metric,
 )
+from monai_ms.engines.losses import LesionAuxiliaryLoss
 from monai_ms.engines.metrics import classification_metrics, regression_baselines, regression_metrics
 from monai_ms.engines.normalization import fit_normalization
 from monai_ms.engines.prepare_batch import PrepareBatchMultiInput
@@ -35,6 +37,7 @@ from monai_ms.engines.prepare_batch import PrepareBatchMultiInput
 __all__ = [
     "AgeBias",
     "BrainAgeReportHandler",
+    "BroadcastBuffersHandler",
     "BrainAgeTableHandler",
     "ClassificationReportHandler",
     "brain_age_gap",
@@ -46,6 +49,7 @@ __all__ = [
     "probability_from_logit",
     "sex_from_probability",
     "LearningCurveHandler",
+    "LesionAuxiliaryLoss",
     "PredictionCollector",
     "PredictionTableHandler",
     "ProgressBarHandler",

@@ -29,6 +29,7 @@ __all__ = [
     "LearningCurveHandler",
     "RegressionReportHandler",
     "PredictionTableHandler",
+    "BroadcastBuffersHandler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -329,3 +330,30 @@ class PredictionTableHandler(PredictionCollector):
         write_csv(frame, self.output_file)
         logger.info(f"wrote {len(frame)} predictions to {self.output_file}")
         return frame
+
+
+class BroadcastBuffersHandler:
+    """Copy rank 0's buffers (e.g. batch-norm running statistics) to every rank when an engine starts.
+
+    Under ``DistributedDataParallel`` each rank's last training step updates its own running
+    statistics; DDP re-broadcasts them only at its next forward. An evaluator that runs the unwrapped
+    network would otherwise score each rank's shard with different statistics than the checkpoint
+    saved by rank 0. A no-op outside ``torch.distributed``.
+
+    Args:
+        network: the (unwrapped) network the evaluator runs.
+        src: rank whose buffers are copied.
+    """
+
+    def __init__(self, network: torch.nn.Module, src: int = 0) -> None:
+        self.network = network
+        self.src = src
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        for buffer in self.network.buffers():
+            torch.distributed.broadcast(buffer.data, src=self.src)

@@ -20,7 +20,8 @@ class PrepareBatchMultiInput(PrepareBatch):
     Args:
         input_keys: batch keys passed positionally, e.g. ``("t1", "t2", "demographics")`` for
             ``DualStreamRegressor.forward(t1, t2, demographics)``.
-        label_key: batch key of the target, or ``None`` (inference).
+        label_key: batch key of the target, several keys (the target is then a tuple of their tensors,
+            e.g. ``("edss", "lesion")`` for a loss with an auxiliary lesion map), or ``None`` (inference).
 
     Examples:
         >>> prepare = PrepareBatchMultiInput(("t1", "t2", "demographics"), "edss")
@@ -31,11 +32,12 @@ class PrepareBatchMultiInput(PrepareBatch):
         (torch.Size([2, 1, 8, 8, 8]), torch.Size([2, 1]), 2)
     """
 
-    def __init__(self, input_keys: Sequence[str], label_key: str | None = None) -> None:
+    def __init__(self, input_keys: Sequence[str], label_key: str | Sequence[str] | None = None) -> None:
         if not input_keys:
             raise ValueError("input_keys must name at least one batch key")
         self.input_keys = list(input_keys)
         self.label_key = label_key
+        self.label_keys = [] if label_key is None else [label_key] if isinstance(label_key, str) else list(label_key)
 
     def __call__(
         self,
@@ -43,12 +45,11 @@ class PrepareBatchMultiInput(PrepareBatch):
         device: str | torch.device | None = None,
         non_blocking: bool = False,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple, dict]:
-        missing = [key for key in self.input_keys + ([self.label_key] if self.label_key else []) if key not in batchdata]
+    ) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, ...] | None, tuple, dict]:
+        missing = [key for key in self.input_keys + self.label_keys if key not in batchdata]
         if missing:
             raise KeyError(f"batch lacks keys {missing}; it has {sorted(batchdata)}")
         inputs = [batchdata[key].to(device=device, non_blocking=non_blocking, **kwargs) for key in self.input_keys]
-        label = None
-        if self.label_key is not None:
-            label = batchdata[self.label_key].to(device=device, non_blocking=non_blocking, **kwargs)
+        labels = tuple(batchdata[key].to(device=device, non_blocking=non_blocking, **kwargs) for key in self.label_keys)
+        label = None if not labels else labels[0] if isinstance(self.label_key, str) else labels
         return inputs[0], label, tuple(inputs[1:]), {}

@@ -14,7 +14,7 @@ All are TorchScript-able with strictly typed ``forward`` methods and take their 
 from __future__ import annotations
 
 from monai_ms.networks.blocks import Conv3DBlock, GlobalPool, MLPHead, UpBlock
-from monai_ms.networks.dual_stream import DualStreamRegressor
+from monai_ms.networks.dual_stream import DualStreamRegressor, ForwardWithLesionMap
 from monai_ms.networks.encoder import FeatureExtractor3D
 from monai_ms.networks.heads import BrainClassifier3D, BrainRegressor3D, PooledHeadNetwork3D
 from monai_ms.networks.segmenter import BrainSegmenter3D
@@ -29,5 +29,6 @@ __all__ = [
     "BrainRegressor3D",
     "BrainClassifier3D",
     "DualStreamRegressor",
+    "ForwardWithLesionMap",
     "BrainSegmenter3D",
 ]
