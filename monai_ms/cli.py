@@ -21,9 +21,14 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("manifest", "validate"): ("monai_ms.data.validation_cli", "check every file and field of a manifest"),
     ("manifest", "split"): ("monai_ms.data.split_cli", "subject-level stratified train/validation/test split and folds"),
     ("summary",): ("monai_ms.networks.summary", "print a torchinfo summary of a bundle's network"),
+    ("bundle", "export"): ("monai_ms.bundle.export_cli", "write a trained bundle as one verified zip for collaborators"),
+    ("bundle", "verify"): ("monai_ms.bundle.verify_cli", "check a bundle folder or zip: metadata, checksums, network, TorchScript"),
 }
 
-GROUP_HELP = {"manifest": "build, validate and split cohort manifests"}
+GROUP_HELP = {
+    "manifest": "build, validate and split cohort manifests",
+    "bundle": "export a trained bundle and verify a shared one",
+}
 
 
 def _build_parser() -> argparse.ArgumentParser:

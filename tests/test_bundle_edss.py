@@ -175,3 +175,27 @@ def test_lowercase_boolean_override_is_refused(tiny_manifest, tmp_path):
     result = run_bundle("edss", "training", ["train"], {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "amp": "false", "ckpt_dir": str(tmp_path / "models")})
     assert result.returncode != 0
     assert "--amp must be True or False" in result.stderr
+
+
+def _without_lesion_masks(manifest_path, tmp_path):
+    manifest = read_manifest(manifest_path)
+    for split in ("training", "validation", "testing"):
+        for entry in manifest[split]:
+            entry.pop("lesion", None)
+            for key in ("t1", "t2", "tissue"):
+                if key in entry:
+                    entry[key] = str((manifest_path.parent / entry[key]).resolve())
+    write_manifest(manifest, tmp_path / "no_masks.json")
+    return tmp_path / "no_masks.json"
+
+
+def test_cohort_without_lesion_masks_trains_with_an_empty_lesion_key(tiny_manifest, tmp_path):
+    cohort = _without_lesion_masks(tiny_manifest, tmp_path)
+    overrides = {**TINY_OVERRIDES, "epochs": 1, "data_manifest": str(cohort), "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")}
+    refused = run_bundle("edss", "training", ["train"], overrides)
+    assert refused.returncode == 1 and "lesion" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "models").exists()
+    json_null = run_bundle("edss", "training", ["train"], {**overrides, "lesion_key": "null"})
+    assert json_null.returncode != 0 and "--lesion_key: the command line cannot set a value to null" in json_null.stderr
+    check(run_bundle("edss", "training", ["train"], {**overrides, "lesion_key": ""}))
+    assert (tmp_path / "models" / "model.pt").is_file()

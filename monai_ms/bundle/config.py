@@ -102,8 +102,9 @@ def _defaults(configs_dir: Path) -> dict[str, Any]:
 
 def check_overrides(extra_allowed: tuple[str, ...] = ()) -> bool:
     """Refuse top-level config keys that no config file of the bundle defines (a mistyped override),
-    and a switch given as the string ``"true"``/``"false"`` (python-fire reads only ``True``/``False``
-    as booleans, so ``--amp false`` would silently switch AMP on).
+    a switch given as the string ``"true"``/``"false"`` (python-fire reads only ``True``/``False``
+    as booleans, so ``--amp false`` would silently switch AMP on), and the string ``"null"`` anywhere
+    (MONAI drops ``None`` overrides, so ``null`` would arrive as a string; no config file holds it).
 
     Called first in each bundle's ``initialize`` list. Outside a ``ConfigWorkflow`` (e.g. a bare
     ``ConfigParser``) it does nothing.
@@ -132,6 +133,17 @@ def check_overrides(extra_allowed: tuple[str, ...] = ()) -> bool:
         value = config.get(key)
         if isinstance(default, bool) and isinstance(value, str) and value.strip().lower() in ("true", "false"):
             lines.append(f"--{key} must be True or False (capitalised), got the string {config[key]!r}")
+    for path in _null_strings(config):
+        # MONAI's command line drops None overrides, so no spelling of "no value" reaches the config
+        lines.append(f"--{path}: the command line cannot set a value to null (the string 'null' is not one); see the bundle's docs")
     if lines:
         raise ValueError("\n".join(lines))
     return True
+
+
+def _null_strings(value: Any, path: str = "") -> list[str]:
+    """``#``-joined paths of values that are the string ``"null"`` (any case)."""
+    if isinstance(value, str):
+        return [path] if value.strip().lower() == "null" else []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return [found for key, item in items for found in _null_strings(item, f"{path}#{key}" if path else str(key))]

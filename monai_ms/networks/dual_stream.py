@@ -99,7 +99,7 @@ class DualStreamRegressor(nn.Module):
         lesion_level: int | None = None,
     ) -> None:
         super().__init__()
-        if lesion_level is not None and not 0 <= lesion_level < len(channels):
+        if lesion_level is not None and not (isinstance(lesion_level, int) and 0 <= lesion_level < len(channels)):
             raise ValueError(f"lesion_level must be None or in [0, {len(channels) - 1}], got {lesion_level}")
         if demographics < 0:
             raise ValueError(f"demographics must be >= 0, got {demographics}")
