@@ -9,13 +9,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["DEMO_SUBJECTS", "DEMO_SPACING", "demo_manifest", "validate_cohort"]
+__all__ = ["DEMO_SUBJECTS", "DEMO_SPACING", "demo_manifest", "demo_manifest_path", "validate_cohort"]
 
 logger = logging.getLogger(__name__)
 
 DEMO_SUBJECTS = 60
 DEMO_SPACING = 2.0
 DEMO_SEED = 0
+
+
+def demo_manifest_path(dataset_dir: str | os.PathLike) -> Path:
+    """Where :func:`demo_manifest` keeps the current generator version's manifest (it may not exist yet)."""
+    from monai_ms.data.synthetic import GENERATOR_VERSION
+
+    return Path(dataset_dir) / f"v{GENERATOR_VERSION}" / "manifest.json"
 
 
 def demo_manifest(
@@ -45,10 +52,10 @@ def demo_manifest(
     """
     from monai_ms.data.manifest import build_from_csv, write_manifest
     from monai_ms.data.split import split_entries
-    from monai_ms.data.synthetic import GENERATOR_VERSION, generate_cohort
+    from monai_ms.data.synthetic import generate_cohort
 
-    dataset_dir = Path(dataset_dir) / f"v{GENERATOR_VERSION}"
-    manifest = dataset_dir / "manifest.json"
+    manifest = demo_manifest_path(dataset_dir)
+    dataset_dir = manifest.parent
     if manifest.is_file():
         return str(manifest)
     dataset_dir.mkdir(parents=True, exist_ok=True)

@@ -400,9 +400,9 @@ def _default_manifest(parser: Any) -> Path | None:
     """The manifest the bundle trains on by default, if it exists already (never generates the demo cohort)."""
     raw = parser.get("data_manifest")
     if isinstance(raw, str) and "demo_manifest" in raw:
-        from monai_ms.data.synthetic import GENERATOR_VERSION
+        from monai_ms.bundle.cohort import demo_manifest_path
 
-        demo = Path(parser.get_parsed_content("dataset_dir")) / f"v{GENERATOR_VERSION}" / "manifest.json"
+        demo = demo_manifest_path(parser.get_parsed_content("dataset_dir"))
         return demo if demo.is_file() else None
     if isinstance(raw, str) and not raw.startswith("$") and Path(raw).is_file():
         return Path(raw)

@@ -461,6 +461,22 @@ def _lesion_load_ml(session: _Session, plan: _SubjectPlan) -> float:
     return sum(lesion.volume_mm3 for lesion in session.lesions) * plan.head_scale**3 / 1000.0
 
 
+def _latent_row(plan: _SubjectPlan, session: _Session) -> dict[str, Any]:
+    """The session's latent values, as in ``sample_latents`` and ``ground_truth.csv``."""
+    return {
+        "age": round(session.age, 2),
+        "scanner": session.scanner,
+        "disease": round(plan.disease, 4),
+        "head_scale": round(plan.head_scale, 4),
+        "atrophy": round(session.atrophy, 4),
+        "image_atrophy": round(session.image_atrophy, 4),
+        "lesion_load_ml": round(_lesion_load_ml(session, plan), 4),
+        "lesions_generated": len(session.lesions),
+        "edss_continuous": session.edss_continuous,
+        "edss": session.edss,
+    }
+
+
 def _ids(plan: _SubjectPlan, session: _Session, width: int) -> dict[str, str]:
     number = f"{plan.index + 1:0{width}d}"
     return {
@@ -506,16 +522,7 @@ def sample_latents(subjects: int, seed: int = 0, tiny: bool = False) -> Any:
                     "MRI_ID": ids["MRI_ID"],
                     "Patient_ID": ids["Patient_ID"],
                     "sex": plan.sex,
-                    "age": round(session.age, 2),
-                    "scanner": session.scanner,
-                    "disease": round(plan.disease, 4),
-                    "head_scale": round(plan.head_scale, 4),
-                    "atrophy": round(session.atrophy, 4),
-                    "image_atrophy": round(session.image_atrophy, 4),
-                    "lesion_load_ml": round(_lesion_load_ml(session, plan), 4),
-                    "lesions_generated": len(session.lesions),
-                    "edss_continuous": session.edss_continuous,
-                    "edss": session.edss,
+                    **_latent_row(plan, session),
                 }
             )
     return pd.DataFrame(rows)
@@ -913,16 +920,7 @@ def _generate_subject(task: _Task) -> list[dict[str, Any]]:
                 "sex": plan.sex,
                 "date_of_birth": plan.date_of_birth.isoformat(),
                 "scan_date": session.scan_date.isoformat(),
-                "age": round(session.age, 2),
-                "scanner": session.scanner,
-                "disease": round(plan.disease, 4),
-                "head_scale": round(plan.head_scale, 4),
-                "atrophy": round(session.atrophy, 4),
-                "image_atrophy": round(session.image_atrophy, 4),
-                "lesion_load_ml": round(_lesion_load_ml(session, plan), 4),
-                "lesions_generated": len(session.lesions),
-                "edss_continuous": session.edss_continuous,
-                "edss": session.edss,
+                **_latent_row(plan, session),
                 **images.measures,
                 "paths": paths,
             }

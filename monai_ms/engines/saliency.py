@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from monai_ms.engines.segmentation import _like, _source_file, _to_numpy
+from monai_ms.engines.segmentation import _like, _source_file, _to_numpy, input_files, output_path
 from monai_ms.io import save_figure, save_nifti, write_csv
 
 __all__ = [
@@ -488,22 +488,6 @@ class SaliencyRunner:
         logger.info(f"wrote saliency maps of {len(self.dataset)} sessions to {self.output_dir}")
         return frame
 
-    def _inputs(self, item: Mapping[str, Any], session: str) -> set[Path]:
-        files = set()
-        for key in self.input_keys:
-            value = item.get(key)
-            if isinstance(value, (str, Path)):
-                files.add(Path(value).resolve())
-            elif getattr(value, "meta", None) is not None:
-                files.add(Path(_source_file(value, key, session)).resolve())
-        return files
-
-    def _target(self, name: str, inputs: set[Path], session: str) -> Path:
-        path = self.output_dir / name
-        if path.resolve() in inputs:
-            raise ValueError(f"session {session}: refusing to write {path}: it is one of the scan's input files")
-        return path
-
     def _label_map(self, item: Mapping[str, Any], key: str, shape: tuple[int, ...], session: str) -> np.ndarray | None:
         import nibabel as nib
 
@@ -531,7 +515,7 @@ class SaliencyRunner:
 
         session = str(item[self.id_key])
         t1_file = _source_file(item[self.reference_key], self.reference_key, session)
-        inputs = self._inputs(item, session) | {Path(t1_file).resolve()}
+        inputs = input_files(item, self.input_keys, session) | {Path(t1_file).resolve()}
         t1 = nib.load(t1_file)
         shape = tuple(t1.shape[:3])
         lesion = self._label_map(item, self.lesion_key, shape, session)
@@ -545,13 +529,13 @@ class SaliencyRunner:
             native = self.to_reference_space(saliency, item)
             if native.shape != shape:
                 raise ValueError(f"session {session}: the {stream} map maps back to shape {native.shape}, not the T1's {shape} ({t1_file})")
-            path = self._target(f"{session}_{stream}_{method}.nii.gz", inputs, session)
+            path = output_path(self.output_dir, f"{session}_{stream}_{method}.nii.gz", inputs, session)
             save_nifti(_like(t1, native, np.float32), path)
             rows.append({"session": session, "modality": stream, "method": method, "prediction": prediction,
                          **region_saliency(native, lesion, tissue, brain), "saliency_file": str(path)})
             backgrounds = [stream] if stream in self.image_keys and stream in item else [k for k in self.image_keys if k in item]
             figure_rows += [(f"{stream} map on {key.upper()}", _to_numpy(item[key])[0], saliency[0]) for key in backgrounds]
-        png = self._target(f"png/{session}_{method}.png", inputs, session)
+        png = output_path(self.output_dir, f"png/{session}_{method}.png", inputs, session)
         save_saliency_figure(figure_rows, png, title=f"{session}: {method}, prediction {prediction:.3g}")
         logger.info(f"{session}: {', '.join(maps)} {method} maps -> {self.output_dir}")
         return rows

@@ -625,6 +625,26 @@ class SegmentationReportHandler:
         plt.close(fig)
 
 
+def input_files(item: Mapping[str, Any], keys: Sequence[str], session: str) -> set[Path]:
+    """Resolved paths of a scan's input files (manifest paths or the source files of loaded images)."""
+    files = set()
+    for key in keys:
+        value = item.get(key)
+        if isinstance(value, (str, Path)):  # a manifest path that was not loaded
+            files.add(Path(value).resolve())
+        elif getattr(value, "meta", None) is not None:
+            files.add(Path(_source_file(value, key, session)).resolve())
+    return files
+
+
+def output_path(output_dir: Path, name: str, inputs: set[Path], session: str) -> Path:
+    """``output_dir / name``, refused when it is one of the scan's input files (never write over inputs)."""
+    path = Path(output_dir) / name
+    if path.resolve() in inputs:
+        raise ValueError(f"session {session}: refusing to write {path}: it is one of the scan's input files")
+    return path
+
+
 class LesionMaskWriter:
     """Write each scan's lesion mask (and probability map) on its original T1 grid, lesion tables and QC PNGs.
 
@@ -694,22 +714,6 @@ class LesionMaskWriter:
     def reset(self, engine: Engine | None = None) -> None:
         self.scans, self.lesions = [], []
 
-    def _input_files(self, batch: Mapping[str, Any], session: str) -> set[Path]:
-        files = set()
-        for key in self.input_keys:
-            value = batch.get(key)
-            if isinstance(value, (str, Path)):  # a manifest path that was not loaded
-                files.add(Path(value).resolve())
-            elif getattr(value, "meta", None) is not None:
-                files.add(Path(_source_file(value, key, session)).resolve())
-        return files
-
-    def _target(self, name: str, inputs: set[Path], session: str) -> Path:
-        path = self.output_dir / name
-        if path.resolve() in inputs:
-            raise ValueError(f"session {session}: refusing to write {path}: it is one of the scan's input files")
-        return path
-
     def collect(self, engine: Engine) -> None:
         for batch, output in _items(engine):
             self.write_scan(batch, output)
@@ -720,12 +724,12 @@ class LesionMaskWriter:
 
         session = str(batch[self.id_key])
         t1_file = _source_file(batch[self.reference_key], self.reference_key, session)
-        inputs = self._input_files(batch, session) | {Path(t1_file).resolve()}
+        inputs = input_files(batch, self.input_keys, session) | {Path(t1_file).resolve()}
         t1 = nib.load(t1_file)
         mask = _binary(_to_numpy(output[self.mask_key]), "mask")
         if mask.shape != t1.shape[:3]:
             raise ValueError(f"session {session}: mask of shape {mask.shape} does not match the input T1 {t1_file} of shape {t1.shape}")
-        mask_path = self._target(f"{session}_lesion_mask.nii.gz", inputs, session)
+        mask_path = output_path(self.output_dir, f"{session}_lesion_mask.nii.gz", inputs, session)
         save_nifti(_like(t1, mask.astype(np.uint8), np.uint8), mask_path)
         row: dict[str, Any] = {"session": session}
         table = lesion_table(mask, t1.affine, session, self.min_volume_mm3, self.connectivity)
@@ -734,11 +738,11 @@ class LesionMaskWriter:
         row["mask_file"] = str(mask_path)
         if self.prob_key is not None:
             prob = _to_numpy(output[self.prob_key]).reshape(mask.shape).astype(np.float32)
-            prob_path = self._target(f"{session}_lesion_prob.nii.gz", inputs, session)
+            prob_path = output_path(self.output_dir, f"{session}_lesion_prob.nii.gz", inputs, session)
             save_nifti(_like(t1, np.clip(prob, 0.0, 1.0), np.float32), prob_path)
             row["prob_file"] = str(prob_path)
         if self.qc_keys and self.qc_mask_key is not None:
-            qc_path = self._target(f"qc/{session}_qc.png", inputs, session)
+            qc_path = output_path(self.output_dir, f"qc/{session}_qc.png", inputs, session)
             images = {key.upper(): _to_numpy(batch[key])[0] for key in self.qc_keys if key in batch}
             qc_mask = _to_numpy(output[self.qc_mask_key])[0] > 0.5
             save_qc_figure(images, qc_mask, qc_path, title=f"{session}: {len(table)} lesions, {row['total_volume_ml']:.2f} mL")
