@@ -12,7 +12,7 @@ The zip holds one folder, ``<name>/`` (the bundle folder's name by default)::
     <name>/models/SHA256SUMS         sha256sum of every other file in models/ (``sha256sum -c`` works)
 
 Other files of the training ``models/`` folder that inference reads (``*.json``, e.g. brain age's
-``age_bias.json``) are copied too; ``last_checkpoint_*.pt`` (optimizer state) is not.
+``age_bias.json``) are copied too; ``last.pt`` (training state) is not.
 
 The staged bundle is checked with :func:`~monai_ms.bundle.verify.verify_bundle` before the zip is
 written (atomically), so a zip that exists has passed verification once.

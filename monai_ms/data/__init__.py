@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from monai_ms.data.datasets import CACHE_MODES, cohort_dataset
 from monai_ms.data.manifest import (
     TASK_KEYS,
     ManifestError,
@@ -19,6 +20,8 @@ from monai_ms.data.transforms import paired_transforms, parse_sex
 from monai_ms.data.validation import Problem, ValidationReport, validate_manifest
 
 __all__ = [
+    "CACHE_MODES",
+    "cohort_dataset",
     "CohortSummary",
     "TASK_KEYS",
     "Template",

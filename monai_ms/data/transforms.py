@@ -56,6 +56,7 @@ __all__ = [
     "preprocessing",
     "augmentation",
     "paired_transforms",
+    "AfterCacheFloat32",
 ]
 
 STAGES = ("train", "eval", "infer")
@@ -131,6 +132,36 @@ class _ScalarTargetd(MapTransform):
         for key in self.key_iterator(d):
             value = parse_sex(d[key]) if self.encode_sex else float(d[key])
             d[key] = torch.tensor([value], dtype=torch.float32)
+        return d
+
+
+def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"cache_dtype must be a torch dtype name such as 'float16', got {dtype!r}")
+    return resolved
+
+
+class AfterCacheFloat32:
+    """Cast the cached images back to float32: the first step after ``CacheDataset``'s cache.
+
+    Deliberately not a ``monai.transforms.Transform``: ``CacheDataset`` and ``PersistentDataset`` cache
+    the chain up to the first random transform *or the first callable that is not a Transform*, so this
+    class marks where the cache ends even in the ``"eval"`` chain, which has no random transform.
+
+    Args:
+        keys: image (and label) keys to cast.
+    """
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = list(keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.keys:
+            d[key] = d[key].float()
         return d
 
 
@@ -243,6 +274,7 @@ def paired_transforms(
     augment_prob: float = 0.5,
     noise_std: float = 0.05,
     concat_key: str | None = None,
+    cache_dtype: str | torch.dtype | None = None,
 ) -> Compose:
     """The dictionary transform chain of a bundle stage.
 
@@ -266,6 +298,9 @@ def paired_transforms(
             ``(len(image_keys), *spatial)`` (the input of a multi-channel network such as
             ``BrainSegmenter3D(in_channels=2)``); the per-modality keys stay, so ``Invertd`` can still use
             ``orig_keys="t1"``. ``None``: no stacked key.
+        cache_dtype: store the cached (deterministic) images in this dtype, e.g. ``"float16"`` for half
+            the cache memory, and cast back to float32 right after the cache; ``None``: float32 throughout.
+            Stages ``"train"`` and ``"eval"`` only (``"infer"`` is never cached).
 
     Raises:
         ValueError: an unknown stage.
@@ -285,6 +320,9 @@ def paired_transforms(
     chain = preprocessing(image_keys, label_key, spacing, None if patch_based else roi_size, divisible_by)
     if patch_based:
         chain.append(SpatialPadd(keys=image_keys + [label_key], spatial_size=patch_size))
+    if cache_dtype is not None and stage != "infer":
+        cached_keys = image_keys + ([label_key] if label_key else [])
+        chain += [EnsureTyped(keys=cached_keys, dtype=_torch_dtype(cache_dtype)), AfterCacheFloat32(cached_keys)]
     if stage == "train" and augment:
         chain += augmentation(image_keys, label_key, prob=augment_prob)
     chain.append(NormalizeIntensityd(keys=image_keys, nonzero=True, channel_wise=True))

@@ -33,8 +33,28 @@ from monai_ms.engines.losses import LesionAuxiliaryLoss
 from monai_ms.engines.metrics import classification_metrics, regression_baselines, regression_metrics
 from monai_ms.engines.normalization import fit_normalization
 from monai_ms.engines.prepare_batch import PrepareBatchMultiInput
+from monai_ms.engines.training_state import (
+    AtomicCheckpointSaver,
+    EpochSeedHandler,
+    NonFiniteLossError,
+    ResumeError,
+    TrainingCheckpoint,
+    TrainingFaultHandler,
+    check_resume,
+    check_writable,
+    save_checkpoint,
+)
 
 __all__ = [
+    "AtomicCheckpointSaver",
+    "EpochSeedHandler",
+    "NonFiniteLossError",
+    "ResumeError",
+    "TrainingCheckpoint",
+    "TrainingFaultHandler",
+    "check_resume",
+    "check_writable",
+    "save_checkpoint",
     "AgeBias",
     "BrainAgeReportHandler",
     "BroadcastBuffersHandler",
@@ -88,3 +108,12 @@ __all__ += [
     "segmentation_metrics",
     "summarize_segmentation",
 ]
+from monai_ms.engines.batch_inference import (  # noqa: E402
+    FAILED_KEY,
+    BatchInference,
+    BatchInferenceError,
+    FailureTolerantDataset,
+    describe_failure,
+)
+
+__all__ += ["FAILED_KEY", "BatchInference", "BatchInferenceError", "FailureTolerantDataset", "describe_failure"]

@@ -111,6 +111,8 @@ class LearningCurveHandler:
         output_dir: folder of the PNG and CSV.
         evaluator: the validation engine, or ``None``.
         loss_transform: maps ``engine.state.output`` to the scalar loss.
+        save: write the files (``False`` on DDP ranks other than 0, which still record the curve so
+            every rank's training state is the same).
     """
 
     def __init__(
@@ -118,8 +120,10 @@ class LearningCurveHandler:
         output_dir: str | Path,
         evaluator: Engine | None = None,
         loss_transform: Callable[[Any], Any] | None = None,
+        save: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.save = save
         self.evaluator = evaluator
         self.loss_transform = loss_transform or loss_from_output
         self.rows: list[dict[str, float]] = []
@@ -133,6 +137,13 @@ class LearningCurveHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
         if self.evaluator is not None:
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._validation_completed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The recorded rows (saved with the training state, so a resumed run keeps the whole curve)."""
+        return {"rows": [dict(row) for row in self.rows]}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.rows = [dict(row) for row in state_dict["rows"]]
 
     def _record_loss(self, engine: Engine) -> None:
         self._losses.append(float(self.loss_transform(engine.state.output)))
@@ -153,7 +164,8 @@ class LearningCurveHandler:
         row = self._row(engine.state.epoch)
         row["train_loss"] = float(np.mean(self._losses)) if self._losses else math.nan
         row["lr"] = float(engine.optimizer.param_groups[0]["lr"]) if hasattr(engine, "optimizer") else math.nan
-        self.write()
+        if self.save:
+            self.write()
 
     def write(self) -> None:
         import matplotlib
@@ -302,6 +314,9 @@ class PredictionTableHandler(PredictionCollector):
         model_version: recorded in every row (the bundle's ``metadata.json`` version).
         pred_transform: applied to the raw network output (e.g. a sigmoid for a logit).
         extra: other columns computed from the prediction array, name -> function.
+
+    Bound to a :class:`monai_ms.engines.BatchInference` (its ``writers``), each prediction is recorded per
+    session as it is made and the table is written by ``batch.finish()`` (see :meth:`bind`).
     """
 
     def __init__(
@@ -317,10 +332,40 @@ class PredictionTableHandler(PredictionCollector):
         self.value_name = value_name
         self.model_version = model_version
         self.extra = dict(extra or {})
+        self.batch: Any = None
+
+    def bind(self, batch: Any) -> None:
+        """Record each session's prediction through a ``monai_ms.engines.BatchInference`` as it is made; the
+        table is then written by ``batch.finish()`` from the records of every session of the split (a rerun
+        that skips completed sessions still lists them), with an ``error`` row for each failed session."""
+        self.batch = batch
+        batch.register_table_writer(self.write_tables)
 
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+        if self.batch is None:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def collect(self, engine: Engine) -> None:
+        if engine.state.batch is None:  # every scan of this iteration failed before the network
+            return
+        start = len(self.ids)
+        super().collect(engine)
+        if self.batch is not None:
+            for session, value in zip(self.ids[start:], self.preds[start:]):
+                self.batch.complete(session, {"pred": float(value)})
+
+    def write_tables(self) -> Path:
+        """Bound to a ``BatchInference``: write the table of every recorded session (``write`` of this class
+        or a subclass), then add the failed sessions' rows; returns the table's path."""
+        done = [r for r in self.batch.records() if r.get("status") == "ok"]
+        self.ids = [str(r["session"]) for r in done]
+        self.preds = [float(r["row"]["pred"]) for r in done]
+        frame = self.write()
+        with_errors = self.batch.add_error_rows(frame)
+        if len(with_errors) != len(frame):
+            write_csv(with_errors, self.output_file)
+        return self.output_file
 
     def write(self, engine: Engine | None = None) -> pd.DataFrame:
         frame = pd.DataFrame({"session": self.ids, self.value_name: self.preds})

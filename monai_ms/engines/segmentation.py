@@ -657,7 +657,9 @@ class LesionMaskWriter:
 
     After the run: ``lesions.csv`` (one row per scan: lesion count, total volume in mL, files) and
     ``lesion_table.csv`` (one row per lesion: volume in mL and centroid in world mm, see
-    :func:`lesion_table`). No file is ever written over an input image.
+    :func:`lesion_table`). No file is ever written over an input image. Bound to a
+    :class:`monai_ms.engines.BatchInference` (its ``writers``), each scan instead leaves a completion record
+    and both tables are assembled from the records of the whole split by ``batch.finish()``.
 
     Args:
         output_dir: folder of all outputs.
@@ -705,21 +707,49 @@ class LesionMaskWriter:
         self.input_keys = list(input_keys)
         self.scans: list[dict[str, Any]] = []
         self.lesions: list[pd.DataFrame] = []
+        self.batch: Any = None
+
+    def bind(self, batch: Any) -> None:
+        """Write per-session completion records through a ``monai_ms.engines.BatchInference`` instead of
+        keeping the rows in memory; the tables are then assembled from the records by ``batch.finish()``,
+        and a scan this writer refuses (a ``ValueError``) becomes a failed session instead of stopping the run."""
+        self.batch = batch
+        batch.register_table_writer(self.write_tables)
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+        if self.batch is None:
+            engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
     def reset(self, engine: Engine | None = None) -> None:
         self.scans, self.lesions = [], []
 
     def collect(self, engine: Engine) -> None:
+        if engine.state.batch is None:  # every scan of this iteration failed before the network
+            return
         for batch, output in _items(engine):
-            self.write_scan(batch, output)
+            if self.batch is None:
+                self.write_scan(batch, output)
+                continue
+            session = str(batch[self.id_key])
+            try:
+                row, table = self._write_files(batch, output)
+            except ValueError as error:  # this scan's own problem (e.g. an output path that is an input)
+                self.batch.fail(session, str(error))
+                continue
+            files = [row[key] for key in ("mask_file", "prob_file", "qc_file") if key in row]
+            self.batch.complete(session, row, files=files, tables={"lesions": table.to_dict("records")})
 
     def write_scan(self, batch: Mapping[str, Any], output: Mapping[str, Any]) -> dict[str, Any]:
         """Write one scan's files and record its rows; ``batch``/``output`` are one decollated item each."""
+        row, table = self._write_files(batch, output)
+        self.scans.append(row)
+        self.lesions.append(table)
+        return row
+
+    def _write_files(self, batch: Mapping[str, Any], output: Mapping[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
+        """Write one scan's mask, probability and QC files; return its ``lesions.csv`` row and lesion table."""
         import nibabel as nib
 
         session = str(batch[self.id_key])
@@ -749,18 +779,25 @@ class LesionMaskWriter:
             row["qc_file"] = str(qc_path)
         row["t1_file"] = t1_file
         row["model_version"] = self.model_version
-        self.scans.append(row)
-        self.lesions.append(table)
         logger.info(f"{session}: {len(table)} lesions, {row['total_volume_ml']:.2f} mL -> {mask_path}")
-        return row
+        return row, table
 
     def write(self, engine: Engine | None = None) -> pd.DataFrame:
-        scans = pd.DataFrame(self.scans)
-        write_csv(scans, self.output_dir / "lesions.csv")
-        columns = ["session", "lesion_id", "voxels", "volume_ml", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]
+        """Write ``lesions.csv`` and ``lesion_table.csv`` of the scans written in this run."""
         tables = [t for t in self.lesions if len(t)]
-        lesions = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
-        write_csv(lesions, self.output_dir / "lesion_table.csv")
+        return self._write_tables(pd.DataFrame(self.scans), pd.concat(tables, ignore_index=True) if tables else None)
+
+    def write_tables(self) -> Path:
+        """Bound to a ``BatchInference``: write both tables from the records of every session of the split
+        (failed sessions: a ``lesions.csv`` row with their ``error``); returns the path of ``lesions.csv``."""
+        lesions = self.batch.part("lesions")
+        self._write_tables(self.batch.table(), pd.DataFrame(lesions) if lesions else None)
+        return self.output_dir / "lesions.csv"
+
+    def _write_tables(self, scans: pd.DataFrame, lesions: pd.DataFrame | None) -> pd.DataFrame:
+        columns = ["session", "lesion_id", "voxels", "volume_ml", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]
+        write_csv(scans, self.output_dir / "lesions.csv")
+        write_csv(lesions[columns] if lesions is not None else pd.DataFrame(columns=columns), self.output_dir / "lesion_table.csv")
         logger.info(f"wrote masks and lesion tables of {len(scans)} scans to {self.output_dir}")
         return scans
 
