@@ -1,0 +1,79 @@
+"""The benchmark scripts run in their smallest mode and write a JSON result with the documented keys.
+
+Timings are not asserted (they belong to the scripts' JSON, not to tests); what a user would notice is a
+script that crashes or writes a result without the figures the README table is built from.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCHMARKS))
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("benchmark_cache")
+
+
+def _machine_ok(result: dict) -> None:
+    assert result["machine"]["cpu_count"] >= 1
+    assert result["machine"]["torch"] and result["machine"]["monai"] and result["machine"]["device_name"]
+    assert result["command"].startswith("python benchmarks/")
+
+
+def test_data_pipeline_tiny(tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "data_pipeline.json"
+    argv = ["--tiny", "--variants", "naive,monai,cache", "--num-workers", "0", "--cache-dir", str(cache_dir), "--out", str(out)]
+    assert _script("data_pipeline").main(argv) == 0
+    result = json.loads(out.read_text())
+    _machine_ok(result)
+    assert "data_pipeline edss" in capsys.readouterr().out
+    summary = result["summary"]
+    for key in ("naive_epoch_s", "monai_uncached_epoch_s", "cache_epoch1_s", "cache_later_epoch_s", "speedup_cache_later_vs_naive", "cache_mb", "cache_tensor_mb"):
+        assert summary[key] is not None and summary[key] > 0, key
+    # the naive loader yields the bundle's tensors: same keys and shapes in every batch
+    variants = result["variants"]
+    assert variants["naive"]["batch_shapes"]["t1"] == variants["cache"]["batch_shapes"]["t1"]
+    assert variants["cache"]["cache_tensor_mb"] > 0
+    check = result["equivalence_naive_vs_monai"]
+    assert check["shapes_equal"] and check["max_abs_diff_aligned"]["t2"] < 1e-2
+
+
+def test_train_step_tiny(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "train_step.json"
+    assert _script("train_step").main(["--tiny", "--cache-dir", str(cache_dir), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    _machine_ok(result)
+    assert set(result["bundles"]) == {"edss", "lesion_seg", "brain_age", "sex"}
+    for name, entry in result["bundles"].items():
+        assert entry["options"]["fp32"]["samples_per_s"] > 0, name
+        assert entry["options"]["fp32"]["speedup_vs_fp32"] == 1.0
+        assert "channels_last_3d" in entry["options"]
+    data = result["data_side_edss"]
+    assert any("data_wait_share" in value for value in data.values() if isinstance(value, dict))
+
+
+def test_inference_tiny(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "inference.json"
+    assert _script("inference").main(["--tiny", "--cache-dir", str(cache_dir), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    _machine_ok(result)
+    lesion = result["bundles"]["lesion_seg"]
+    assert lesion["median_seconds"]["network_forward_s"] > 0 and lesion["windows"] > 0
+    assert set(lesion["median_seconds"]) >= {"load_s", "preprocess_s", "sliding_window_s", "postprocess_invert_s", "write_s", "end_to_end_s"}
+    assert result["bundles"]["edss"]["median_seconds"]["network_forward_s"] > 0
+    assert result["summary"]["lesion_seg"]["overhead_ratio"] > 0
