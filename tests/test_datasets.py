@@ -32,15 +32,10 @@ def test_float16_cache_halves_the_cached_bytes_and_serves_float32(datalist):
     served_full, served_half = full[0], half[0]
     assert served_half["t1"].dtype == torch.float32
     for key in ("t1", "t2"):
-        full_values, half_values = served_full[key], served_half[key]
-        # interpolation leftovers below float16's range (~1e-7) become exact zeros, i.e. background
-        # for the brain-only z-score: a handful of edge voxels at most
-        changed_mask = (full_values != 0) != (half_values != 0)
-        assert changed_mask.float().mean() < 0.01
-        # elsewhere the z-score barely moves (float16 rounding, and the mean and std over a brain mask
-        # short of those few voxels: a 16^3 test volume has only ~300 brain voxels, so they weigh ~1%)
-        brain = (half_values != 0) & ~changed_mask
-        assert torch.allclose(half_values[brain], full_values[brain], atol=5e-2)
+        # the same brain voxels (resampling residues are zeroed before the cache, so none underflows),
+        # and a z-score that float16 rounding (3 significant digits) barely moves
+        assert torch.equal(served_half[key] != 0, served_full[key] != 0)
+        assert torch.allclose(served_half[key], served_full[key], atol=5e-3)
 
 
 def test_float16_cache_in_the_training_chain_keeps_augmentation_after_the_cache(datalist):

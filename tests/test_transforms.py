@@ -115,3 +115,19 @@ def test_sex_parsing_rejects_unknown_values():
 def test_unknown_stage_is_refused():
     with pytest.raises(ValueError, match="stage must be one of"):
         paired_transforms("training")
+
+
+def test_resampling_residues_outside_the_brain_become_background(tiny_manifest):
+    from monai.transforms import Compose
+
+    from monai_ms.data import load_datalist
+    from monai_ms.data.transforms import ZeroResampleResidued, preprocessing
+
+    # the real template resampled from 4 to 3 mm: Spacingd leaves ~1e-13 values around the brain
+    entry = load_datalist(tiny_manifest, "training", validate=False)[0]
+    t1 = Compose(preprocessing(spacing=3.0, roi_size=None))({"t1": entry["t1"], "t2": entry["t2"]})["t1"]
+    nonzero = t1[t1 != 0].abs()
+    assert nonzero.min() > 1e-5 * t1.abs().max()  # no leftovers the brain crop and z-score count as brain
+    image = torch.tensor([[0.0, 3e-13, -2e-12, 0.5, 800.0]])
+    cleaned = ZeroResampleResidued(keys="x")({"x": image})["x"]
+    assert cleaned.tolist() == [[0.0, 0.0, 0.0, 0.5, 800.0]]
