@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monai_ms.data.transforms import RESAMPLE_RESIDUE_TOL
 from monai_ms.bundle.verify import CHECKSUM_FILE, sha256_file, verify_bundle
 from monai_ms.io import atomic_path, write_json, write_text
 
@@ -692,6 +693,12 @@ def monai_only_inference_config(parser: Any, metadata: Mapping[str, Any]) -> dic
             "key_dst": "t1",
             "padding_mode": "zeros",
             "dtype": "$numpy.float32",
+        },
+        # ZeroResampleResidued: rounding residues of resampling are background
+        {
+            "_target_": "Lambdad",
+            "keys": keys,
+            "func": f"$lambda x: x.masked_fill(x.abs() <= {RESAMPLE_RESIDUE_TOL!r} * x.abs().max(), 0)",
         },
         {"_target_": "CropForegroundd", "keys": keys, "source_key": "t1", "margin": 2, "allow_smaller": True},
         {"_target_": "ResizeWithPadOrCropd", "keys": keys, "spatial_size": list(roi)},

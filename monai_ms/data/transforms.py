@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 STAGES = ("train", "eval", "infer")
+RESAMPLE_RESIDUE_TOL = 1e-5  # |x| <= this * max|x| after resampling is a rounding residue, i.e. background
 _SEX_CODES = {"f": 0.0, "female": 0.0, "m": 1.0, "male": 1.0}
 
 
@@ -180,7 +181,7 @@ class ZeroResampleResidued(MapTransform):
             voxel is far below any tissue intensity of a real scan).
     """
 
-    def __init__(self, keys: KeysCollection, rel_tol: float = 1e-5) -> None:
+    def __init__(self, keys: KeysCollection, rel_tol: float = RESAMPLE_RESIDUE_TOL) -> None:
         super().__init__(keys)
         self.rel_tol = rel_tol
 
