@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from bundle_runner import REPO, TINY_OVERRIDES, check, run_bundle
 
 from monai_ms.data import read_manifest, write_manifest
@@ -19,13 +20,35 @@ from monai_ms.networks import DualStreamRegressor
 pytestmark = pytest.mark.slow
 
 
+def _network():
+    """The bundle's network_def, built as MONAI builds it."""
+    return ConfigParser({"network_def": json.loads((REPO / "bundles/edss/configs/train.json").read_text())["network_def"]}).get_parsed_content("network_def")
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_manifest, tmp_path_factory):
-    """One 2-epoch training run shared by the tests below; returns its override dict."""
+    """One 2-epoch training run shared by the tests below, its lesion pathway initialised from a
+    segmenter checkpoint as the lesion_seg bundle writes it (random weights: the test is about wiring)."""
     out = tmp_path_factory.mktemp("edss_run")
-    overrides = {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "output_dir": str(out / "eval"), "ckpt_dir": str(out / "models")}
+    torch.manual_seed(1)
+    segmenter = _network().lesion_network
+    torch.save(segmenter.state_dict(), out / "lesion_model.pt")
+    overrides = {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "output_dir": str(out / "eval"), "ckpt_dir": str(out / "models"),
+                 "lesion_init": str(out / "lesion_model.pt")}
     result = check(run_bundle("edss", "training", ["train"], overrides))
     return overrides, out, result
+
+
+def test_lesion_pathway_starts_from_the_segmenter_checkpoint_and_stays_frozen(trained):
+    _, out, result = trained
+    assert f"lesion pathway initialised from {out / 'lesion_model.pt'} (frozen)" in result.stdout + result.stderr
+    segmenter = torch.load(out / "lesion_model.pt", map_location="cpu", weights_only=True)
+    trained_state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
+    for name, value in segmenter.items():
+        torch.testing.assert_close(trained_state[f"lesion_network.{name}"], value, rtol=0, atol=0)
+    # ...while the rest of the network learnt
+    untrained = _network().state_dict()
+    assert not torch.equal(trained_state["covariate_head.weight"], untrained["covariate_head.weight"])
 
 
 def test_training_writes_checkpoints_curves_and_logs(trained):
@@ -85,7 +108,7 @@ def test_torchscript_export_matches_checkpoint(trained, tmp_path):
 
     check(subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300))
     scripted = torch.jit.load(str(ts))
-    eager = DualStreamRegressor(**{k: v for k, v in json.loads((REPO / "bundles/edss/configs/train.json").read_text())["network_def"].items() if k != "_target_"})
+    eager = _network()
     eager.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True))
     eager.eval()
     t1, t2 = torch.randn(2, 1, 32, 40, 32), torch.randn(2, 1, 32, 40, 32)
@@ -137,7 +160,8 @@ def test_mistyped_override_is_refused(tiny_manifest, tmp_path):
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_process_ddp_training_gathers_validation_over_all_samples(tiny_manifest, tmp_path):
-    overrides = {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")}
+    overrides = {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models"),
+                 "lesion_init": ""}  # the lesion pathway learns through the auxiliary loss, across both ranks
     launcher = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle"]
     check(run_bundle("edss", "training", ["train", "multi_gpu_train"], overrides, launcher=launcher))
     log = pd.read_csv(tmp_path / "eval" / "training_log.csv")  # written once, by rank 0
@@ -163,8 +187,7 @@ def test_summary_counts_every_parameter_of_the_bundle_network(capsys):
 
     assert main(["summary", str(REPO / "bundles/edss")]) == 0
     printed = capsys.readouterr().out
-    config = json.loads((REPO / "bundles/edss/configs/train.json").read_text())["network_def"]
-    network = DualStreamRegressor(**{k: v for k, v in config.items() if k != "_target_"})
+    network = _network()
     total = sum(p.numel() for p in network.parameters())
     assert f"Total params: {total:,}" in printed
     assert "demographics" in printed or "[1, 2]" in printed
@@ -191,7 +214,8 @@ def _without_lesion_masks(manifest_path, tmp_path):
 
 def test_cohort_without_lesion_masks_trains_with_an_empty_lesion_key(tiny_manifest, tmp_path):
     cohort = _without_lesion_masks(tiny_manifest, tmp_path)
-    overrides = {**TINY_OVERRIDES, "epochs": 1, "data_manifest": str(cohort), "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")}
+    overrides = {**TINY_OVERRIDES, "epochs": 1, "data_manifest": str(cohort), "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models"),
+                 "lesion_init": ""}
     refused = run_bundle("edss", "training", ["train"], overrides)
     assert refused.returncode == 1 and "lesion" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "models").exists()

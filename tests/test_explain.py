@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from monai.bundle import ConfigParser
 import torch.nn as nn
 from bundle_runner import REPO, TINY_OVERRIDES, check, run_bundle
 
@@ -176,11 +177,13 @@ def random_checkpoints(tmp_path_factory):
     paths = {}
     for bundle, network_class in classes.items():
         config = json.loads((REPO / "bundles" / bundle / "configs" / "train.json").read_text())["network_def"]
-        arguments = {k: v for k, v in config.items() if k not in ("_target_", "in_channels")}
+        arguments = {k: v for k, v in config.items() if k != "in_channels"}  # brain_age/sex: "$len(@image_keys)"
         torch.manual_seed(0)
+        network = ConfigParser({"network_def": arguments}).get_parsed_content("network_def")
+        assert isinstance(network, network_class)
         (folder / bundle).mkdir()
         paths[bundle] = folder / bundle / "model.pt"
-        torch.save(network_class(**arguments).state_dict(), paths[bundle])
+        torch.save(network.state_dict(), paths[bundle])
     return paths
 
 

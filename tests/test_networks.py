@@ -233,7 +233,8 @@ def test_t1_and_t2_streams_do_not_share_weights() -> None:
     t2_params = list(network.t2_encoder.parameters())
     assert {p.data_ptr() for p in t1_params}.isdisjoint(p.data_ptr() for p in t2_params)
     total = sum(p.numel() for p in network.parameters())
-    assert total == 2 * sum(p.numel() for p in t1_params) + sum(p.numel() for p in network.head.parameters())
+    heads = sum(p.numel() for p in [*network.head.parameters(), *network.covariate_head.parameters()])
+    assert total == 2 * sum(p.numel() for p in t1_params) + heads
     # changing a T1 weight in place leaves the matching T2 weight as it was
     t1_weight, t2_weight = t1_params[0], t2_params[0]
     before = t2_weight.detach().clone()
@@ -346,3 +347,70 @@ def test_lesion_pathway_learns_the_mask_through_the_auxiliary_loss() -> None:
     with_masks, without = _train_lesion_pathway(1.0), _train_lesion_pathway(0.0)
     assert with_masks[-1] < 0.9 * with_masks[0], with_masks
     assert with_masks[-1] < without[-1] - 0.1, (with_masks[-1], without[-1])
+
+
+# ---------------------------------------------------------------- EDSS segmenter lesion pathway
+
+
+def _segmenter_regressor() -> DualStreamRegressor:
+    return DualStreamRegressor(channels=TINY, hidden=(16,), lesion_network=BrainSegmenter3D(channels=TINY, strides=(2, 2, 2)))
+
+
+def test_segmenter_pathway_gives_full_resolution_logits_and_a_lesion_load_that_moves_the_prediction() -> None:
+    torch.manual_seed(0)
+    network = _segmenter_regressor().eval()
+    t1, t2, demographics = _dual_inputs(2, (16, 24, 16))
+    with torch.no_grad():
+        prediction, logits = network.forward_with_lesion_map(t1, t2, demographics)
+        assert tuple(logits.shape) == (2, 1, 16, 24, 16) and prediction.shape == (2, 1)
+        # only voxels called lesion (p > 0.5) count: all-background logits give a load of 0
+        network.lesion_network.final_conv.conv.bias.fill_(-20.0)
+        background = network(t1, t2, demographics)
+        network.lesion_network.final_conv.conv.bias.fill_(20.0)
+        everywhere = network(t1, t2, demographics)
+    assert not torch.allclose(background, everywhere)
+    with pytest.raises(ValueError, match="not both"):
+        DualStreamRegressor(channels=TINY, lesion_level=0, lesion_network=BrainSegmenter3D(channels=TINY, strides=(2, 2, 2)))
+
+
+def test_load_lesion_network_copies_and_freezes_the_segmenter(tmp_path, caplog) -> None:
+    torch.manual_seed(0)
+    source = BrainSegmenter3D(channels=TINY, strides=(2, 2, 2))
+    torch.save({"model": source.state_dict()}, tmp_path / "wrapped.pt")
+    torch.save(source.state_dict(), tmp_path / "plain.pt")
+    for name in ("wrapped.pt", "plain.pt"):
+        network = _segmenter_regressor()
+        assert network.load_lesion_network(tmp_path / name, freeze=True)
+        for key, value in source.state_dict().items():
+            assert torch.equal(network.lesion_network.state_dict()[key], value)
+        assert not any(p.requires_grad for p in network.lesion_network.parameters())
+        assert all(p.requires_grad for p in network.t1_encoder.parameters())
+    network = _segmenter_regressor()
+    assert network.load_lesion_network(tmp_path / "plain.pt", freeze=False)
+    assert all(p.requires_grad for p in network.lesion_network.parameters())
+    # a missing file: warn and train from scratch; weights that do not fit: the file is named
+    with caplog.at_level("WARNING"):
+        assert not _segmenter_regressor().load_lesion_network(tmp_path / "missing.pt")
+    assert "missing.pt" in caplog.text and "from scratch" in caplog.text
+    torch.save(BrainSegmenter3D(channels=(8, 8, 8, 8), strides=(2, 2, 2)).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt does not fit"):
+        _segmenter_regressor().load_lesion_network(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="no lesion_network"):
+        DualStreamRegressor(channels=TINY).load_lesion_network(tmp_path / "plain.pt")
+
+
+def test_frozen_lesion_pathway_adds_nothing_to_the_training_loss(tmp_path) -> None:
+    from monai_ms.engines import LesionAuxiliaryLoss
+
+    torch.manual_seed(0)
+    network = _segmenter_regressor()
+    torch.save(network.lesion_network.state_dict(), tmp_path / "segmenter.pt")
+    t1, t2, demographics = _dual_inputs(2, (32, 16, 16))
+    target, masks = torch.tensor([[1.0], [3.0]]), (t2 > 1.0).float()
+    loss_fn = LesionAuxiliaryLoss(nn.L1Loss(), lesion_weight=1.0)
+    trainable = loss_fn(ForwardWithLesionMap(network)(t1, t2, demographics), (target, masks))
+    network.load_lesion_network(tmp_path / "segmenter.pt", freeze=True)
+    prediction, logits = ForwardWithLesionMap(network)(t1, t2, demographics)
+    frozen = loss_fn((prediction, logits), (target, masks))
+    assert float(frozen) == pytest.approx(float(nn.L1Loss()(prediction, target)))
+    assert float(trainable) > float(frozen)

@@ -30,6 +30,7 @@ def _overrides(manifest: Path, run_dir: Path, **extra) -> dict:
         "data_manifest": str(manifest),
         "output_dir": str(run_dir / "eval"),
         "ckpt_dir": str(run_dir / "models"),
+        "lesion_init": "",  # no machine-dependent default: the pathway learns from scratch
         **extra,
     }
 

@@ -50,3 +50,52 @@ def fit_normalization(
         stats["target_std"] = float(target.std()) if target.std() > 0 else 1.0
     module.set_normalization(**stats)
     return stats
+
+
+def fit_covariate_head(
+    network: Any, entries: Sequence[Mapping[str, Any]], transform: Any, target_key: str = "edss", ridge: float = 1e-3
+) -> None:
+    """Start a :class:`~monai_ms.networks.DualStreamRegressor`'s linear covariate path at the least-squares fit.
+
+    The covariates (standardised demographics and the lesion load of the network's pre-trained lesion
+    pathway) of every training session are computed once, without augmentation; ``covariate_head`` is
+    set to the ridge solution for the standardised target and the MLP's last layer to zero, so training
+    starts from the linear model and the CNN only learns what it leaves unexplained. On a few dozen
+    scans the MLP otherwise memorises the training split long before the linear path has learnt.
+    Call after :func:`fit_normalization` and ``load_lesion_network``.
+
+    Args:
+        network: the regressor (its normalisation buffers set).
+        entries: training entries.
+        transform: the evaluation chain producing ``t1``, ``t2``, ``demographics`` and ``target_key``.
+        target_key: key of the target.
+        ridge: L2 penalty of the fit (on standardised covariates).
+    """
+    captured: list[torch.Tensor] = []
+    hook = network.covariate_head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
+    targets = []
+    was_training = network.training
+    network.eval()
+    device = network.target_mean.device
+    try:
+        with torch.no_grad():
+            for entry in entries:
+                item = transform(dict(entry))
+                t1, t2, demographics = (torch.as_tensor(item[key]).as_subclass(torch.Tensor)[None].to(device) for key in ("t1", "t2", "demographics"))
+                network(t1, t2, demographics.float())
+                targets.append(torch.as_tensor(item[target_key], dtype=torch.float64).reshape(1, -1))
+    finally:
+        hook.remove()
+        network.train(was_training)
+    x = torch.cat(captured).to(torch.float64).cpu()
+    y = (torch.cat(targets) - network.target_mean.double().cpu()) / network.target_std.double().cpu()
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+    penalty = ridge * len(x) * torch.eye(design.shape[1], dtype=torch.float64)
+    penalty[-1, -1] = 0.0  # the intercept is not shrunk
+    solution = torch.linalg.solve(design.T @ design + penalty, design.T @ y)  # (covariates + 1, out)
+    with torch.no_grad():
+        network.covariate_head.weight.copy_(solution[:-1].T.to(network.covariate_head.weight))
+        network.covariate_head.bias.copy_(solution[-1].to(network.covariate_head.bias))
+        last = [m for m in network.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.zero_()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,13 +20,18 @@ from monai_ms.networks.heads import _statistic
 
 __all__ = ["DualStreamRegressor", "ForwardWithLesionMap"]
 
+logger = logging.getLogger(__name__)
+
 
 class DualStreamRegressor(nn.Module):
     """Dual-stream 3D CNN: separate T1 and T2 encoders, pooled features + demographics -> MLP -> EDSS.
 
     Each modality has its own :class:`~monai_ms.networks.encoder.FeatureExtractor3D` (weights are
     not shared: T1 and T2 contrasts differ). The last feature map of each stream is globally pooled;
-    both vectors are concatenated with the standardised demographics vector and passed to an MLP.
+    both vectors are concatenated with the standardised demographics vector and passed to an MLP. The
+    covariates (demographics and, with a lesion pathway, the lesion load) also pass through a linear
+    layer (``covariate_head``) whose output is added to the MLP's: a linear model of the covariates is
+    learnt in a few steps, and the MLP learns what it does not explain.
 
     Optional lesion pathway (``lesion_level``): a small convolutional head on the concatenated T1 and T2
     feature maps of one encoder level predicts lesion logits at that level's resolution, and the head
@@ -31,6 +39,14 @@ class DualStreamRegressor(nn.Module):
     label is too weak a teacher for small lesions on a few dozen scans (the network memorises the
     training set); training that map against the lesion masks (``forward_with_lesion_map`` and
     :class:`~monai_ms.engines.LesionAuxiliaryLoss`) gives the encoders voxel-level supervision.
+
+    Segmenter lesion pathway (``lesion_network``, used by the EDSS bundle): a full-resolution lesion
+    segmenter (e.g. :class:`~monai_ms.networks.BrainSegmenter3D`) on T1 and T2 as two channels replaces
+    the small head. Initialised from a trained lesion-segmentation model (:meth:`load_lesion_network`),
+    it gives the MLP a lesion load that is right from the first epoch; the shallow head is still guessing
+    after the few hundred steps a small cohort affords, and the regressor memorises meanwhile.
+    The lesion-load feature counts only voxels called lesion (probability > 0.5): the faint probability
+    spread over the whole background would otherwise outweigh lesions of a few mL.
 
     Normalisation travels with the model as buffers (saved in the ``state_dict`` and in TorchScript):
     ``demographics_mean`` / ``demographics_std`` (shape ``(demographics,)``) standardise the raw
@@ -55,11 +71,14 @@ class DualStreamRegressor(nn.Module):
         encoder_dropout: dropout probability after each encoder convolution.
         bias: whether the convolutions have a bias term.
         lesion_level: index of the encoder level (0 = first, stride ``strides[0]``) whose features feed
-            the lesion pathway, or ``None`` for no lesion pathway.
+            the small lesion head, or ``None`` for no lesion head.
+        lesion_network: a module mapping ``(B, 2 * in_channels, D, H, W)`` (T1 and T2 channels) to lesion
+            logits ``(B, 1, D, H, W)``, or ``None``. Excludes ``lesion_level``.
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, negative
-            ``demographics``, ``lesion_level`` outside the encoder levels; in ``forward``, a
+            ``demographics``, ``lesion_level`` outside the encoder levels, both ``lesion_level`` and
+            ``lesion_network``; in ``forward``, a
             demographics tensor that is not ``(B, demographics)``, inputs whose batch sizes differ, or
             (with the lesion pathway) T1 and T2 of different sizes.
 
@@ -68,7 +87,8 @@ class DualStreamRegressor(nn.Module):
         ``(B, in_channels, D', H', W')`` (any sizes; usually the same ROI), demographics
         ``(B, demographics)`` in raw units -> ``(B, out_channels)`` in target units.
         ``forward_with_lesion_map``: the same inputs -> ``((B, out_channels), (B, 1, *S_l))`` with
-        ``S_l`` the spatial size at ``lesion_level`` (an empty tensor without the lesion pathway).
+        ``S_l`` the spatial size at ``lesion_level``, or the input size with ``lesion_network`` (an empty
+        tensor without a lesion pathway).
 
     Examples::
 
@@ -97,8 +117,11 @@ class DualStreamRegressor(nn.Module):
         encoder_dropout: float = 0.0,
         bias: bool = True,
         lesion_level: int | None = None,
+        lesion_network: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        if lesion_level is not None and lesion_network is not None:
+            raise ValueError("give lesion_level (small head on the encoders) or lesion_network (a segmenter), not both")
         if lesion_level is not None and not (isinstance(lesion_level, int) and 0 <= lesion_level < len(channels)):
             raise ValueError(f"lesion_level must be None or in [0, {len(channels) - 1}], got {lesion_level}")
         if demographics < 0:
@@ -121,7 +144,10 @@ class DualStreamRegressor(nn.Module):
         self.t2_encoder = FeatureExtractor3D(**encoder_args)
         self.pool = GlobalPool(pooling)
         image_features = self.pool.out_features(self.t1_encoder.out_channels)
-        self.has_lesion_map: Final[bool] = lesion_level is not None
+        self.has_lesion_map: Final[bool] = lesion_level is not None or lesion_network is not None
+        self.lesion_from_images: Final[bool] = lesion_network is not None
+        # stays empty without a segmenter (TorchScript needs a module)
+        self.lesion_network = nn.Sequential() if lesion_network is None else lesion_network
         self.lesion_level: Final[int] = -1 if lesion_level is None else int(lesion_level)
         self.lesion_head = nn.Sequential()  # stays empty without the lesion pathway (TorchScript needs a module)
         if lesion_level is not None:
@@ -130,6 +156,8 @@ class DualStreamRegressor(nn.Module):
             self.lesion_head.append(Convolution(spatial_dims, width, 1, kernel_size=1, conv_only=True))
         head_in = 2 * image_features + demographics + int(self.has_lesion_map)
         self.head = MLPHead(head_in, out_channels, hidden=hidden, act=act, dropout=dropout)
+        # covariates (demographics, lesion load) also enter linearly: the MLP learns what they do not explain
+        self.covariate_head = nn.Linear(demographics + int(self.has_lesion_map), out_channels)
         self.register_buffer("demographics_mean", torch.zeros(demographics))
         self.register_buffer("demographics_std", torch.ones(demographics))
         self.register_buffer("target_mean", torch.zeros(out_channels))
@@ -175,6 +203,39 @@ class DualStreamRegressor(nn.Module):
         for name, tensor in checked.items():
             getattr(self, name).copy_(tensor)
 
+    def load_lesion_network(self, checkpoint: str | os.PathLike, freeze: bool = True) -> bool:
+        """Initialise ``lesion_network`` from a trained segmenter's weights, e.g. the lesion_seg bundle's.
+
+        Args:
+            checkpoint: a ``model.pt`` holding the segmenter's ``state_dict`` (or ``{"model": state_dict}``).
+            freeze: stop gradients into the segmenter, so the EDSS loss cannot unlearn lesions.
+
+        Returns:
+            True when loaded; False (with a warning) when ``checkpoint`` does not exist, in which case the
+            segmenter is trained from scratch through the auxiliary lesion loss.
+
+        Raises:
+            ValueError: no ``lesion_network``, or weights that do not fit it (the file is named).
+        """
+        if not self.lesion_from_images:
+            raise ValueError("load_lesion_network: this network has no lesion_network")
+        path = Path(checkpoint)
+        if not path.is_file():
+            logger.warning(
+                f"no lesion segmenter at {path}: the lesion pathway is trained from scratch with the EDSS "
+                "model, which a small cohort does not teach well; train the lesion_seg bundle first"
+            )
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        try:
+            self.lesion_network.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(f"{path} does not fit network_def#lesion_network (same channels and strides?): {error}") from None
+        self.lesion_network.requires_grad_(not freeze)
+        logger.info(f"lesion pathway initialised from {path}" + (" (frozen)" if freeze else ""))
+        return True
+
     def forward(self, t1: torch.Tensor, t2: torch.Tensor, demographics: torch.Tensor) -> torch.Tensor:
         """Predict ``(B, out_channels)`` in target units; see the class docstring for shapes."""
         return self.forward_with_lesion_map(t1, t2, demographics)[0]
@@ -203,12 +264,17 @@ class DualStreamRegressor(nn.Module):
         demographics = (demographics.to(self.demographics_mean.dtype) - self.demographics_mean) / self.demographics_std
         features = [self.pool(t1_maps[-1]), self.pool(t2_maps[-1]), demographics.to(t1_maps[-1].dtype)]
         lesion_logits = torch.zeros(0, dtype=t1.dtype, device=t1.device)
+        if self.lesion_from_images:
+            lesion_logits = self.lesion_network(torch.cat([t1, t2], dim=1))
+        elif self.has_lesion_map:
+            lesion_logits = self.lesion_head(torch.cat([t1_maps[self.lesion_level], t2_maps[self.lesion_level]], dim=1))
         if self.has_lesion_map:
-            lesion_features = torch.cat([t1_maps[self.lesion_level], t2_maps[self.lesion_level]], dim=1)
-            lesion_logits = self.lesion_head(lesion_features)
-            load = torch.sigmoid(lesion_logits).flatten(2).mean(2)  # (B, 1) lesion fraction of the ROI
+            probability = torch.sigmoid(lesion_logits).flatten(2)
+            load = (probability * (probability > 0.5).to(probability.dtype)).mean(2)  # (B, 1) lesion fraction
             features.append(torch.log1p(1000.0 * load))
-        prediction = self.target_mean + self.target_std * self.head(torch.cat(features, dim=1))
+        covariates = torch.cat(features[2:], dim=1)
+        output = self.head(torch.cat(features, dim=1)) + self.covariate_head(covariates)
+        prediction = self.target_mean + self.target_std * output
         return prediction, lesion_logits
 
 
