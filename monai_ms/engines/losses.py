@@ -55,7 +55,7 @@ class LesionAuxiliaryLoss(nn.Module):
             return loss
         if logits is None or logits.numel() == 0:
             raise ValueError("LesionAuxiliaryLoss: lesion masks were given but the network has no lesion pathway (lesion_level or lesion_network)")
-        if torch.is_grad_enabled() and not logits.requires_grad:
+        if prediction.requires_grad and not logits.requires_grad:
             return loss  # a frozen lesion pathway (pre-trained, see DualStreamRegressor.load_lesion_network)
         soft = F.adaptive_avg_pool3d(mask.to(logits.dtype), logits.shape[2:])
         return loss + self.lesion_weight * self.lesion_loss(logits, soft)
