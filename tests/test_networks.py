@@ -395,6 +395,9 @@ def test_load_lesion_network_copies_and_freezes_the_segmenter(tmp_path, caplog) 
     torch.save(BrainSegmenter3D(channels=(8, 8, 8, 8), strides=(2, 2, 2)).state_dict(), tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt does not fit"):
         _segmenter_regressor().load_lesion_network(tmp_path / "other.pt")
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / "plain.pt").read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated.pt: cannot read the lesion segmenter checkpoint"):
+        _segmenter_regressor().load_lesion_network(tmp_path / "truncated.pt")
     with pytest.raises(ValueError, match="no lesion_network"):
         DualStreamRegressor(channels=TINY).load_lesion_network(tmp_path / "plain.pt")
 

@@ -35,7 +35,7 @@ class DualStreamRegressor(nn.Module):
 
     Optional lesion pathway (``lesion_level``): a small convolutional head on the concatenated T1 and T2
     feature maps of one encoder level predicts lesion logits at that level's resolution, and the head
-    also receives ``log(1 + 1000 * mean lesion probability)``, a lesion-load estimate. A scalar EDSS
+    also receives ``log(1 + 1000 * lesion fraction)``, a lesion-load estimate (see below). A scalar EDSS
     label is too weak a teacher for small lesions on a few dozen scans (the network memorises the
     training set); training that map against the lesion masks (``forward_with_lesion_map`` and
     :class:`~monai_ms.engines.LesionAuxiliaryLoss`) gives the encoders voxel-level supervision.
@@ -215,7 +215,8 @@ class DualStreamRegressor(nn.Module):
             segmenter is trained from scratch through the auxiliary lesion loss.
 
         Raises:
-            ValueError: no ``lesion_network``, or weights that do not fit it (the file is named).
+            ValueError: no ``lesion_network``, an unreadable file, or weights that do not fit it (the file
+                is named).
         """
         if not self.lesion_from_images:
             raise ValueError("load_lesion_network: this network has no lesion_network")
@@ -226,7 +227,10 @@ class DualStreamRegressor(nn.Module):
                 "model, which a small cohort does not teach well; train the lesion_seg bundle first"
             )
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated or not a checkpoint: name the file, not torch's internals
+            raise ValueError(f"{path}: cannot read the lesion segmenter checkpoint: {error}") from None
         state = state.get("model", state) if isinstance(state, dict) else state
         try:
             self.lesion_network.load_state_dict(state)
