@@ -179,7 +179,17 @@ def test_metadata_is_valid_against_the_monai_schema():
     import jsonschema
 
     schema = json.loads((REPO / "monai_ms/bundle/schemas/meta_schema_20240725.json").read_text())
-    jsonschema.validate(json.loads((REPO / "bundles/edss/configs/metadata.json").read_text()), schema)
+    metadata = json.loads((REPO / "bundles/edss/configs/metadata.json").read_text())
+    jsonschema.validate(metadata, schema)  # raises jsonschema.ValidationError when invalid
+    assert metadata["version"] in metadata["changelog"]
+
+
+def test_default_lesion_init_fits_the_lesion_seg_bundle_network():
+    """train.json copies lesion_seg's network_def (an exported EDSS bundle must stand alone); the copy
+    must keep loading what the lesion_seg bundle writes, or the default lesion_init fails."""
+    lesion_seg = json.loads((REPO / "bundles/lesion_seg/configs/train.json").read_text())["network_def"]
+    segmenter = ConfigParser({"network_def": lesion_seg}).get_parsed_content("network_def")
+    _network().lesion_network.load_state_dict(segmenter.state_dict())  # strict: raises on any mismatch
 
 
 def test_summary_counts_every_parameter_of_the_bundle_network(capsys):
