@@ -59,6 +59,9 @@ def test_training_on_t1_and_t2_stores_the_age_statistics_in_the_checkpoint(train
     assert float(state["target_mean"]) == pytest.approx(np.mean(train_ages), rel=1e-5)
     first_conv = next(v for k, v in state.items() if k.endswith("weight") and v.ndim == 5)
     assert first_conv.shape[1] == 2  # the image_keys switch: T1 and T2 as two channels
+    # the histogram path was fitted on the training split: 24 bins per channel, training-split statistics
+    assert state["histogram.feature_std"].shape == (48,) and not torch.all(state["histogram.feature_std"] == 1)
+    assert "histogram path fitted on" in result.stdout + result.stderr
     log = pd.read_csv(out / "eval" / "training_log.csv")
     assert log["epoch"].tolist() == [1] and {"train_loss", "val_mae", "val_rmse"} <= set(log.columns)
     assert (out / "eval" / "learning_curve.png").stat().st_size > 1000

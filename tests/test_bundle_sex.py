@@ -38,6 +38,8 @@ def test_training_states_the_class_balance_and_validates_on_auc(trained):
     assert 0.0 <= log["val_auc"].iloc[0] <= 1.0
     state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert next(v for k, v in state.items() if k.endswith("weight") and v.ndim == 5).shape[1] == 1  # T1 only
+    assert state["histogram.feature_std"].shape == (24,) and not torch.all(state["histogram.feature_std"] == 1)
+    assert "histogram path fitted on" in result.stdout + result.stderr
 
 
 def test_evaluate_writes_auc_brier_confusion_matrix_and_roc(trained):

@@ -136,6 +136,12 @@ def _scriptable_cases() -> list[tuple[str, nn.Module, tuple[torch.Tensor, ...]]]
         ("dual_lesion", DualStreamRegressor(channels=TINY, hidden=(16,), lesion_level=1), _dual_inputs(2, (16, 24, 16))),
         ("regressor", regressor, (torch.randn(2, 2, 16, 24, 16),)),
         ("classifier", BrainClassifier3D(channels=TINY), (torch.randn(2, 1, 16, 24, 16),)),
+        ("regressor_histogram", BrainRegressor3D(channels=TINY, histogram_bins=6), (torch.randn(2, 1, 16, 24, 16),)),
+        (
+            "classifier_histogram",
+            BrainClassifier3D(in_channels=2, channels=TINY, histogram_bins=6),
+            (torch.randn(2, 2, 16, 24, 16),),
+        ),
         ("segmenter", BrainSegmenter3D(channels=TINY, strides=(2, 2, 2)), (torch.randn(2, 2, 16, 24, 16),)),
     ]
 

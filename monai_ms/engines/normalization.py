@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import logging
+
 import numpy as np
 import torch
 
 from monai_ms.data.transforms import parse_sex
 
-__all__ = ["fit_normalization"]
+__all__ = ["fit_normalization", "fit_covariate_head", "fit_histogram_head"]
+
+logger = logging.getLogger(__name__)
 
 
 def fit_normalization(
@@ -96,6 +100,96 @@ def fit_covariate_head(
     with torch.no_grad():
         network.covariate_head.weight.copy_(solution[:-1].T.to(network.covariate_head.weight))
         network.covariate_head.bias.copy_(solution[-1].to(network.covariate_head.bias))
-        last = [m for m in network.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+        _zero_last_linear(network.head)
+
+
+def _zero_last_linear(head: torch.nn.Module) -> None:
+    """Zero the MLP's output layer, so that the network starts as exactly its fitted linear path."""
+    last = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
         last.weight.zero_()
         last.bias.zero_()
+
+
+def fit_histogram_head(
+    network: Any,
+    entries: Sequence[Mapping[str, Any]],
+    transform: Any,
+    target_key: str,
+    input_key: str = "image",
+    alphas: Sequence[float] = tuple(np.logspace(-3, 4, 30)),
+) -> dict[str, float]:
+    """Start a whole-volume network's intensity-histogram path at the linear model fitted on the training split.
+
+    For a :class:`~monai_ms.networks.BrainRegressor3D` or :class:`~monai_ms.networks.BrainClassifier3D`
+    built with ``histogram_bins > 0``. The histogram of every training image is computed once, without
+    augmentation; its standardisation buffers are set to the training means and standard deviations,
+    ``histogram_head`` to a ridge regression of the standardised target (regressor) or a class-balanced
+    logistic regression (classifier), the penalty chosen by cross-validation on the training split only,
+    and the MLP's last layer to zero. Training then starts from the linear model and the CNN learns only
+    what it leaves unexplained: on a few dozen scans an encoder trained from scratch memorises the
+    training split before it finds the global atrophy and brain-size cues. Call after
+    :func:`fit_normalization`.
+
+    Args:
+        network: the network (a ``DistributedDataParallel`` wrapper is unwrapped).
+        entries: training entries.
+        transform: the evaluation chain producing ``input_key`` (the network input) and ``target_key``.
+        target_key: key of the target (age in years; sex as produced by the chain, 1 = male).
+        input_key: key of the network input.
+        alphas: ridge penalties to choose from (regressor); the classifier chooses ``C = 1 / alpha``.
+
+    Returns:
+        ``{"penalty": chosen alpha, "features": number of histogram features, "sessions": n}``; ``{}``
+        (and nothing changed) for a network without a histogram path, so ``histogram_bins=0`` is a
+        plain override.
+
+    Raises:
+        ValueError: the training split is empty, or (classifier) has fewer than 2 sessions of a class.
+    """
+    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    module = getattr(network, "module", network)
+    if getattr(module, "histogram", None) is None:
+        logger.info("the network has no histogram path (histogram_bins=0): nothing to fit")
+        return {}
+    if not entries:
+        raise ValueError("cannot fit the histogram path on an empty training split")
+    device = module.histogram.centres.device
+    counts, targets = [], []
+    with torch.no_grad():
+        for entry in entries:
+            item = transform(dict(entry))
+            image = torch.as_tensor(item[input_key]).as_subclass(torch.Tensor)[None].to(device)
+            counts.append(module.histogram.counts(image).double().cpu())
+            targets.append(float(torch.as_tensor(item[target_key]).flatten()[0]))
+    x = torch.cat(counts)
+    std = x.std(dim=0, unbiased=False)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a bin no training image reaches stays unscaled
+    module.histogram.set_standardization(x.mean(dim=0), std)
+    x = ((x - x.mean(dim=0)) / std).numpy()
+    y = np.asarray(targets)
+    if hasattr(module, "target_mean"):  # regressor: the head predicts the standardised target
+        y = (y - float(module.target_mean[0])) / float(module.target_std[0])
+        model = RidgeCV(alphas=list(alphas)).fit(x, y)
+        weight, bias, penalty = model.coef_.reshape(1, -1), float(model.intercept_), float(model.alpha_)
+    else:
+        smallest = int(np.bincount(y.astype(int), minlength=2).min())
+        if smallest < 2:
+            counts = np.bincount(y.astype(int), minlength=2).tolist()
+            raise ValueError(f"the training split needs at least 2 sessions of each class for {target_key!r}, got {counts}")
+        search = GridSearchCV(
+            LogisticRegression(class_weight="balanced", max_iter=10000),
+            {"C": [1.0 / a for a in alphas]},
+            scoring="neg_log_loss",
+            cv=StratifiedKFold(n_splits=min(5, smallest)),
+        ).fit(x, y.astype(int))
+        model = search.best_estimator_
+        weight, bias, penalty = model.coef_, float(model.intercept_[0]), 1.0 / float(model.C)
+    with torch.no_grad():
+        module.histogram_head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        module.histogram_head.bias.fill_(bias)
+    _zero_last_linear(module.head)
+    logger.info(f"histogram path fitted on {len(entries)} sessions ({x.shape[1]} features, penalty {penalty:.3g})")
+    return {"penalty": penalty, "features": int(x.shape[1]), "sessions": len(entries)}

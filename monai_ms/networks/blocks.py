@@ -1,4 +1,5 @@
-"""Building blocks shared by the monai_ms networks: convolution block, global pooling, MLP head.
+"""Building blocks shared by the monai_ms networks: convolution block, global pooling, intensity
+histogram, MLP head.
 
 Every layer type comes from MONAI's ``Act`` / ``Norm`` factories, so ``norm="instance"``,
 ``norm="batch"`` or ``norm=("group", {"num_groups": 8})`` is a configuration change.
@@ -14,7 +15,7 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution, ResidualUnit, UpSample
 from monai.networks.layers.utils import get_act_layer
 
-__all__ = ["Conv3DBlock", "UpBlock", "GlobalPool", "MLPHead", "POOLING_MODES"]
+__all__ = ["Conv3DBlock", "UpBlock", "GlobalPool", "IntensityHistogram", "MLPHead", "POOLING_MODES"]
 
 POOLING_MODES = ("avg", "avgmax")
 
@@ -184,6 +185,76 @@ class GlobalPool(nn.Module):
         if self.use_max:
             pooled = torch.cat([pooled, flat.amax(dim=-1)], dim=1)
         return pooled
+
+
+class IntensityHistogram(nn.Module):
+    """Soft intensity histogram of every input channel over the whole volume, standardised.
+
+    Each voxel adds a triangular weight (linear interpolation) to its two nearest of ``bins`` equally
+    spaced centres on ``value_range``; values outside the range count towards the end bins' centres
+    only as far as they are within one bin width. The counts are divided by the number of voxels, so a
+    feature is the share of the input volume near one intensity. On z-scored brain images the dark
+    bins measure CSF (atrophy) and the share of zero background measures brain size. The features are
+    then standardised with buffers fitted on the training split (:meth:`set_standardization`), so
+    checkpoints and TorchScript exports carry them.
+
+    Args:
+        in_channels: number of input channels.
+        bins: number of bin centres per channel.
+        value_range: first and last bin centre, in input units (z-scores for monai_ms images).
+
+    Raises:
+        ValueError: ``bins < 2`` or an empty ``value_range``.
+
+    Shapes:
+        ``(B, in_channels, *spatial)`` -> ``(B, in_channels * bins)``, channel-major (all bins of
+        channel 0 first). Not differentiable where a voxel sits exactly on a bin centre; no gradient is
+        needed, the image is an input.
+
+    Examples::
+
+        >>> histogram = IntensityHistogram(in_channels=1, bins=5, value_range=(-2.0, 2.0))
+        >>> histogram.counts(torch.zeros(1, 1, 4, 4, 4)).tolist()
+        [[0.0, 0.0, 1.0, 0.0, 0.0]]
+    """
+
+    def __init__(self, in_channels: int = 1, bins: int = 24, value_range: Sequence[float] = (-3.0, 3.0)) -> None:
+        super().__init__()
+        low, high = (float(v) for v in value_range)
+        if int(bins) < 2 or not high > low:
+            raise ValueError(
+                f"IntensityHistogram needs bins >= 2 and value_range low < high, got {bins}, {value_range}"
+            )
+        self.in_channels = int(in_channels)
+        self.bins = int(bins)
+        self.width: float = (high - low) / (self.bins - 1)
+        self.register_buffer("centres", torch.linspace(low, high, self.bins))
+        self.register_buffer("feature_mean", torch.zeros(self.in_channels * self.bins))
+        self.register_buffer("feature_std", torch.ones(self.in_channels * self.bins))
+
+    @property
+    def out_features(self) -> int:
+        """``in_channels * bins``."""
+        return self.in_channels * self.bins
+
+    def counts(self, x: torch.Tensor) -> torch.Tensor:
+        """Unstandardised histogram ``(B, in_channels * bins)``: the share of voxels at each centre."""
+        flat = torch.flatten(x, start_dim=2).float()  # (B, C, N)
+        # one pass per bin: a (B, C, N, bins) tensor would not fit in memory for a whole volume
+        shares = [torch.clamp(1.0 - torch.abs(flat - c) / self.width, min=0.0).mean(dim=-1) for c in self.centres]
+        return torch.stack(shares, dim=-1).flatten(1)
+
+    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store the training split's feature means and standard deviations (``out_features`` each, std > 0)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean.numel() != self.out_features or std.numel() != self.out_features or not bool((std > 0).all()):
+            raise ValueError(f"histogram standardisation needs {self.out_features} means and positive stds")
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.counts(x) - self.feature_mean) / self.feature_std
 
 
 class MLPHead(nn.Sequential):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from monai_ms.networks.blocks import GlobalPool, MLPHead
+from monai_ms.networks.blocks import GlobalPool, IntensityHistogram, MLPHead
 from monai_ms.networks.encoder import FeatureExtractor3D
 
 __all__ = ["PooledHeadNetwork3D", "BrainRegressor3D", "BrainClassifier3D"]
@@ -61,6 +61,8 @@ class PooledHeadNetwork3D(nn.Module):
         dropout: float = 0.0,
         encoder_dropout: float = 0.0,
         bias: bool = True,
+        histogram_bins: int = 0,
+        histogram_range: Sequence[float] = (-3.0, 3.0),
     ) -> None:
         super().__init__()
         self.out_channels = out_channels
@@ -80,10 +82,19 @@ class PooledHeadNetwork3D(nn.Module):
         self.head = MLPHead(
             self.pool.out_features(self.encoder.out_channels), out_channels, hidden=hidden, act=act, dropout=dropout
         )
+        # optional linear path on the input's intensity histogram, added to the MLP output (see BrainRegressor3D)
+        self.histogram: IntensityHistogram | None = None
+        self.histogram_head: nn.Linear | None = None
+        if histogram_bins > 0:
+            self.histogram = IntensityHistogram(in_channels, histogram_bins, histogram_range)
+            self.histogram_head = nn.Linear(self.histogram.out_features, out_channels)
 
     def head_output(self, x: torch.Tensor) -> torch.Tensor:
         """Raw head output ``(B, out_channels)`` for an image ``(B, in_channels, *spatial)``."""
-        return self.head(self.pool(self.encoder(x)[-1]))
+        output = self.head(self.pool(self.encoder(x)[-1]))
+        if self.histogram is not None and self.histogram_head is not None:
+            output = output + self.histogram_head(self.histogram(x))
+        return output
 
 
 class BrainRegressor3D(PooledHeadNetwork3D):
@@ -111,6 +122,11 @@ class BrainRegressor3D(PooledHeadNetwork3D):
         dropout: dropout probability in the MLP head.
         encoder_dropout: dropout probability after each encoder convolution.
         bias: whether the convolutions have a bias term.
+        histogram_bins: ``> 0`` adds a linear path on the input's intensity histogram
+            (:class:`~monai_ms.networks.blocks.IntensityHistogram`, ``histogram_bins`` per channel) to the
+            MLP output; start it with :func:`monai_ms.engines.fit_histogram_head`. Its features are shares
+            of the input volume, so train and predict at one input size (the bundles' fixed ROI).
+        histogram_range: first and last bin centre (z-scores).
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, bad ``dropout``.
@@ -142,6 +158,8 @@ class BrainRegressor3D(PooledHeadNetwork3D):
         dropout: float = 0.0,
         encoder_dropout: float = 0.0,
         bias: bool = True,
+        histogram_bins: int = 0,
+        histogram_range: Sequence[float] = (-3.0, 3.0),
     ) -> None:
         super().__init__(
             spatial_dims=spatial_dims,
@@ -158,6 +176,8 @@ class BrainRegressor3D(PooledHeadNetwork3D):
             dropout=dropout,
             encoder_dropout=encoder_dropout,
             bias=bias,
+            histogram_bins=histogram_bins,
+            histogram_range=histogram_range,
         )
         self.register_buffer("target_mean", torch.zeros(out_channels))
         self.register_buffer("target_std", torch.ones(out_channels))
@@ -214,6 +234,11 @@ class BrainClassifier3D(PooledHeadNetwork3D):
         dropout: dropout probability in the MLP head.
         encoder_dropout: dropout probability after each encoder convolution.
         bias: whether the convolutions have a bias term.
+        histogram_bins: ``> 0`` adds a linear path on the input's intensity histogram
+            (:class:`~monai_ms.networks.blocks.IntensityHistogram`, ``histogram_bins`` per channel) to the
+            MLP output; start it with :func:`monai_ms.engines.fit_histogram_head`. Its features are shares
+            of the input volume, so train and predict at one input size (the bundles' fixed ROI).
+        histogram_range: first and last bin centre (z-scores).
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, bad ``dropout``.
