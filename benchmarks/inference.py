@@ -47,6 +47,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bundles", default="lesion_seg,edss", help="comma-separated subset of lesion_seg,edss")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (default 3)")
+    parser.add_argument("--spacing", type=float, help="lesion_seg network grid in mm (default: the bundle's, 2); 1 runs the network at the scan's 1 mm")
+    parser.add_argument("--no-probability", action="store_true", help="lesion_seg: do not write the probability map (--save_probability False)")
     parser.add_argument("--random-weights", action="store_true", help="do not load bundles/<task>/models/model.pt")
     parser.add_argument("--quick", action="store_true", help="1 repeat")
     parser.add_argument("--tiny", action="store_true", help="test mode: the 4 mm test cohort, 1 repeat")
@@ -78,7 +80,7 @@ def _load_weights(network: Any, ckpt: str | None) -> str:
 
 def lesion_seg(entry: dict, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """Stage times of lesion_seg inference on one scan (median over repeats)."""
-    options = argparse.Namespace(flip_tta=False, overlap=None, mode=None)
+    options = argparse.Namespace(flip_tta=False, overlap=None, mode=None, spacing=args.spacing, no_probability=args.no_probability)
     parser = lesion_seg_inference._bundle(options, out_dir)
     network = parser.get_parsed_content("network")
     weights = _load_weights(network, _checkpoint("lesion_seg", args))

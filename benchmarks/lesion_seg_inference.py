@@ -46,6 +46,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (default 3)")
     parser.add_argument("--overlap", type=float, help="sliding-window overlap (default: the bundle's)")
     parser.add_argument("--mode", choices=["gaussian", "constant"], help="window blending (default: the bundle's)")
+    parser.add_argument("--spacing", type=float, help="network grid in mm (default: the bundle's, 2)")
+    parser.add_argument("--no-probability", action="store_true", help="do not write the probability map (save_probability False)")
     parser.add_argument("--flip-tta", action="store_true", help="flip test-time augmentation (3 extra passes)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "lesion_seg_inference.json"))
     return parser.parse_args(argv)
@@ -76,6 +78,10 @@ def _bundle(args: argparse.Namespace, out_dir: Path) -> Any:
         parser["sw_overlap"] = args.overlap
     if args.mode is not None:
         parser["sw_mode"] = args.mode
+    if getattr(args, "spacing", None) is not None:
+        parser["spacing"] = [float(args.spacing)] * 3
+    if getattr(args, "no_probability", False):
+        parser["save_probability"] = False
     return parser
 
 
