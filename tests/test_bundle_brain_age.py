@@ -136,3 +136,4 @@ def test_two_process_ddp_training(trained, tmp_path):
     assert pd.read_csv(tmp_path / "eval" / "training_log.csv")["epoch"].tolist() == [1]  # rank 0 alone writes it
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped: loads into the plain network
+    assert not torch.all(state["histogram.feature_std"] == 1)  # multi_gpu_train.json fits the histogram path too

@@ -92,6 +92,8 @@ def test_two_process_ddp_training_gathers_auc_over_all_validation_sessions(train
     overrides = {**overrides, "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")}
     launcher = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle"]
     check(run_bundle("sex", "training", ["train", "multi_gpu_train"], overrides, launcher=launcher))
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not torch.all(state["histogram.feature_std"] == 1)  # multi_gpu_train.json fits the histogram path too
     log = pd.read_csv(tmp_path / "eval" / "training_log.csv")
     # re-evaluate the final weights on the validation split in one process: the DDP AUC used every session
     check(run_bundle("sex", "evaluating", ["train", "evaluate"], {**overrides, "eval_split": "validation",
