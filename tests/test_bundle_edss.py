@@ -189,7 +189,10 @@ def test_default_lesion_init_fits_the_lesion_seg_bundle_network():
     must keep loading what the lesion_seg bundle writes, or the default lesion_init fails."""
     lesion_seg = json.loads((REPO / "bundles/lesion_seg/configs/train.json").read_text())["network_def"]
     segmenter = ConfigParser({"network_def": lesion_seg}).get_parsed_content("network_def")
-    _network().lesion_network.load_state_dict(segmenter.state_dict())  # strict: raises on any mismatch
+    copy = _network().lesion_network
+    result = copy.load_state_dict(segmenter.state_dict())  # strict: also raises on a shape mismatch
+    assert not result.missing_keys and not result.unexpected_keys
+    assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), segmenter.state_dict().values()))
 
 
 def test_summary_counts_every_parameter_of_the_bundle_network(capsys):

@@ -13,11 +13,11 @@ TINY = (4, 8)
 
 
 def test_histogram_shares_match_hand_computed_triangular_weights() -> None:
-    # centres -2, -1, 0, 1, 2 (width 1); voxels -2, -1.5, 0, 5 in channel 0 and 1, 1, 1, 1 in channel 1
-    x = torch.tensor([[[-2.0, -1.5, 0.0, 5.0], [1.0, 1.0, 1.0, 1.0]]]).reshape(1, 2, 1, 2, 2)
+    # centres -2, -1, 0, 1, 2 (width 1); channel 0: -2, -1.5, 0, 5, -7, 2.25; channel 1: 1 everywhere
+    x = torch.tensor([[[-2.0, -1.5, 0.0, 5.0, -7.0, 2.25], [1.0] * 6]]).reshape(1, 2, 1, 2, 3)
     shares = IntensityHistogram(in_channels=2, bins=5, value_range=(-2.0, 2.0)).counts(x)
-    # -1.5 splits half and half between -2 and -1; 5 lies beyond the last centre's reach
-    expected = [1.5 / 4, 0.5 / 4, 1 / 4, 0.0, 0.0] + [0.0, 0.0, 0.0, 1.0, 0.0]
+    # -1.5 splits half and half between -2 and -1; 2.25 gives 0.75 to the last centre; 5 and -7 lie beyond reach
+    expected = [1.5 / 6, 0.5 / 6, 1 / 6, 0.0, 0.75 / 6] + [0.0, 0.0, 0.0, 1.0, 0.0]
     assert torch.allclose(shares, torch.tensor([expected]))
 
 
@@ -75,6 +75,8 @@ def test_networks_without_a_histogram_path_are_left_unchanged() -> None:
     before = {k: v.clone() for k, v in network.state_dict().items()}
     assert fit_histogram_head(network, _cohort(4), transform=lambda d: d, target_key="age") == {}
     assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+    with pytest.raises(ValueError, match="fits one output, the network has 2"):
+        fit_histogram_head(BrainRegressor3D(out_channels=2, channels=TINY, strides=(2, 2), histogram_bins=4), _cohort(4), lambda d: d, "age")
     with pytest.raises(ValueError, match="empty training split"):
         fit_histogram_head(BrainRegressor3D(channels=TINY, strides=(2, 2), histogram_bins=4), [], lambda d: d, "age")
 

@@ -145,7 +145,8 @@ def fit_histogram_head(
         plain override.
 
     Raises:
-        ValueError: the training split is empty, or (classifier) has fewer than 2 sessions of a class.
+        ValueError: the network has more than one output, the training split is empty, or (classifier) it
+            has fewer than 2 sessions of a class.
     """
     from sklearn.linear_model import LogisticRegression, RidgeCV
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -154,6 +155,8 @@ def fit_histogram_head(
     if getattr(module, "histogram", None) is None:
         logger.info("the network has no histogram path (histogram_bins=0): nothing to fit")
         return {}
+    if module.histogram_head.out_features != 1:
+        raise ValueError(f"fit_histogram_head fits one output, the network has {module.histogram_head.out_features}")
     if not entries:
         raise ValueError("cannot fit the histogram path on an empty training split")
     device = module.histogram.centres.device

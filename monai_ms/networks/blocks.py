@@ -240,9 +240,15 @@ class IntensityHistogram(nn.Module):
     def counts(self, x: torch.Tensor) -> torch.Tensor:
         """Unstandardised histogram ``(B, in_channels * bins)``: the share of voxels at each centre."""
         flat = torch.flatten(x, start_dim=2).float()  # (B, C, N)
-        # one pass per bin: a (B, C, N, bins) tensor would not fit in memory for a whole volume
-        shares = [torch.clamp(1.0 - torch.abs(flat - c) / self.width, min=0.0).mean(dim=-1) for c in self.centres]
-        return torch.stack(shares, dim=-1).flatten(1)
+        # one pass over the voxels: each adds (1 - frac) to the centre below it and frac to the one above
+        position = (flat - self.centres[0]) / self.width
+        lower = torch.floor(position)
+        frac = position - lower
+        histogram = torch.zeros(flat.shape[0], flat.shape[1], self.bins, dtype=flat.dtype, device=flat.device)
+        for index, weight in ((lower, 1.0 - frac), (lower + 1.0, frac)):
+            inside = (index >= 0) & (index <= self.bins - 1)  # centres beyond the range get nothing
+            histogram.scatter_add_(2, index.clamp(0, self.bins - 1).long(), torch.where(inside, weight, 0.0))
+        return (histogram / flat.shape[-1]).flatten(1)
 
     def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Store the training split's feature means and standard deviations (``out_features`` each, std > 0)."""
