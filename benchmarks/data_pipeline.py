@@ -10,14 +10,20 @@ chain all read from ``bundles/edss/configs/train.json``) over a synthetic 1 mm c
   work and yields the same tensors; only the deterministic part differs. A check compares its output
   without augmentation with the bundle's ``eval`` chain (shapes and max abs difference).
 - ``monai``: the bundle's chain in an uncached ``monai.data.Dataset``.
-- ``cache``: the bundle's ``CacheDataset`` (as configured): epoch 1 includes filling the cache, epochs 2+
-  are reported separately, with the cache's memory against the bytes of the tensors it holds.
+- ``cache``: the bundle's RAM cache as configured (``cache_fill="workers"``: the DataLoader workers fill it
+  during epoch 1; ``SettleCacheHandler``'s ``settle()`` runs at each epoch start, inside the timed epoch).
+  Epoch 1 includes filling the cache (and building the dataset); epochs 2+ are reported separately, with
+  the cache's memory after epoch 1 against the bytes of the tensors it holds.
+- ``cache_upfront``: the same with ``cache_fill="upfront"`` (MONAI's ``CacheDataset`` default: threads fill
+  the cache before the first batch).
 - ``cache_fp16`` / ``disk``: ``monai_ms.data.datasets.cohort_dataset`` with ``cache="memory",
   cache_dtype="float16"`` and ``cache="disk"`` (PersistentDataset); skipped while that module is missing.
 
 Each variant runs in a fresh subprocess so its peak memory is its own: the peak PSS of the process tree
 (main process plus DataLoader workers, shared pages split between them) sampled every 0.1 s, and
-``ru_maxrss`` of the main process. Ratios are against the naive loader measured in the same run.
+``ru_maxrss`` of the main process. Ratios are against the naive loader measured in the same run. With
+``--repeats N`` every variant runs N times, interleaved, and the figures are medians (each run's timings
+are kept in the JSON): single runs of one variant spread by +-5% on a shared 2-core machine.
 
 Cohort: ``benchmarks/_shared.py:synthetic_cohort`` (generated once at 1 mm, the shortfall derived by
 intensity and rigid pose changes; cached under ``benchmarks/results/cache/``).
@@ -25,6 +31,7 @@ intensity and rigid pose changes; cached under ``benchmarks/results/cache/``).
 Usage (repository root)::
 
     python benchmarks/data_pipeline.py             # 24 sessions at 1 mm, a few minutes on 2 cores
+    python benchmarks/data_pipeline.py --repeats 3 # the README figures: medians of 3 interleaved runs
     python benchmarks/data_pipeline.py --quick     # 8 sessions, 2 epochs per variant
     python benchmarks/data_pipeline.py --tiny      # 4 sessions of the 4 mm test cohort, in-process (tests)
 
@@ -49,7 +56,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared import CACHE, TINY_SESSIONS, RESULTS, TreeMemorySampler, bundle_parser, command_line, machine_info, ru_maxrss_mb, synthetic_cohort, tree_pss_mb  # noqa: E402
 
-VARIANTS = ("naive", "monai", "cache", "cache_fp16", "disk")
+VARIANTS = ("naive", "monai", "cache", "cache_upfront", "cache_fp16", "disk")
+CACHED = ("cache", "cache_upfront", "cache_fp16", "disk")
 IMAGE_KEYS = ("t1", "t2")
 
 
@@ -59,6 +67,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spacing", type=float, default=1.0, help="cohort T1 voxel size in mm (default 1)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the cached variants (default 3; >= 2)")
     parser.add_argument("--uncached-epochs", type=int, default=2, help="epochs of naive/monai (default 2)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every variant, interleaved; figures are medians (default 1)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     parser.add_argument("--quick", action="store_true", help="8 sessions, 2 epochs per variant")
     parser.add_argument("--tiny", action="store_true", help="test mode: 4 sessions of the tiny 4 mm cohort, in-process")
@@ -187,7 +196,7 @@ class NaiveEDSSDataset:
 
 
 class NumpyZScored:
-    """The naive loader's numpy z-score over non-zero voxels (float64), in place of ``NormalizeIntensityd``."""
+    """The naive loader's numpy z-score over non-zero voxels (float64), in place of the bundle's ``ZScoreNonzerod``."""
 
     def __init__(self, keys: Sequence[str]) -> None:
         self.keys = list(keys)
@@ -205,13 +214,14 @@ class NumpyZScored:
 def _random_tail(chain: Any, naive: bool) -> Any:
     """The part of the bundle's chain that ``CacheDataset`` does not cache (from the first random transform)."""
     from monai.transforms import Compose, NormalizeIntensityd, Randomizable, Transform
+    from monai_ms.data.transforms import ZScoreNonzerod
 
     transforms = list(chain.transforms)
     # where MONAI's caching datasets stop: the first random transform or the first non-Transform callable
     first = next(i for i, t in enumerate(transforms) if isinstance(t, Randomizable) or not isinstance(t, Transform))
     tail = transforms[first:]
     if naive:
-        tail = [NumpyZScored(IMAGE_KEYS) if isinstance(t, NormalizeIntensityd) else t for t in tail]
+        tail = [NumpyZScored(IMAGE_KEYS) if isinstance(t, (ZScoreNonzerod, NormalizeIntensityd)) else t for t in tail]
     return Compose(tail)
 
 
@@ -266,6 +276,7 @@ def _dataset(variant: str, parser: Any, datalist: list[dict], cache_dir: Path) -
     overrides = {
         "monai": {"cache": "none"},
         "cache": {"cache": "memory", "cache_dtype": None},
+        "cache_upfront": {"cache": "memory", "cache_dtype": None, "cache_fill": "upfront"},
         "cache_fp16": {"cache": "memory", "cache_dtype": "float16"},
         "disk": {"cache": "disk", "cache_dir": str(cache_dir)},
     }[variant]
@@ -296,21 +307,28 @@ def run_variant(variant: str, manifest: str, epochs: int, threads: int, num_work
         start = time.perf_counter()
         dataset = _dataset(variant, parser, datalist, Path(tmp) / "persistent")
         result["construct_s"] = time.perf_counter() - start
-        gc.collect()
-        if variant in ("cache", "cache_fp16"):
-            cache = getattr(dataset, "_cache", [])
-            result["cache_mb_untrimmed"] = tree_pss_mb() - before_mb
-            _malloc_trim()  # freed 1 mm intermediates stay in glibc arenas until trimmed
-            result["cache_mb"] = tree_pss_mb() - before_mb
-            result["cache_tensor_mb"] = sum(_tensor_bytes(item) for item in cache) / 2**20
-            result["cache_dtypes"] = sorted({str(v.dtype) for item in cache[:1] for v in item.values() if isinstance(v, torch.Tensor)})
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=parser["train#dataloader#shuffle"], num_workers=num_workers)
         epochs_s, shapes = [], {}
         for epoch in range(epochs):
             start = time.perf_counter()
+            if callable(getattr(dataset, "settle", None)):  # what SettleCacheHandler does at each epoch start
+                dataset.settle()
             for batch in loader:
                 shapes = {key: list(value.shape) for key, value in batch.items() if isinstance(value, torch.Tensor)}
             epochs_s.append(time.perf_counter() - start)
+            if epoch == 0 and variant in ("cache", "cache_upfront", "cache_fp16"):
+                if callable(getattr(dataset, "settle", None)):
+                    dataset.settle()  # the worker-filled entries, now in this process (its Manager shut down)
+                del batch
+                gc.collect()
+                result["cache_mb_untrimmed"] = tree_pss_mb() - before_mb
+                _malloc_trim()  # freed 1 mm intermediates stay in glibc arenas until trimmed
+                result["cache_mb"] = tree_pss_mb() - before_mb
+                cache = getattr(dataset, "_cache", [])
+                items = [cache[i] for i in range(len(cache))]
+                result["cache_tensor_mb"] = sum(_tensor_bytes(item) for item in items) / 2**20
+                result["cache_dtypes"] = sorted({str(v.dtype) for item in items[:1] for v in item.values() if isinstance(v, torch.Tensor)})
+                del items
         if variant == "disk":
             result["disk_cache_mb"] = sum(f.stat().st_size for f in (Path(tmp) / "persistent").rglob("*") if f.is_file()) / 2**20
     result["epochs_s"] = epochs_s
@@ -390,6 +408,20 @@ def _child_run(args: argparse.Namespace, variant: str, manifest: Path, epochs: i
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's repeated runs: the first run's details, the median of its timings, every run's timings."""
+    ok = [run for run in runs if "epochs_s" in run]
+    if not ok:
+        return runs[0]
+    result = dict(ok[0])
+    result["epoch_s_mean"] = statistics.median(statistics.mean(run["epochs_s"]) for run in ok)
+    for key in ("epoch1_s", "later_epoch_s", "peak_tree_pss_mb"):
+        values = [run[key] for run in ok if run.get(key) is not None]
+        result[key] = statistics.median(values) if values else None
+    result["repeats"] = [{key: run.get(key) for key in ("epochs_s", "construct_s", "epoch1_s", "later_epoch_s")} for run in runs]
+    return result
+
+
 def _round(values: Mapping[str, float]) -> dict[str, float]:
     return {key: round(float(value), 4) for key, value in values.items()}
 
@@ -409,28 +441,36 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {','.join(VARIANTS)}")
     has_datasets = "cache" in _bundle(str(manifest)).get()
     results: dict[str, Any] = {}
-    for variant in variants:
-        if variant in ("cache_fp16", "disk") and not has_datasets:
-            results[variant] = {"variant": variant, "skipped": "the bundle has no cache/cache_dtype settings yet (monai_ms.data.cohort_dataset)"}
-            continue
-        epochs = args.epochs if variant in ("cache", "cache_fp16", "disk") else args.uncached_epochs
-        results[variant] = _child_run(args, variant, manifest, epochs)
+    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
+    for _ in range(max(args.repeats, 1)):  # interleaved, so a slow spell of the machine hits every variant
+        for variant in variants:
+            if variant in ("cache_upfront", "cache_fp16", "disk") and not has_datasets:
+                results[variant] = {"variant": variant, "skipped": "the bundle has no cache/cache_dtype settings yet (monai_ms.data.cohort_dataset)"}
+                continue
+            epochs = args.epochs if variant in CACHED else args.uncached_epochs
+            runs[variant].append(_child_run(args, variant, manifest, epochs))
+    for variant, done in runs.items():
+        if done:
+            results[variant] = _median_run(done)
     check = equivalence(str(manifest))
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if not a or not b else round(a / b, 2)
 
-    naive_epoch = results.get("naive", {}).get("epochs_s")
-    naive_s = statistics.mean(naive_epoch) if naive_epoch else None
-    monai_s = statistics.mean(results["monai"]["epochs_s"]) if results.get("monai", {}).get("epochs_s") else None
-    summary: dict[str, Any] = {"naive_epoch_s": naive_s, "monai_uncached_epoch_s": monai_s}
-    for name in ("cache", "cache_fp16", "disk"):
+    naive_s = results.get("naive", {}).get("epoch_s_mean")
+    monai_s = results.get("monai", {}).get("epoch_s_mean")
+    # the uncached chain's own first epoch (fresh process: lazy imports, cold allocator), the like-for-like
+    # comparison for a cache-filling epoch 1
+    monai_first_s = results.get("monai", {}).get("epoch1_s")
+    summary: dict[str, Any] = {"naive_epoch_s": naive_s, "monai_uncached_epoch_s": monai_s, "monai_uncached_epoch1_s": monai_first_s}
+    for name in CACHED:
         r = results.get(name, {})
         if "epochs_s" in r:
             summary[f"{name}_epoch1_s"] = r["epoch1_s"]
             summary[f"{name}_later_epoch_s"] = r["later_epoch_s"]
             summary[f"speedup_{name}_later_vs_naive"] = ratio(naive_s, r["later_epoch_s"])
             summary[f"{name}_epoch1_vs_monai_uncached"] = ratio(r["epoch1_s"], monai_s)
+            summary[f"{name}_epoch1_vs_monai_uncached_epoch1"] = ratio(r["epoch1_s"], monai_first_s)
     summary["speedup_monai_uncached_vs_naive"] = ratio(naive_s, monai_s)
     cache = results.get("cache", {})
     if "cache_mb" in cache:
@@ -443,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(args.threads),
         "settings": {
             "bundle": "edss", "sessions": args.sessions, "cohort_spacing_mm": spacing, "tiny_cohort": args.tiny, "manifest": str(manifest),
-            "epochs_cached": args.epochs, "epochs_uncached": args.uncached_epochs, "subprocess_per_variant": not args.in_process,
+            "epochs_cached": args.epochs, "epochs_uncached": args.uncached_epochs, "repeats": args.repeats,
+            "subprocess_per_variant": not args.in_process,
             "num_workers_override": args.num_workers,
         },
         "cohort_prepare_s": round(cohort_s, 2),
@@ -461,12 +502,13 @@ def main(argv: list[str] | None = None) -> int:
     line = (
         f"data_pipeline edss, {args.sessions} sessions at {spacing:g} mm, batch {cache.get('batch_size', '?')} x {cache.get('num_workers', '?')} workers: "
         f"naive {fmt(naive_s)}/epoch, monai uncached {fmt(monai_s)}, cache epoch1 {fmt(summary.get('cache_epoch1_s'))} "
+        f"({summary.get('cache_epoch1_vs_monai_uncached')}x the uncached mean, {summary.get('cache_epoch1_vs_monai_uncached_epoch1')}x its epoch 1) "
         f"epochs2+ {fmt(summary.get('cache_later_epoch_s'))} ({summary.get('speedup_cache_later_vs_naive')}x vs naive); "
         f"cache {summary.get('cache_mb')} MB for {summary.get('cache_tensor_mb')} MB of tensors; "
     )
-    for name in ("cache_fp16", "disk"):
+    for name in ("cache_upfront", "cache_fp16", "disk"):
         r = results.get(name, {})
-        line += f"{name} " + (f"epochs2+ {fmt(r['later_epoch_s'])}; " if "epochs_s" in r else f"{r.get('skipped') or r.get('error', 'not run')}; ")
+        line += f"{name} " + (f"epoch1 {fmt(r['epoch1_s'])} epochs2+ {fmt(r['later_epoch_s'])}; " if "epochs_s" in r else f"{r.get('skipped') or r.get('error', 'not run')}; ")
     line += f"naive vs monai max |diff| {_round(check['max_abs_diff'])}, after best 1-voxel alignment {_round(check['max_abs_diff_aligned'])} -> {args.out}"
     print(line)
     return 0

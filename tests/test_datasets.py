@@ -1,4 +1,5 @@
-"""The cache switch: RAM (float32 or float16), on disk keyed by item, file stats and chain, or none."""
+"""The cache switch: RAM (float32 or float16; filled by the DataLoader workers or upfront), on disk keyed by item,
+file stats and chain, or none."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def datalist(tmp_path):
 
 
 def test_float16_cache_halves_the_cached_bytes_and_serves_float32(datalist):
-    full = cohort_dataset(datalist, paired_transforms("eval", **SETTINGS), progress=False)
-    half = cohort_dataset(datalist, paired_transforms("eval", cache_dtype="float16", **SETTINGS), progress=False)
+    full = cohort_dataset(datalist, paired_transforms("eval", **SETTINGS), fill="upfront", progress=False)
+    half = cohort_dataset(datalist, paired_transforms("eval", cache_dtype="float16", **SETTINGS), fill="upfront", progress=False)
     assert half._cache[0]["t1"].dtype == torch.float16  # what stays in RAM
     cached = [sum(item[k].numel() * item[k].element_size() for k in ("t1", "t2")) for item in (full._cache[0], half._cache[0])]
     assert cached[1] * 2 == cached[0]
@@ -40,7 +41,7 @@ def test_float16_cache_halves_the_cached_bytes_and_serves_float32(datalist):
 
 def test_float16_cache_in_the_training_chain_keeps_augmentation_after_the_cache(datalist):
     chain = paired_transforms("train", cache_dtype="float16", **SETTINGS)
-    dataset = cohort_dataset(datalist, chain, progress=False)
+    dataset = cohort_dataset(datalist, chain, fill="upfront", progress=False)
     assert dataset._cache[0]["t1"].dtype == torch.float16
     assert dataset[0]["t1"].dtype == torch.float32 and dataset[0]["t1"].shape == (1, 16, 16, 16)
 
@@ -73,5 +74,76 @@ def test_no_cache_and_bad_switches(datalist):
         cohort_dataset(datalist, paired_transforms("eval", **SETTINGS), cache="ram")
     with pytest.raises(ValueError, match="needs a cache_dir"):
         cohort_dataset(datalist, paired_transforms("eval", **SETTINGS), cache="disk")
+    with pytest.raises(ValueError, match="fill must be one of"):
+        cohort_dataset(datalist, paired_transforms("eval", **SETTINGS), fill="lazily")
     with pytest.raises(ValueError, match="cache_dtype must be a torch dtype"):
         paired_transforms("eval", cache_dtype="half-ish", **SETTINGS)
+
+
+def _epoch(dataset, num_workers):
+    from monai.data import DataLoader
+
+    return {item["session_id"][0]: item for item in DataLoader(dataset, batch_size=1, num_workers=num_workers)}
+
+
+def test_workers_fill_the_cache_in_the_first_epoch_and_settle_moves_it_here(datalist):
+    chain = paired_transforms("eval", **SETTINGS)
+    dataset = cohort_dataset(datalist, chain)  # fill="workers", the bundles' default
+    folder = dataset._cache.folder
+    assert all(item is None for item in dataset._cache.local)  # nothing computed before the first batch
+    first = _epoch(dataset, num_workers=2)
+    # the workers' entries wait, complete, in the private folder: nothing reached this process yet
+    assert sorted(os.listdir(folder)) == ["0.pt", "1.pt"] and all(item is None for item in dataset._cache.local)
+    assert dataset.settle() == 0
+    assert not os.path.exists(folder) and dataset._cache.folder is None
+    upfront = cohort_dataset(datalist, chain, fill="upfront", progress=False)
+    for index, entry in enumerate(datalist):
+        assert torch.equal(dataset._cache.local[index]["t1"], upfront._cache[index]["t1"])
+    second = _epoch(dataset, num_workers=2)  # served from this process's memory
+    for session in first:
+        for key in ("t1", "t2"):
+            assert torch.equal(first[session][key], second[session][key])
+
+
+def test_a_half_written_entry_is_never_served_and_the_item_is_computed_again(datalist):
+    dataset = cohort_dataset(datalist, paired_transforms("eval", **SETTINGS))
+    folder = dataset._cache.folder
+    with open(os.path.join(folder, "0.pt.1234.partial"), "wb") as handle:
+        handle.write(b"interrupted")  # a worker killed mid-write leaves only this
+    assert dataset.settle() == 2
+    _epoch(dataset, num_workers=0)  # in this process: entries go straight to memory, no files
+    assert dataset.settle() == 0 and not os.path.exists(folder)
+
+
+def test_settle_only_runs_in_the_process_that_built_the_dataset(datalist):
+    dataset = cohort_dataset(datalist, paired_transforms("eval", **SETTINGS))
+    dataset._cache.owner_pid = -1  # as seen from a DataLoader worker
+    with pytest.raises(RuntimeError, match="not in a DataLoader worker"):
+        dataset.settle()
+
+
+def test_the_private_folder_goes_with_the_dataset(datalist):
+    import gc
+
+    dataset = cohort_dataset(datalist, paired_transforms("eval", **SETTINGS))
+    folder = dataset._cache.folder
+    _epoch(dataset, num_workers=2)
+    assert os.listdir(folder)
+    del dataset
+    gc.collect()
+    assert not os.path.exists(folder)
+
+
+def test_settle_handler_runs_at_each_epoch_start_of_a_real_engine(datalist):
+    from ignite.engine import Engine, Events
+    from monai.data import DataLoader
+
+    from monai_ms.engines import SettleCacheHandler
+
+    dataset = cohort_dataset(datalist, paired_transforms("train", **SETTINGS))
+    missing = []
+    engine = Engine(lambda engine, batch: batch["t1"].shape)
+    SettleCacheHandler([dataset, datalist]).attach(engine)  # a plain list is skipped
+    engine.add_event_handler(Events.EPOCH_STARTED, lambda engine: missing.append(sum(i is None for i in dataset._cache.local)))
+    engine.run(DataLoader(dataset, batch_size=2, num_workers=2), max_epochs=3)
+    assert missing == [2, 0, 0] and dataset._cache.folder is None

@@ -6,9 +6,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Invertd
+from monai.data import MetaTensor
+from monai.transforms import Invertd, NormalizeIntensity
 
-from monai_ms.data.transforms import EncodeDemographics, paired_transforms, parse_sex
+from monai_ms.data.transforms import EncodeDemographics, augmentation, paired_transforms, parse_sex, zscore_nonzero
 
 WORLD_CENTRE = np.array([10.0, -20.0, 15.0])  # mm, away from the origin so grid mistakes show
 
@@ -131,3 +132,43 @@ def test_resampling_residues_outside_the_brain_become_background(tiny_manifest):
     image = torch.tensor([[0.0, 3e-13, -2e-12, 0.5, 800.0]])
     cleaned = ZeroResampleResidued(keys="x")({"x": image})["x"]
     assert cleaned.tolist() == [[0.0, 0.0, 0.0, 0.5, 800.0]]
+
+
+def test_zscore_nonzero_equals_monai_normalize_intensity():
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(4, 12, 10, 8, generator=generator) * 900 + 50
+    image[:, :4] = 0  # background
+    image[2] = torch.where(image[2] != 0, torch.full_like(image[2], 7.0), image[2])  # constant brain
+    image[3] = 0  # an empty channel
+    meta = MetaTensor(image.clone(), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    expected = NormalizeIntensity(nonzero=True, channel_wise=True)(image.clone())
+    ours = zscore_nonzero(meta)
+    torch.testing.assert_close(ours.as_tensor(), torch.as_tensor(expected), rtol=0, atol=2e-6)
+    assert isinstance(ours, MetaTensor) and torch.equal(ours.affine, meta.affine)
+    assert torch.equal(meta.as_tensor(), image)  # the input is not modified
+    assert float(ours[0][ours[0] != 0].mean()).__abs__() < 1e-5 and torch.all(ours[3] == 0)
+
+
+def test_cached_affine_grid_gives_the_same_augmentation(pair):
+    item, _ = pair
+    base = paired_transforms("eval", label_key="lesion", spacing=2.0, roi_size=(48, 48, 48))(dict(item))
+    outputs = []
+    for size in (None, (48, 48, 48)):
+        chain = augmentation(["t1", "t2"], "lesion", prob=1.0, spatial_size=size)
+        for transform in chain:
+            transform.set_random_state(seed=5)
+        out = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in base.items()}
+        for transform in chain:
+            out = transform(out)
+        outputs.append(out)
+    for key in ("t1", "t2", "lesion"):
+        assert torch.equal(outputs[0][key], outputs[1][key])
+
+
+def test_training_items_are_plain_tensors_and_evaluation_items_keep_metadata(pair):
+    item, _ = pair
+    kwargs = {"label_key": "lesion", "spacing": 2.0, "roi_size": (48, 48, 48)}
+    trained = paired_transforms("train", **kwargs)(dict(item))
+    evaluated = paired_transforms("eval", **kwargs)(dict(item))
+    assert all(type(trained[k]) is torch.Tensor for k in ("t1", "t2", "lesion"))  # no collation of metadata
+    assert all(isinstance(evaluated[k], MetaTensor) for k in ("t1", "t2", "lesion"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monai_ms.data.datasets import CACHE_MODES, cohort_dataset
+from monai_ms.data.datasets import CACHE_FILLS, CACHE_MODES, WorkerFilledCacheDataset, cohort_dataset
 from monai_ms.data.manifest import (
     TASK_KEYS,
     ManifestError,
@@ -20,8 +20,10 @@ from monai_ms.data.transforms import paired_transforms, parse_sex
 from monai_ms.data.validation import Problem, ValidationReport, validate_manifest
 
 __all__ = [
+    "CACHE_FILLS",
     "CACHE_MODES",
     "cohort_dataset",
+    "WorkerFilledCacheDataset",
     "CohortSummary",
     "TASK_KEYS",
     "Template",

@@ -30,6 +30,7 @@ __all__ = [
     "RegressionReportHandler",
     "PredictionTableHandler",
     "BroadcastBuffersHandler",
+    "SettleCacheHandler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -402,3 +403,27 @@ class BroadcastBuffersHandler:
             return
         for buffer in self.network.buffers():
             torch.distributed.broadcast(buffer.data, src=self.src)
+
+
+class SettleCacheHandler:
+    """Move cache entries the DataLoader workers computed into the training process, at each epoch start.
+
+    For :class:`monai_ms.data.WorkerFilledCacheDataset` (``cohort_dataset(cache="memory", fill="workers")``):
+    the workers of the first epoch fill its cache; this handler, at the next ``EPOCH_STARTED`` (before that
+    epoch's workers start), makes those entries plain memory the new workers share. Other datasets are
+    skipped, so a config may list its datasets whatever their cache.
+
+    Args:
+        datasets: a dataset or a list of them (e.g. the training and the validation dataset).
+    """
+
+    def __init__(self, datasets: Any) -> None:
+        self.datasets = list(datasets) if isinstance(datasets, (list, tuple)) else [datasets]
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for dataset in self.datasets:
+            if callable(getattr(dataset, "settle", None)):
+                dataset.settle()
