@@ -19,6 +19,9 @@ chain all read from ``bundles/edss/configs/train.json``) over a synthetic 1 mm c
 - ``cache_fp16`` / ``disk``: ``monai_ms.data.datasets.cohort_dataset`` with ``cache="memory",
   cache_dtype="float16"`` and ``cache="disk"`` (PersistentDataset); skipped while that module is missing.
 
+Then ``tail_profile``: milliseconds per item of each transform after the cache, on one thread, with MONAI's
+``NormalizeIntensityd`` timed beside the bundle's ``ZScoreNonzerod`` (what a cached epoch is made of).
+
 Each variant runs in a fresh subprocess so its peak memory is its own: the peak PSS of the process tree
 (main process plus DataLoader workers, shared pages split between them) sampled every 0.1 s, and
 ``ru_maxrss`` of the main process. Ratios are against the naive loader measured in the same run. With
@@ -393,6 +396,57 @@ def equivalence(manifest: str, items: int = 2) -> dict[str, Any]:
     }
 
 
+def tail_profile(manifest: str, items: int = 8, repeats: int = 3) -> dict[str, Any]:
+    """Milliseconds per item of each transform after the cache (the random tail), on one thread.
+
+    The deterministic head runs once per item, as the cache does; then the tail runs ``repeats`` times per
+    item with its own random draws (each transform fires with its probability, as in training). MONAI's
+    ``NormalizeIntensityd(nonzero=True, channel_wise=True)`` is timed on the same inputs as the baseline
+    of the bundle's ``ZScoreNonzerod``.
+    """
+    import copy
+
+    import torch
+    from monai.transforms import Compose, NormalizeIntensityd, Randomizable, Transform
+    from monai.utils import set_determinism
+    from monai_ms.data.transforms import ZScoreNonzerod
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        parser = _bundle(manifest)
+        datalist = parser.get_parsed_content("train#datalist")[:items]
+        chain = parser.get_parsed_content("train#preprocessing")
+        transforms = list(chain.transforms)
+        first = next(i for i, t in enumerate(transforms) if isinstance(t, Randomizable) or not isinstance(t, Transform))
+        head, tail = Compose(transforms[:first]), transforms[first:]
+        cached = [head(dict(entry)) for entry in datalist]
+        set_determinism(seed=0)
+        times: dict[str, float] = {}
+        baseline = "NormalizeIntensityd (MONAI; baseline, not in the chain)"
+        for _ in range(repeats):
+            for item in cached:
+                data = copy.deepcopy(item)
+                for transform in tail:
+                    if isinstance(transform, ZScoreNonzerod):
+                        reference = NormalizeIntensityd(keys=transform.keys, nonzero=True, channel_wise=True)
+                        inputs = {key: data[key].clone() for key in transform.keys}
+                        start = time.perf_counter()
+                        reference(inputs)
+                        times[baseline] = times.get(baseline, 0.0) + time.perf_counter() - start
+                    name = f"{type(transform).__name__}({','.join(map(str, getattr(transform, 'keys', ())))})"
+                    start = time.perf_counter()
+                    data = transform(data)
+                    times[name] = times.get(name, 0.0) + time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+        set_determinism(seed=None)
+    count = len(cached) * repeats
+    per_item = {name: round(1000 * total / count, 2) for name, total in times.items()}
+    chain_ms = sum(value for name, value in per_item.items() if name != baseline)
+    return {"items": len(cached), "repeats": repeats, "threads": 1, "ms_per_item": per_item, "tail_ms_per_item": round(chain_ms, 2)}
+
+
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -453,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         if done:
             results[variant] = _median_run(done)
     check = equivalence(str(manifest))
+    profile = tail_profile(str(manifest), items=min(8, args.sessions), repeats=1 if args.tiny else 3)
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if not a or not b else round(a / b, 2)
@@ -489,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "cohort_prepare_s": round(cohort_s, 2),
         "equivalence_naive_vs_monai": check,
+        "tail_profile": profile,
         "summary": summary,
         "variants": results,
     }
@@ -509,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("cache_upfront", "cache_fp16", "disk"):
         r = results.get(name, {})
         line += f"{name} " + (f"epoch1 {fmt(r['epoch1_s'])} epochs2+ {fmt(r['later_epoch_s'])}; " if "epochs_s" in r else f"{r.get('skipped') or r.get('error', 'not run')}; ")
-    line += f"naive vs monai max |diff| {_round(check['max_abs_diff'])}, after best 1-voxel alignment {_round(check['max_abs_diff_aligned'])} -> {args.out}"
+    line += f"naive vs monai max |diff| {_round(check['max_abs_diff'])}, after best 1-voxel alignment {_round(check['max_abs_diff_aligned'])}; "
+    line += f"after the cache {profile['tail_ms_per_item']:.1f} ms/item on 1 thread -> {args.out}"
     print(line)
     return 0
 

@@ -51,6 +51,10 @@ def test_data_pipeline_tiny(tmp_path: Path, cache_dir: Path, capsys: pytest.Capt
     assert variants["cache"]["cache_tensor_mb"] > 0
     check = result["equivalence_naive_vs_monai"]
     assert check["shapes_equal"] and check["max_abs_diff_aligned"]["t2"] < 1e-2
+    # what a cached epoch is made of, with MONAI's z-score timed beside the bundle's
+    names = list(result["tail_profile"]["ms_per_item"])
+    assert result["tail_profile"]["tail_ms_per_item"] > 0 and any(name.startswith("RandAffined") for name in names)
+    assert any(name.startswith("ZScoreNonzerod") for name in names) and any(name.startswith("NormalizeIntensityd") for name in names)
 
 
 def test_train_step_tiny(tmp_path: Path, cache_dir: Path) -> None:

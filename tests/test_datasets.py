@@ -147,3 +147,31 @@ def test_settle_handler_runs_at_each_epoch_start_of_a_real_engine(datalist):
     engine.add_event_handler(Events.EPOCH_STARTED, lambda engine: missing.append(sum(i is None for i in dataset._cache.local)))
     engine.run(DataLoader(dataset, batch_size=2, num_workers=2), max_epochs=3)
     assert missing == [2, 0, 0] and dataset._cache.folder is None
+
+
+def test_an_entry_that_does_not_fit_is_computed_again_next_epoch(datalist, monkeypatch):
+    import errno
+
+    import monai_ms.data.datasets as datasets
+
+    dataset = cohort_dataset(datalist, paired_transforms("eval", **SETTINGS))
+    dataset._cache.owner_pid = -1  # as seen from a DataLoader worker: entries go to files
+    real_save = torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)  # part of the entry is written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datasets.torch, "save", full_disk)
+    dataset[0]  # served all the same
+    assert os.listdir(dataset._cache.folder) == []  # no entry, no partial file
+    monkeypatch.setattr(datasets.torch, "save", real_save)
+    dataset[0]  # offered again
+    assert os.listdir(dataset._cache.folder) == ["0.pt"]
+
+    def denied(obj, path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(datasets.torch, "save", denied)
+    with pytest.raises(PermissionError):  # any other failure is not hidden
+        dataset[1]

@@ -9,7 +9,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Invertd, NormalizeIntensity
 
-from monai_ms.data.transforms import EncodeDemographics, augmentation, paired_transforms, parse_sex, zscore_nonzero
+from monai_ms.data.transforms import EncodeDemographics, RandGaussianNoise32d, augmentation, paired_transforms, parse_sex, zscore_nonzero
 
 WORLD_CENTRE = np.array([10.0, -20.0, 15.0])  # mm, away from the origin so grid mistakes show
 
@@ -172,3 +172,15 @@ def test_training_items_are_plain_tensors_and_evaluation_items_keep_metadata(pai
     evaluated = paired_transforms("eval", **kwargs)(dict(item))
     assert all(type(trained[k]) is torch.Tensor for k in ("t1", "t2", "lesion"))  # no collation of metadata
     assert all(isinstance(evaluated[k], MetaTensor) for k in ("t1", "t2", "lesion"))
+
+
+def test_float32_noise_has_the_asked_distribution_and_is_reproducible():
+    image = {"t1": torch.zeros(1, 40, 40, 40)}
+    noise = RandGaussianNoise32d(keys="t1", prob=1.0, mean=0.5, std=0.2, sample_std=False)
+    first = noise.set_random_state(seed=7)(dict(image))["t1"]
+    assert first.dtype == torch.float32 and first.shape == (1, 40, 40, 40)
+    assert abs(float(first.mean()) - 0.5) < 0.01 and abs(float(first.std()) - 0.2) < 0.01
+    assert torch.equal(noise.set_random_state(seed=7)(dict(image))["t1"], first)  # seeded by the transform's R
+    assert not torch.equal(noise(dict(image))["t1"], first)  # a new draw per call
+    untouched = RandGaussianNoise32d(keys="t1", prob=0.0, std=0.2)(dict(image))["t1"]
+    assert torch.equal(untouched, image["t1"])

@@ -41,7 +41,9 @@ from monai.transforms import (
     RandBiasFieldd,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandGaussianNoise,
     RandGaussianNoised,
+    RandomizableTransform,
     ResampleToMatchd,
     ResizeWithPadOrCropd,
     Spacingd,
@@ -61,6 +63,7 @@ __all__ = [
     "ZeroResampleResidued",
     "zscore_nonzero",
     "ZScoreNonzerod",
+    "RandGaussianNoise32d",
 ]
 
 STAGES = ("train", "eval", "infer")
@@ -243,6 +246,44 @@ class ZScoreNonzerod(MapTransform):
         for key in self.key_iterator(d):
             d[key] = zscore_nonzero(d[key])
         return d
+
+
+class _GaussianNoise32(RandGaussianNoise):
+    """``RandGaussianNoise`` drawing float32 noise with torch, seeded from the transform's own ``R``."""
+
+    def randomize(self, img: Any, mean: float | None = None) -> None:
+        RandomizableTransform.randomize(self, None)  # the prob draw, as MONAI's
+        if not self._do_transform:
+            return
+        std = self.R.uniform(0, self.std) if self.sample_std else self.std
+        generator = torch.Generator().manual_seed(int(self.R.randint(0, 2**31)))
+        noise = torch.randn(tuple(img.shape), generator=generator, dtype=torch.float32)
+        self.noise = noise.mul_(float(std)).add_(float(self.mean if mean is None else mean))
+
+
+class RandGaussianNoise32d(RandGaussianNoised):
+    """``RandGaussianNoised`` whose noise is drawn in float32 by torch instead of float64 by numpy.
+
+    The same distribution (mean, std, ``sample_std``, one draw shared by the keys), 5x cheaper: MONAI's
+    float64 draw is a fifth of a cached training epoch (``benchmarks/data_pipeline.py``, ``tail_profile``).
+    The torch generator is seeded from the transform's own ``R``, so ``set_random_state`` still makes a
+    run reproducible.
+
+    Args:
+        keys, prob, mean, std, allow_missing_keys, sample_std: as ``monai.transforms.RandGaussianNoised``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.1,
+        mean: float = 0.0,
+        std: float = 0.1,
+        allow_missing_keys: bool = False,
+        sample_std: bool = True,
+    ) -> None:
+        super().__init__(keys, prob=prob, mean=mean, std=std, dtype=np.float32, allow_missing_keys=allow_missing_keys, sample_std=sample_std)
+        self.rand_gaussian_noise = _GaussianNoise32(mean=mean, std=std, prob=1.0, dtype=np.float32, sample_std=sample_std)
 
 
 def preprocessing(
@@ -437,7 +478,7 @@ def paired_transforms(
             )
         )
     if stage == "train" and augment and noise_std > 0:
-        chain += [RandGaussianNoised(keys=key, prob=augment_prob, std=noise_std) for key in image_keys]
+        chain += [RandGaussianNoise32d(keys=key, prob=augment_prob, std=noise_std) for key in image_keys]
     if concat_key is not None:
         chain.append(ConcatItemsd(keys=image_keys, name=concat_key, dim=0))
     if stage == "train":
