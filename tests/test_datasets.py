@@ -175,3 +175,19 @@ def test_an_entry_that_does_not_fit_is_computed_again_next_epoch(datalist, monke
     monkeypatch.setattr(datasets.torch, "save", denied)
     with pytest.raises(PermissionError):  # any other failure is not hidden
         dataset[1]
+
+
+def test_a_killed_runs_folder_is_removed_by_the_next_run(datalist, tmp_path):
+    import subprocess
+    import sys
+
+    from monai_ms.data.datasets import FOLDER_PREFIX, _SettlingCache
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    orphan = tmp_path / f"{FOLDER_PREFIX}{done.stdout.strip()}_abc"  # its owner has exited
+    orphan.mkdir()
+    (orphan / "0.pt").write_bytes(b"entry of a killed run")
+    alive = tmp_path / f"{FOLDER_PREFIX}{os.getpid()}_def"  # a running owner's folder stays
+    alive.mkdir()
+    cache = _SettlingCache(2, root=str(tmp_path))
+    assert not orphan.exists() and alive.exists() and os.path.isdir(cache.folder)

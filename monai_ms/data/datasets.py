@@ -39,6 +39,7 @@ __all__ = ["CACHE_MODES", "CACHE_FILLS", "cohort_dataset", "hash_item_with_file_
 CACHE_MODES = ("memory", "disk", "none")
 CACHE_FILLS = ("workers", "upfront")
 SHM = "/dev/shm"
+FOLDER_PREFIX = "monai_ms_cache_"  # + the owner's pid: folders of dead owners are removed
 SHM_MIN_FREE = 2 * 2**30  # bytes; less (Docker's default 64 MB) and the worker-filled cache goes to TMPDIR
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class _SettlingCache:
     ``/dev/shm`` (RAM) when it has at least ``SHM_MIN_FREE`` free, as it has on most Linux machines: on a
     disk, writing the entries back costs about 3% of the first epoch. Docker allows 64 MB there by default,
     so the system temporary folder (``TMPDIR``) is used then. An entry that does not fit (no space left)
-    is not cached this epoch; it is computed again, and offered again, in the next one.
+    is not cached this epoch; it is computed again, and offered again, in the next one. The folder's name
+    holds the owner's pid, so the folders of runs killed before their cleanup are removed by the next run.
 
     Args:
         size: number of entries.
@@ -68,7 +70,11 @@ class _SettlingCache:
     def __init__(self, size: int, root: str | None = None) -> None:
         self.owner_pid = os.getpid()
         self.local: list[Any] = [None] * size
-        self.folder: str | None = tempfile.mkdtemp(prefix="monai_ms_cache_", dir=root or _scratch_root()) if size else None
+        self.folder: str | None = None
+        if size:
+            root = root or _scratch_root() or tempfile.gettempdir()
+            _remove_orphans(root)
+            self.folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{self.owner_pid}_", dir=root)
         self._cleanup = weakref.finalize(self, _remove_folder, self.folder, self.owner_pid) if size else None
 
     def __len__(self) -> int:
@@ -130,6 +136,18 @@ def _scratch_root() -> str | None:
     except OSError:
         pass
     return None
+
+
+def _remove_orphans(root: str) -> None:
+    """Remove the folders of runs that were killed before their cleanup ran (``/dev/shm`` is RAM)."""
+    for folder in Path(root).glob(f"{FOLDER_PREFIX}*_*"):
+        try:
+            pid = int(folder.name[len(FOLDER_PREFIX) :].split("_")[0])
+            os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, OSError):  # not ours, or another user's live process
+            continue
 
 
 def _remove_folder(folder: str | None, owner_pid: int) -> None:
