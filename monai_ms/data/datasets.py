@@ -140,6 +140,8 @@ def _scratch_root() -> str | None:
 
 def _remove_orphans(root: str) -> None:
     """Remove the folders of runs that were killed before their cleanup ran (``/dev/shm`` is RAM)."""
+    if os.name != "posix":  # os.kill(pid, 0) probes a process only on POSIX (on Windows it sends Ctrl+C)
+        return
     for folder in Path(root).glob(f"{FOLDER_PREFIX}*_*"):
         try:
             pid = int(folder.name[len(FOLDER_PREFIX) :].split("_")[0])
