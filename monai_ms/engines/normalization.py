@@ -12,7 +12,7 @@ import torch
 
 from monai_ms.data.transforms import parse_sex
 
-__all__ = ["fit_normalization", "fit_covariate_head", "fit_histogram_head"]
+__all__ = ["fit_normalization", "fit_covariate_head", "fit_histogram_head", "subject_folds"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,59 @@ def _zero_last_linear(head: torch.nn.Module) -> None:
         last.bias.zero_()
 
 
+def subject_folds(
+    entries: Sequence[Mapping[str, Any]], labels: Sequence[int] | None = None, max_splits: int = 5
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """Inner cross-validation folds of a training split, grouped by subject (stratified by class if given).
+
+    A patient's sessions are never on both sides of a fold, so a penalty is not chosen for how well a
+    model recognises a subject it has already seen. ``GroupKFold`` over subjects for regression;
+    ``StratifiedGroupKFold`` (no shuffling, so deterministic) for classification, with as many splits as
+    the rarer class has subjects (at most ``max_splits``) and fewer when a fold would lack a class.
+    An entry without ``subject`` counts as a subject of its own (with a warning).
+
+    Args:
+        entries: training entries, each with ``subject``.
+        labels: class of each entry (0/1), or None (regression).
+        max_splits: upper bound on the number of folds.
+
+    Returns:
+        ``(splits, description)``: ``(train indices, test indices)`` per fold, usable as the ``cv`` of
+        scikit-learn's searches, and e.g. ``"GroupKFold(5) over 42 subjects"``.
+
+    Raises:
+        ValueError: fewer than 2 subjects, or (``labels``) fewer than 2 subjects of a class.
+
+    Examples:
+        >>> entries = [{"subject": s} for s in "aabbccdd"]
+        >>> splits, text = subject_folds(entries, max_splits=2)
+        >>> text
+        'GroupKFold(2) over 4 subjects'
+    """
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    missing = {i for i, e in enumerate(entries) if not str(e.get("subject") or "").strip()}
+    if missing:
+        logger.warning(f"{len(missing)} training entries have no subject; each counts as a subject of its own in the inner CV")
+    groups = np.array([str(e.get("subject")) if i not in missing else f"#entry{i}" for i, e in enumerate(entries)])
+    n_subjects = len(np.unique(groups))
+    if n_subjects < 2:
+        raise ValueError(f"the inner cross-validation needs at least 2 subjects in the training split, got {n_subjects}")
+    index = np.arange(len(groups))
+    if labels is None:
+        n_splits = min(max_splits, n_subjects)
+        return list(GroupKFold(n_splits=n_splits).split(index, groups=groups)), f"GroupKFold({n_splits}) over {n_subjects} subjects"
+    y = np.asarray(labels, dtype=int)
+    per_class = [len(np.unique(groups[y == c])) for c in (0, 1)]
+    if min(per_class) < 2:
+        raise ValueError(f"the training split needs at least 2 subjects of each class for the inner cross-validation, got {per_class}")
+    for n_splits in range(min(max_splits, min(per_class)), 1, -1):
+        splits = list(StratifiedGroupKFold(n_splits=n_splits).split(index, y, groups=groups))
+        if all(len(np.unique(y[train])) == 2 and len(np.unique(y[test])) == 2 for train, test in splits):
+            return splits, f"StratifiedGroupKFold({n_splits}) over {n_subjects} subjects"
+    raise ValueError(f"no grouped split of the training split's {per_class} subjects per class puts both classes in every fold")
+
+
 def fit_histogram_head(
     network: Any,
     entries: Sequence[Mapping[str, Any]],
@@ -125,7 +178,8 @@ def fit_histogram_head(
     built with ``histogram_bins > 0``. The histogram of every training image is computed once, without
     augmentation; its standardisation buffers are set to the training means and standard deviations,
     ``histogram_head`` to a ridge regression of the standardised target (regressor) or a class-balanced
-    logistic regression (classifier), the penalty chosen by cross-validation on the training split only,
+    logistic regression (classifier), the penalty chosen by cross-validation on the training split only
+    (folds grouped by subject, :func:`subject_folds`),
     and the MLP's last layer to zero. Training then starts from the linear model and the CNN learns only
     what it leaves unexplained: on a few dozen scans an encoder trained from scratch memorises the
     training split before it finds the global atrophy and brain-size cues. Call after
@@ -140,7 +194,8 @@ def fit_histogram_head(
         alphas: ridge penalties to choose from (regressor); the classifier chooses ``C = 1 / alpha``.
 
     Returns:
-        ``{"penalty": chosen alpha, "features": number of histogram features, "sessions": n}``; ``{}``
+        ``{"penalty": chosen alpha, "features": number of histogram features, "sessions": n, "cv": the
+        inner folds}``; ``{}``
         (and nothing changed) for a network without a histogram path, so ``histogram_bins=0`` is a
         plain override.
 
@@ -149,7 +204,7 @@ def fit_histogram_head(
             has fewer than 2 sessions of a class.
     """
     from sklearn.linear_model import LogisticRegression, RidgeCV
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.model_selection import GridSearchCV
 
     module = getattr(network, "module", network)
     if getattr(module, "histogram", None) is None:
@@ -175,18 +230,20 @@ def fit_histogram_head(
     y = np.asarray(targets)
     if hasattr(module, "target_mean"):  # regressor: the head predicts the standardised target
         y = (y - float(module.target_mean[0])) / float(module.target_std[0])
-        model = RidgeCV(alphas=list(alphas)).fit(x, y)
+        splits, cv = subject_folds(entries)
+        model = RidgeCV(alphas=list(alphas), cv=splits).fit(x, y)
         weight, bias, penalty = model.coef_.reshape(1, -1), float(model.intercept_), float(model.alpha_)
     else:
         smallest = int(np.bincount(y.astype(int), minlength=2).min())
         if smallest < 2:
             counts = np.bincount(y.astype(int), minlength=2).tolist()
             raise ValueError(f"the training split needs at least 2 sessions of each class for {target_key!r}, got {counts}")
+        splits, cv = subject_folds(entries, labels=y.astype(int))
         search = GridSearchCV(
             LogisticRegression(class_weight="balanced", max_iter=10000),
             {"C": [1.0 / a for a in alphas]},
             scoring="neg_log_loss",
-            cv=StratifiedKFold(n_splits=min(5, smallest)),
+            cv=splits,
         ).fit(x, y.astype(int))
         model = search.best_estimator_
         weight, bias, penalty = model.coef_, float(model.intercept_[0]), 1.0 / float(model.C)
@@ -194,5 +251,5 @@ def fit_histogram_head(
         module.histogram_head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
         module.histogram_head.bias.fill_(bias)
     _zero_last_linear(module.head)
-    logger.info(f"histogram path fitted on {len(entries)} sessions ({x.shape[1]} features, penalty {penalty:.3g})")
-    return {"penalty": penalty, "features": int(x.shape[1]), "sessions": len(entries)}
+    logger.info(f"histogram path fitted on {len(entries)} sessions ({x.shape[1]} features, penalty {penalty:.3g} chosen by {cv})")
+    return {"penalty": penalty, "features": int(x.shape[1]), "sessions": len(entries), "cv": cv}
