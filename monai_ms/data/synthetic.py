@@ -38,6 +38,7 @@ __all__ = [
     "LAYOUTS",
     "METADATA_COLUMNS",
     "GROUND_TRUTH_COLUMNS",
+    "LESION_TRUTH_COLUMNS",
     "TISSUE_LABELS",
     "CohortSummary",
     "generate_cohort",
@@ -87,6 +88,28 @@ GROUND_TRUTH_COLUMNS = [
     "edss",
     "t1_noise_fraction",
     "t2_noise_fraction",
+]
+LESION_TRUTH_COLUMNS = [
+    "MRI_ID",
+    "Patient_ID",
+    "session",
+    "lesion_id",
+    "status",
+    "volume_ratio",
+    "volume_ml",
+    "mask_voxels",
+    "mask_volume_ml",
+    "centre_x_mm",
+    "centre_y_mm",
+    "centre_z_mm",
+    "baseline_x_mm",
+    "baseline_y_mm",
+    "baseline_z_mm",
+    "periventricular_site",
+    "location",
+    "ventricle_distance_mm",
+    "cortex_distance_mm",
+    "infratentorial_fraction",
 ]
 TISSUE_LABELS = {0: "background", 1: "CSF", 2: "grey matter", 3: "white matter", 4: "lesion"}
 COHORT_MARKER = "cohort.json"
@@ -539,46 +562,82 @@ def _sample(volume: np.ndarray, coordinates: np.ndarray, order: int = 1, mode: s
     )
 
 
-def _render_lesions(lesions: Sequence[_Lesion], anatomy: _Anatomy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lesion fraction and contrast maps on the template grid, each lesion built in its bounding box.
-
-    Returns:
-        ``(fraction, t1_contrast, t2_contrast)``, float32 ``(193, 229, 193)``; the contrast maps are
-        fraction-weighted (``fraction * contrast`` of the lesion that owns the voxel).
-    """
+def _lesion_fraction(lesion: _Lesion, anatomy: _Anatomy) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """One lesion's fraction in its bounding box of the template grid: ``(box, fraction)``, or None outside."""
     from scipy import ndimage
 
+    shape = anatomy.template.shape
+    reach = float(lesion.axes.max()) * (1.0 + 2.0 * lesion.roughness) + 2.0 * lesion.border_mm + 1.0
+    lo = np.maximum(np.floor(lesion.centre - reach).astype(int), 0)
+    hi = np.minimum(np.ceil(lesion.centre + reach).astype(int) + 1, shape)
+    if np.any(hi <= lo):
+        return None
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    grid = np.stack(np.meshgrid(*[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi)], indexing="ij"))
+    offset = grid.reshape(3, -1) - lesion.centre[:, None].astype(np.float32)
+    # coordinates in the unit-ellipsoid frame: the same shape at any size (growth keeps the shape)
+    unit = (lesion.rotation.T.astype(np.float32) @ offset) / lesion.axes[:, None].astype(np.float32)
+    rough = np.random.default_rng(lesion.shape_seed).standard_normal((9, 9, 9)).astype(np.float32)
+    rough = ndimage.gaussian_filter(rough, 1.2)
+    rough /= rough.std() + 1e-6
+    bumps = _sample(rough, (unit + 2.0) * 2.0, order=1, mode="nearest")
+    radius = np.linalg.norm(unit, axis=0) * (1.0 + lesion.roughness * bumps)
+    mean_axis = float(np.prod(lesion.axes) ** (1 / 3))
+    inside = np.clip(0.5 + (1.0 - radius) * mean_axis / lesion.border_mm, 0.0, 1.0).reshape(grid.shape[1:])
+    # white matter only: stops at the ventricle wall and the cortex
+    inside *= np.clip(anatomy.template.wm[box] / 0.5, 0.0, 1.0)
+    return box, inside
+
+
+def _render_lesions(
+    lesions: Sequence[_Lesion], anatomy: _Anatomy, scale: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Lesion fraction and contrast maps on the template grid, each lesion built in its bounding box.
+
+    Args:
+        scale: the subject's head scale; when given, each lesion's location class (the rules of
+            :mod:`monai_ms.lesions.location`, distances in subject mm) is computed in template space.
+
+    Returns:
+        ``(fraction, t1_contrast, t2_contrast, owner, locations)``: float32 ``(193, 229, 193)`` maps (the
+        contrast maps are fraction-weighted: ``fraction * contrast`` of the lesion that owns the voxel),
+        ``owner`` int16 (1-based index of the lesion that owns the voxel, 0 elsewhere), and one location
+        dict per lesion (empty list without ``scale``).
+    """
     shape = anatomy.template.shape
     fraction = np.zeros(shape, dtype=np.float32)
     contrast_t1 = np.zeros(shape, dtype=np.float32)
     contrast_t2 = np.zeros(shape, dtype=np.float32)
-    wm = anatomy.template.wm
-    for lesion in lesions:
-        reach = float(lesion.axes.max()) * (1.0 + 2.0 * lesion.roughness) + 2.0 * lesion.border_mm + 1.0
-        lo = np.maximum(np.floor(lesion.centre - reach).astype(int), 0)
-        hi = np.minimum(np.ceil(lesion.centre + reach).astype(int) + 1, shape)
-        if np.any(hi <= lo):
+    owner = np.zeros(shape, dtype=np.int16)
+    locations: list[dict[str, Any]] = []
+    if scale is not None:
+        from monai_ms.lesions.location import template_lesion_location
+    for number, lesion in enumerate(lesions, start=1):
+        drawn = _lesion_fraction(lesion, anatomy)
+        if drawn is None:
+            if scale is not None:
+                locations.append({"location": ""})
             continue
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        grid = np.stack(np.meshgrid(*[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi)], indexing="ij"))
-        offset = grid.reshape(3, -1) - lesion.centre[:, None].astype(np.float32)
-        # coordinates in the unit-ellipsoid frame: the same shape at any size (growth keeps the shape)
-        unit = (lesion.rotation.T.astype(np.float32) @ offset) / lesion.axes[:, None].astype(np.float32)
-        rough = np.random.default_rng(lesion.shape_seed).standard_normal((9, 9, 9)).astype(np.float32)
-        rough = ndimage.gaussian_filter(rough, 1.2)
-        rough /= rough.std() + 1e-6
-        bumps = _sample(rough, (unit + 2.0) * 2.0, order=1, mode="nearest")
-        radius = np.linalg.norm(unit, axis=0) * (1.0 + lesion.roughness * bumps)
-        mean_axis = float(np.prod(lesion.axes) ** (1 / 3))
-        inside = np.clip(0.5 + (1.0 - radius) * mean_axis / lesion.border_mm, 0.0, 1.0).reshape(grid.shape[1:])
-        # white matter only: stops at the ventricle wall and the cortex
-        inside *= np.clip(wm[box] / 0.5, 0.0, 1.0)
+        box, inside = drawn
+        if scale is not None:
+            locations.append(template_lesion_location(inside, box, scale))
         current = fraction[box]
         update = inside > current
         current[update] = inside[update]
         contrast_t1[box][update] = inside[update] * lesion.t1_contrast
         contrast_t2[box][update] = inside[update] * lesion.t2_contrast
-    return fraction, contrast_t1, contrast_t2
+        owner[box][update] = number
+    return fraction, contrast_t1, contrast_t2, owner, locations
+
+
+def _template_to_world(head: "_Head", anatomy: _Anatomy, points: np.ndarray) -> np.ndarray:
+    """World mm of template voxel points ``(3, n)`` in a session's head: inverts ``p + displacement(p)``."""
+    target = np.asarray(points, dtype=np.float64).reshape(3, -1)
+    p = target.copy()
+    for _ in range(20):  # fixed point p = target - d(p); the warp is smooth and small (a few mm)
+        p = target - np.stack([_sample(c, p / 2.0, mode="nearest") for c in head.displacement]).astype(np.float64)
+    voxel_to_world = np.linalg.inv(head.world_to_template_voxel(anatomy))
+    return voxel_to_world[:3, :3] @ p + voxel_to_world[:3, 3:4]
 
 
 @dataclass(frozen=True)
@@ -795,6 +854,9 @@ class _SessionImages:
     t1_grid: _Grid
     t2_grid: _Grid
     measures: dict[str, float]
+    head: _Head | None = None
+    lesion_locations: tuple[dict[str, Any], ...] = ()
+    lesion_mask_voxels: tuple[int, ...] = ()
 
 
 def _image_session(
@@ -822,7 +884,7 @@ def _image_session(
     t2_voxel = np.array([spacing, spacing, T2_SLICE_FACTOR * spacing])
     t2_grid = _fov_grid(head_centre + offsets[1], t2_fov, t2_voxel, (True, True, False))  # LPS
 
-    fraction, contrast_t1, contrast_t2 = _render_lesions(session.lesions, anatomy)
+    fraction, contrast_t1, contrast_t2, owner, locations = _render_lesions(session.lesions, anatomy, plan.head_scale)
 
     flat, coords, brain = _head_points(t1_grid, head, anatomy)
     gm = _sample(template.gm, coords)
@@ -839,6 +901,9 @@ def _image_session(
     tissue_values = (np.argmax(fractions, axis=0) + 1).astype(np.uint8)
     lesion_values = lesion >= 0.5
     tissue_values[lesion_values] = 4
+    # the truth table's mask voxels per lesion: the lesion that owns the template point each voxel samples
+    owners = np.rint(_sample(owner, coords[:, lesion_values], order=0)).astype(np.int64)
+    mask_voxels = np.bincount(owners, minlength=len(session.lesions) + 1)[1:]
 
     flat2, coords2, _ = _head_points(t2_grid, head, anatomy)
     lesion2, weighted2 = _lesion_samples(fraction, contrast_t2, coords2)
@@ -891,6 +956,9 @@ def _image_session(
         t1_grid=t1_grid,
         t2_grid=t2_grid,
         measures=measures,
+        head=head,
+        lesion_locations=tuple(locations),
+        lesion_mask_voxels=tuple(int(v) for v in mask_voxels),
     )
 
 
@@ -905,9 +973,11 @@ def _generate_subject(task: _Task) -> list[dict[str, Any]]:
     root = Path(task.root)
     note = "monai-ms synthetic; derived from MNI ICBM152 2009c"
     records = []
+    baseline: tuple[_Session, _SessionImages] | None = None
     for session in plan.sessions:
         images = _image_session(rng, plan, session, warped, task.spacing, anatomy)
         ids = _ids(plan, session, task.width)
+        baseline = baseline or (session, images)
         paths = _paths(task.layout, ids)
         save_nifti(_nifti(images.t1, images.t1_grid, note), root / paths["t1"])
         save_nifti(_nifti(images.t2, images.t2_grid, note), root / paths["t2"])
@@ -923,9 +993,65 @@ def _generate_subject(task: _Task) -> list[dict[str, Any]]:
                 **_latent_row(plan, session),
                 **images.measures,
                 "paths": paths,
+                "lesions": _lesion_truth_rows(plan, session, images, ids, baseline, anatomy),
             }
         )
     return records
+
+
+def _lesion_truth_rows(
+    plan: _SubjectPlan,
+    session: _Session,
+    images: _SessionImages,
+    ids: dict[str, str],
+    baseline: tuple[_Session, _SessionImages],
+    anatomy: _Anatomy,
+) -> list[dict[str, Any]]:
+    """One ``lesion_truth.csv`` row per lesion of the session (ids stable across the subject's sessions).
+
+    A follow-up session's list is the baseline's lesions in the same order (the grown ones replaced by a
+    larger copy, see ``_subject_plan``) followed by the new ones, so the list index is the lesion id.
+    """
+    first_session, first_images = baseline
+    previous = plan.sessions[session.number - 2].lesions if session.number > 1 else []
+    if not session.lesions:
+        return []
+    centres = np.stack([lesion.centre for lesion in session.lesions], axis=1)
+    world = _template_to_world(images.head, anatomy, centres)
+    in_baseline = _template_to_world(first_images.head, anatomy, centres)
+    voxel_ml = images.t1_grid.voxel_volume_ml
+    rows = []
+    for index, lesion in enumerate(session.lesions):
+        if session.number == 1:
+            status, ratio = "baseline", float("nan")
+        elif index >= len(previous):
+            status, ratio = "new", float("nan")
+        else:
+            ratio = lesion.volume_mm3 / previous[index].volume_mm3
+            status = "unchanged" if lesion is previous[index] else "enlarged"
+        location = images.lesion_locations[index] if index < len(images.lesion_locations) else {}
+        rows.append(
+            {
+                "MRI_ID": ids["MRI_ID"],
+                "Patient_ID": ids["Patient_ID"],
+                "session": session.number,
+                "lesion_id": index + 1,
+                "status": status,
+                "volume_ratio": round(ratio, 4),
+                "volume_ml": round(lesion.volume_mm3 * plan.head_scale**3 / 1000.0, 5),
+                "mask_voxels": images.lesion_mask_voxels[index],
+                "mask_volume_ml": round(images.lesion_mask_voxels[index] * voxel_ml, 5),
+                "centre_x_mm": round(float(world[0, index]), 2),
+                "centre_y_mm": round(float(world[1, index]), 2),
+                "centre_z_mm": round(float(world[2, index]), 2),
+                "baseline_x_mm": round(float(in_baseline[0, index]), 2),
+                "baseline_y_mm": round(float(in_baseline[1, index]), 2),
+                "baseline_z_mm": round(float(in_baseline[2, index]), 2),
+                "periventricular_site": lesion.periventricular,
+                **location,
+            }
+        )
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1124,8 +1250,10 @@ def generate_cohort(
             with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
                 per_subject = list(pool.map(_generate_subject, tasks))
         records = [record for subject in per_subject for record in subject]
+        lesion_rows = [row for record in records for row in record.pop("lesions")]
         truth = pd.DataFrame(records)
         _write_tables(tmp, truth, layout)
+        write_csv(pd.DataFrame(lesion_rows, columns=LESION_TRUTH_COLUMNS), tmp / "lesion_truth.csv")
         _write_docs(tmp, truth, layout, int(seed), spacing, bool(tiny))
         if preview:
             _write_preview(tmp, truth)
@@ -1241,7 +1369,7 @@ def _write_tables(root: Path, truth: Any, layout: str) -> None:
     )
     labels = pd.DataFrame({"index": list(TISSUE_LABELS), "name": list(TISSUE_LABELS.values())})
     write_csv(labels, root / "derivatives" / "lesions" / "dseg.tsv", sep="\t")
-    write_text(f"ground_truth.csv\n{COHORT_MARKER}\n{LICENCE_NAME}\npreview.png\n", root / ".bidsignore")
+    write_text(f"ground_truth.csv\nlesion_truth.csv\n{COHORT_MARKER}\n{LICENCE_NAME}\npreview.png\n", root / ".bidsignore")
 
 
 def _write_docs(root: Path, truth: Any, layout: str, seed: int, spacing: float, tiny: bool) -> None:
@@ -1259,7 +1387,9 @@ Synthetic data: no real person was scanned. Made by `monai_ms.data.synthetic.gen
 T1 voxel {spacing:g} mm{" (tiny test settings)" if tiny else ""}, layout `{layout}`:
 {truth["Patient_ID"].nunique()} subjects, {len(truth)} sessions.
 
-Files: {files}; ground_truth.csv (the latent variables), {COHORT_MARKER} (generator parameters).
+Files: {files}; ground_truth.csv (the latent variables), lesion_truth.csv (one row per lesion and session:
+stable lesion id, status baseline/new/enlarged/unchanged, centre in world mm, location class), {COHORT_MARKER}
+(generator parameters).
 
 ## Generative model (details and numbers: docs/synthetic_cohort.md in monai-ms)
 
