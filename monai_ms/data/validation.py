@@ -6,13 +6,18 @@ present) and one line per problem, each naming the split and index, the session,
 
     training[3] session sub-01-01: t2 T2/sub-01-01_T2.nii.gz: file not found (looked at /data/T2/sub-01-01_T2.nii.gz)
 
-Headers are read first (shape, affine, spacing); voxel checks then read each file's data once, in threads
-(gzip decompression releases the GIL): truncated files, NaN/inf voxels, empty images, binary lesion masks and
-whether T1 and T2 show the same head.
+Headers are read first (shape, affine, spacing, orientation codes); voxel checks then read each file's data
+once, in threads (gzip decompression releases the GIL): truncated files, NaN/inf voxels, empty images, binary
+lesion masks, whether T1 and T2 show the same head, and what the files contain (``content_checks``: a T1/T2
+contrast signature, label maps in an intensity column, implausible lesion masks, copies of another session's
+scan, heads that are not skull-stripped). Cause first: when a file fails one of its own checks, the checks
+that compare it with another file (grid, same head, lesion share) are not run on it, so the line names the
+file that is wrong. Warnings (accepted, but worth knowing) are listed apart and do not make the report fail.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter, defaultdict
@@ -24,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_ms.data import content_checks as checks
 from monai_ms.data.manifest import (
     IMAGE_KEYS,
     REQUIRED_KEYS,
@@ -38,7 +44,14 @@ from monai_ms.data.manifest import (
     resolve_path,
 )
 
-__all__ = ["Problem", "ValidationReport", "validate_manifest", "CENTROID_TOLERANCE_MM", "MIN_FOV_OVERLAP"]
+__all__ = [
+    "Problem",
+    "ValidationReport",
+    "validate_manifest",
+    "CENTROID_TOLERANCE_MM",
+    "MIN_FOV_OVERLAP",
+    "FILE_KINDS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +66,28 @@ GRID_ATOL = 1e-3
 EDSS_SUMMARY_BINS = ((0.0, 2.0), (2.5, 4.0), (4.5, 6.0), (6.5, 10.0))
 
 
+# kinds of problem that concern the image files of one session (batch inference fails that session alone):
+# a check of one file, a check between files of the session, a copy of another session's scan
+FILE_KINDS = frozenset({"file", "derived", "duplicate_contents"})
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One problem: where it is (split[index] and session, or a subject) and what is wrong.
+    """One problem (or warning): where it is (split[index] and session, or a subject) and what is wrong.
+
+    The optional fields say the same in structured form, so a caller need not parse ``where``.
+
+    Attributes:
+        where: ``training[3] session sub-01-01``, ``subject P01``, a split name, ...
+        message: what is wrong; about a file it starts with ``<key> <path as written>:``.
+        split: the entry's split, when the problem is about one entry.
+        index: the entry's index in its split.
+        session: the entry's session id (None when it has none).
+        key: the image key (``t1``, ``t2``, ``lesion``, ``tissue``) of a problem about one file.
+        path: that file's absolute path.
+        kind: ``field`` (a value or key), ``file`` (a check of one file), ``derived`` (files of a session
+            disagree: grid, same head, lesion share), ``duplicate_contents``, ``shared_file``, ``session``,
+            ``subject``, ``split``, ``folds``, ``manifest``.
 
     Examples:
         >>> str(Problem("training[3] session sub-01-01", "age must be ..., got 130"))
@@ -64,6 +96,12 @@ class Problem:
 
     where: str
     message: str
+    split: str | None = None
+    index: int | None = None
+    session: str | None = None
+    key: str | None = None
+    path: str | None = None
+    kind: str | None = None
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}"
@@ -75,6 +113,7 @@ class ValidationReport:
 
     Attributes:
         problems: one ``Problem`` per problem found.
+        warnings: accepted but worth knowing (a head not skull-stripped, a 2D T1); ``ok`` ignores them.
         source: the manifest file (or ``"<manifest>"`` for an in-memory dict).
         n_sessions: entries checked.
         n_files: distinct image files referenced by those entries.
@@ -86,6 +125,7 @@ class ValidationReport:
     """
 
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
     source: str = "<manifest>"
     n_sessions: int = 0
     n_files: int = 0
@@ -96,18 +136,29 @@ class ValidationReport:
         """True when no problem was found."""
         return not self.problems
 
-    def add_problem(self, where: str, message: str) -> None:
-        """Record a problem."""
-        self.problems.append(Problem(where, message))
+    def add_problem(self, where: str, message: str, **fields: Any) -> None:
+        """Record a problem (``fields``: the structured fields of ``Problem``)."""
+        self.problems.append(Problem(where, message, **fields))
+
+    def add_warning(self, where: str, message: str, **fields: Any) -> None:
+        """Record a warning."""
+        self.warnings.append(Problem(where, message, **fields))
 
     def problem_lines(self) -> list[str]:
         """One line per problem."""
         return [str(problem) for problem in self.problems]
 
+    def warning_lines(self) -> list[str]:
+        """One line per warning, ``warning: <where>: <message>``."""
+        return [f"warning: {warning}" for warning in self.warnings]
+
     def final_line(self) -> str:
-        """E.g. ``checked 40 sessions, 120 files: 0 problems``."""
+        """E.g. ``checked 40 sessions, 120 files: 0 problems`` (``, 2 warnings`` when there are any)."""
         count = len(self.problems)
-        return f"checked {self.n_sessions} sessions, {self.n_files} files: {count} problem{'' if count == 1 else 's'}"
+        line = f"checked {self.n_sessions} sessions, {self.n_files} files: {count} problem{'' if count == 1 else 's'}"
+        if self.warnings:
+            line += f", {len(self.warnings)} warning{'' if len(self.warnings) == 1 else 's'}"
+        return line
 
     def summary_lines(self) -> list[str]:
         """What was looked at: entries per split, subjects, images (shapes, spacing), age, sex, EDSS, masks."""
@@ -147,8 +198,8 @@ class ValidationReport:
         return lines
 
     def format(self) -> str:
-        """Summary lines, then one line per problem, then the final count line."""
-        return "\n".join(self.summary_lines() + self.problem_lines() + [self.final_line()])
+        """Summary lines, one line per problem, one per warning, then the final count line."""
+        return "\n".join(self.summary_lines() + self.problem_lines() + self.warning_lines() + [self.final_line()])
 
 
 def _range_text(values: Sequence[Sequence[float]], integer: bool) -> str:
@@ -177,12 +228,18 @@ class _ImageInfo:
     affine: np.ndarray | None = None
     zooms: tuple[float, ...] | None = None
     error: str | None = None  # unreadable / truncated / not 3D / bad affine: nothing else is checked
+    orientation: str | None = None  # qform and sform codes 0
     nonfinite: int = 0
     nonzero: bool | None = None
+    foreground: int = 0  # non-zero voxels
     binary: bool | None = None
     odd_values: list[float] = field(default_factory=list)
     integer_labels: bool | None = None
     centroid_mm: np.ndarray | None = None
+    digest: str | None = None  # hash of the voxel values (T1/T2)
+    label_values: list[float] | None = None  # the few distinct values of an intensity image that is a label map
+    contrast: checks.TissueContrast | None = None
+    skull: str | None = None  # warning: not skull-stripped
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -213,6 +270,7 @@ def _inspect(path: str, roles: set[str], check_voxels: bool) -> _ImageInfo:
     if expected is not None and os.path.getsize(path) < expected:
         info.error = f"file truncated: {os.path.getsize(path)} bytes, its header needs {expected}"
         return info
+    info.orientation = checks.orientation_problem(*_orientation_codes(image.header))
     if not check_voxels:
         return info
     try:
@@ -221,12 +279,21 @@ def _inspect(path: str, roles: set[str], check_voxels: bool) -> _ImageInfo:
         info.error = f"cannot read the voxel data, the file is truncated or corrupt ({type(err).__name__}: {err})"
         return info
     data = data.reshape(info.spatial_shape)
+    intensity = bool(roles & {"t1", "t2"})
     if np.issubdtype(data.dtype, np.inexact):
         finite = np.isfinite(data)
         info.nonfinite = int(data.size - np.count_nonzero(finite))
         if info.nonfinite:
             data = np.where(finite, data, 0)
-    info.nonzero = bool(np.any(data))
+    if intensity:
+        mask, values = checks.split_foreground(data)  # one pass: hash, sample, centroid threshold
+        info.foreground = int(values.size)
+        info.digest = checks.voxel_hash(data, mask, values)
+        sample = checks.foreground_sample(values)
+        del mask, values
+    else:
+        info.foreground = int(np.count_nonzero(data))
+    info.nonzero = info.foreground > 0
     if "lesion" in roles:
         is_binary = (data == 0) | (data == 1)
         info.binary = bool(is_binary.all())
@@ -234,9 +301,22 @@ def _inspect(path: str, roles: set[str], check_voxels: bool) -> _ImageInfo:
             info.odd_values = [float(v) for v in np.unique(data[~is_binary])[:5]]
     if "tissue" in roles:
         info.integer_labels = bool(np.all(data == np.round(data)) and data.min() >= 0)
-    if roles & {"t1", "t2"} and info.nonzero:
-        info.centroid_mm = _foreground_centroid_mm(data, info.affine)
+    if intensity and info.nonzero:
+        info.centroid_mm = _foreground_centroid_mm(data, info.affine, sample)
+        if checks.distinct_values(sample) is not None:  # few values in the sample: count them all
+            info.label_values = checks.distinct_values(data[data != 0])
+        info.skull = checks.skull_strip_warning(info.foreground * float(np.prod(info.zooms)) / 1000.0)
+        if info.label_values is None and info.skull is None:
+            info.contrast = checks.tissue_contrast(sample)
     return info
+
+
+def _orientation_codes(header: Any) -> tuple[int, int]:
+    """(qform_code, sform_code); (0, 0) for a format without them (Analyze)."""
+    try:
+        return int(header["qform_code"]), int(header["sform_code"])
+    except (KeyError, ValueError, TypeError):
+        return 0, 0
 
 
 def _expected_size(image: Any, path: str) -> int | None:
@@ -249,13 +329,13 @@ def _expected_size(image: Any, path: str) -> int | None:
     return int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
 
 
-def _foreground_centroid_mm(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def _foreground_centroid_mm(data: np.ndarray, affine: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """World centre (mm) of the voxels above a tenth of the bright end (``sample``: strided non-zero values)."""
     from scipy import ndimage
 
-    magnitude = np.abs(data.astype(np.float32, copy=False))
     # above a tenth of the bright end: the head, not background noise (works with and without skull stripping)
-    threshold = 0.1 * float(np.percentile(magnitude[magnitude > 0], 99))
-    centroid = np.asarray(ndimage.center_of_mass(magnitude > threshold))
+    threshold = 0.1 * float(np.percentile(np.abs(sample), 99))
+    centroid = np.asarray(ndimage.center_of_mass(np.abs(data) > threshold))
     return (affine @ np.append(centroid, 1.0))[:3]
 
 
@@ -291,6 +371,7 @@ def validate_manifest(
     workers: int = 4,
     base_dir: str | os.PathLike | None = None,
     source: str | None = None,
+    log_warnings: bool = True,
 ) -> ValidationReport:
     """Check every field and image of a manifest; report what was looked at and each problem.
 
@@ -317,6 +398,7 @@ def validate_manifest(
         base_dir: folder relative paths are resolved against; default: the manifest file's folder, or
             the current folder for a dict.
         source: name of the manifest in the report; default: the path.
+        log_warnings: also log each warning (``logging.WARNING``); the CLI prints the report instead.
 
     Returns:
         a ``ValidationReport``; ``report.ok`` is True when nothing is wrong.
@@ -335,8 +417,9 @@ def validate_manifest(
         unknown = [s for s in splits if s not in SPLITS]
         if unknown:
             raise ManifestError(f"splits must be among {', '.join(SPLITS)}, got {', '.join(map(repr, unknown))}")
+    shape_problems: list[str] = []
     if isinstance(manifest_or_path, (str, os.PathLike)):
-        manifest = read_manifest(manifest_or_path)
+        manifest = _read_for_validation(manifest_or_path, shape_problems)
         source = source or str(manifest_or_path)
         base = Path(base_dir) if base_dir is not None else Path(manifest_or_path).absolute().parent
     else:
@@ -347,26 +430,28 @@ def validate_manifest(
     base = Path(os.path.abspath(base))
     chosen = list(splits) if splits is not None else list(SPLITS)
     report = ValidationReport(source=source or "<manifest>")
+    for message in shape_problems:
+        report.add_problem(report.source, message, kind="manifest")
     all_entries = [(split, index, entry) for split in SPLITS for index, entry in enumerate(manifest.get(split, []))]
     checked = [(split, index, entry) for split, index, entry in all_entries if split in chosen]
     report.n_sessions = len(checked)
 
     if not all_entries:
-        report.add_problem(report.source, "no entries in any split")
+        report.add_problem(report.source, "no entries in any split", kind="split")
     # training tasks need training and validation entries; inference reads the testing split
     task_needs = ["testing"] if task and task.endswith("_inference") else ["training", "validation"] if task else []
     needs = chosen if splits is not None else task_needs
     for split in needs:
         if not manifest.get(split):
             reason = "they were asked for" if splits is not None else f"task {task} needs them"
-            report.add_problem(split, f"empty split: no {split} entries, and {reason}")
+            report.add_problem(split, f"empty split: no {split} entries, and {reason}", split=split, kind="split")
 
     # fields, and which files to look at; problems are listed entry by entry, cross-entry ones last
-    per_entry: list[list[str]] = [[] for _ in checked]
+    per_entry: list[list[_Found]] = [[] for _ in checked]
     files: dict[str, set[str]] = defaultdict(set)
     image_refs: dict[tuple[int, str], str] = {}  # (position in checked, key) -> absolute path to inspect
     for position, (_, _, entry) in enumerate(checked):
-        per_entry[position] += _field_problems(entry, task)
+        per_entry[position] += [_Found(message, kind="field") for message in _field_problems(entry, task)]
         if not isinstance(entry, dict):
             continue
         for key in IMAGE_KEYS:
@@ -374,12 +459,19 @@ def validate_manifest(
                 continue
             value = entry[key]
             if not isinstance(value, str) or not value.strip():
-                per_entry[position].append(f"{key} must be a non-empty path string, got {value!r}")
+                per_entry[position].append(
+                    _Found(f"{key} must be a non-empty path string, got {value!r}", key=key, kind="field")
+                )
                 continue
             path = resolve_path(value, base)
             if refuse_outside_root and os.path.commonpath([path, str(base)]) != str(base):
                 per_entry[position].append(
-                    f"{key} {value}: path escapes the manifest folder {base} (resolves to {path})"
+                    _Found(
+                        f"{key} {value}: path escapes the manifest folder {base} (resolves to {path})",
+                        key=key,
+                        path=path,
+                        kind="file",
+                    )
                 )
                 continue
             files[path].add(key)
@@ -392,18 +484,72 @@ def validate_manifest(
         logger.info("%s: reading %d files with %d threads", report.source, len(existing), workers)
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
         infos = dict(zip(existing, pool.map(lambda item: _inspect(item[0], item[1], check_voxels), existing.items())))
+    usable: dict[tuple[int, str], _ImageInfo] = {}  # files that passed their own checks
     for position, (split, index, entry) in enumerate(checked):
+        where = _where(split, index, entry)
+        fields = {"split": split, "index": index, "session": _session(entry)}
         if isinstance(entry, dict):
-            per_entry[position] += _image_problems(entry, position, image_refs, infos, check_voxels)
-        for message in per_entry[position]:
-            report.add_problem(_where(split, index, entry), message)
+            found, warnings, good = _image_problems(entry, position, image_refs, infos, check_voxels)
+            per_entry[position] += found
+            usable.update({(position, key): info for key, info in good.items()})
+            for warning in warnings:
+                report.add_warning(where, warning.message, **fields, **warning.fields())
+        for problem in per_entry[position]:
+            report.add_problem(where, problem.message, **fields, **problem.fields())
     _cross_entry_problems(manifest, all_entries, base, report)
+    _duplicate_contents(checked, image_refs, usable, report)
+    if log_warnings:
+        for warning in report.warnings:
+            logger.warning("%s", warning)
 
     report.stats = _stats(manifest, checked, image_refs, infos)
     report.stats["checks"] = (
         f"headers and voxels ({max(1, int(workers))} threads)" if check_voxels else "headers only (no voxel data read)"
     )
     return report
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A problem of one entry before it gets its place (split, index, session)."""
+
+    message: str
+    key: str | None = None
+    path: str | None = None
+    kind: str = "file"
+
+    def fields(self) -> dict[str, Any]:
+        return {"key": self.key, "path": self.path, "kind": self.kind}
+
+
+def _read_for_validation(path: str | os.PathLike, problems: list[str]) -> dict:
+    """``read_manifest``, except that entry-level shape problems (an entry that is not an object, malformed
+    ``folds``) become problems of the report instead of hiding the checks of every other entry."""
+    try:
+        return read_manifest(path)
+    except ManifestError as err:
+        try:
+            manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise err from None
+        if not isinstance(manifest, dict) or not all(isinstance(manifest.get(s, []), list) for s in SPLITS):
+            raise err from None
+        top = {key: value for key, value in manifest.items() if key not in (*SPLITS, "folds")}
+        check_manifest_shape(top | {split: [] for split in SPLITS}, str(path))  # raises on top-level problems
+        folds = manifest.get("folds")
+        if folds is not None and not (
+            isinstance(folds, list) and all(isinstance(f, list) and all(isinstance(s, str) for s in f) for f in folds)
+        ):
+            problems.append("'folds' must be a list of lists of session ids (ignored)")
+            del manifest["folds"]
+        for split in SPLITS:
+            manifest.setdefault(split, [])
+        return manifest
+
+
+def _session(entry: Any) -> str | None:
+    session = entry.get("session") if isinstance(entry, dict) else None
+    return session if isinstance(session, str) and session else None
 
 
 def _where(split: str, index: int, entry: Any) -> str:
@@ -450,65 +596,191 @@ def _image_problems(
     image_refs: Mapping[tuple[int, str], str],
     infos: Mapping[str, _ImageInfo],
     check_voxels: bool,
-) -> list[str]:
-    problems = []
+) -> tuple[list[_Found], list[_Found], dict[str, _ImageInfo]]:
+    """(problems, warnings, files that passed their own checks) of one entry's images; cause first."""
+    problems: list[_Found] = []
+    warnings: list[_Found] = []
     usable: dict[str, _ImageInfo] = {}
     for key in IMAGE_KEYS:
         path = image_refs.get((position, key))
         if path is None:
             continue
         label = f"{key} {entry[key]}"
-        if os.path.isdir(path):
-            problems.append(f"{label}: is a folder, not a NIfTI file (looked at {path})")
-            continue
+        own: list[str] = []
         info = infos.get(path)
-        if info is None:
-            problems.append(f"{label}: file not found (looked at {path})")
-            continue
-        if info.error:
-            problems.append(f"{label}: {info.error}")
-            continue
-        usable[key] = info
-        if info.nonfinite:
-            problems.append(f"{label}: {info.nonfinite} NaN/inf voxels")
-        if key in ("t1", "t2") and info.nonzero is False:
-            problems.append(f"{label}: empty image (every voxel is 0)")
-        if key == "lesion" and info.binary is False:
-            values = ", ".join(f"{v:g}" for v in info.odd_values)
-            problems.append(f"{label}: lesion mask must be binary (0/1), found values {values}")
-        if key == "tissue" and info.integer_labels is False:
-            problems.append(f"{label}: tissue map must hold non-negative integer labels")
+        if os.path.isdir(path):
+            own.append(f"is a folder, not a NIfTI file (looked at {path})")
+        elif info is None:
+            own.append(f"file not found (looked at {path})")
+        elif info.error:
+            own.append(info.error)
+        else:
+            intensity = key in ("t1", "t2")
+            if info.orientation:
+                own.append(info.orientation)
+            size = checks.voxel_size_problem(info.zooms) if intensity else None
+            if size:
+                own.append(size)
+            elif key == "t1" and checks.voxel_size_warning(info.zooms):
+                warnings.append(_Found(f"{label}: {checks.voxel_size_warning(info.zooms)}", key, path))
+            if info.nonfinite:
+                own.append(f"{info.nonfinite} NaN/inf voxels")
+            if intensity and info.nonzero is False:
+                own.append("empty image (every voxel is 0)")
+            if intensity and info.label_values:
+                own.append(checks.label_map_problem(info.label_values))
+            if intensity and info.skull:
+                warnings.append(_Found(f"{label}: {info.skull}", key, path))
+            if key == "lesion" and info.binary is False:
+                values = ", ".join(f"{v:g}" for v in info.odd_values)
+                own.append(f"lesion mask must be binary (0/1), found values {values}")
+            if key == "tissue" and info.integer_labels is False:
+                own.append("tissue map must hold non-negative integer labels")
+        problems += [_Found(f"{label}: {message}", key, path) for message in own]
+        if not own:
+            usable[key] = info
+    problems += _contrast_problems(entry, image_refs, position, usable)
+
+    # derived checks: only between files that passed their own checks (the cause is reported, not its effect)
     t1 = usable.get("t1")
     for key in ("lesion", "tissue"):
         other = usable.get(key)
         if t1 is None or other is None:
             continue
-        label = f"{key} {entry[key]}"
+        label, path = f"{key} {entry[key]}", image_refs[(position, key)]
         if other.spatial_shape != t1.spatial_shape:
             problems.append(
-                f"{label}: not on the T1 grid: shape {'x'.join(map(str, other.spatial_shape))}, "
-                f"T1 {'x'.join(map(str, t1.spatial_shape))}"
+                _Found(
+                    f"{label}: not on the T1 grid: shape {'x'.join(map(str, other.spatial_shape))}, "
+                    f"T1 {'x'.join(map(str, t1.spatial_shape))}",
+                    key,
+                    path,
+                    "derived",
+                )
             )
         elif not np.allclose(other.affine, t1.affine, rtol=0, atol=GRID_ATOL):
             difference = float(np.abs(other.affine - t1.affine).max())
-            problems.append(f"{label}: not on the T1 grid: affine differs from the T1's by up to {difference:.3g} mm")
+            problems.append(
+                _Found(
+                    f"{label}: not on the T1 grid: affine differs from the T1's by up to {difference:.3g} mm",
+                    key,
+                    path,
+                    "derived",
+                )
+            )
+        elif key == "lesion" and check_voxels:
+            share = checks.lesion_share_problem(other.foreground, t1.foreground)
+            if share:
+                problems.append(_Found(f"{label}: {share}", key, path, "derived"))
     t2 = usable.get("t2")
     if t1 is not None and t2 is not None:
+        path = image_refs[(position, "t2")]
         overlap, centre_t1, centre_t2 = _fov_overlap(t1, t2)
         if overlap < MIN_FOV_OVERLAP:
             problems.append(
-                f"t2 {entry['t2']}: T1 and T2 do not cover the same head: their fields of view overlap by "
-                f"{overlap:.0%} of the smaller one (centres T1 {_mm(centre_t1)}, T2 {_mm(centre_t2)})"
+                _Found(
+                    f"t2 {entry['t2']}: T1 and T2 do not cover the same head: their fields of view overlap by "
+                    f"{overlap:.0%} of the smaller one (centres T1 {_mm(centre_t1)}, T2 {_mm(centre_t2)})",
+                    "t2",
+                    path,
+                    "derived",
+                )
             )
         elif check_voxels and t1.centroid_mm is not None and t2.centroid_mm is not None:
             distance = float(np.linalg.norm(t1.centroid_mm - t2.centroid_mm))
             if distance > CENTROID_TOLERANCE_MM:
                 problems.append(
-                    f"t2 {entry['t2']}: T1 and T2 do not show the same head: foreground centres "
-                    f"{distance:.0f} mm apart (T1 {_mm(t1.centroid_mm)}, T2 {_mm(t2.centroid_mm)}; "
-                    f"tolerance {CENTROID_TOLERANCE_MM:g} mm)"
+                    _Found(
+                        f"t2 {entry['t2']}: T1 and T2 do not show the same head: foreground centres "
+                        f"{distance:.0f} mm apart (T1 {_mm(t1.centroid_mm)}, T2 {_mm(t2.centroid_mm)}; "
+                        f"tolerance {CENTROID_TOLERANCE_MM:g} mm)",
+                        "t2",
+                        path,
+                        "derived",
+                    )
                 )
-    return problems
+    return problems, warnings, usable
+
+
+_MODALITY = {"t1": "T1", "t2": "T2"}
+_SIGNATURE = {
+    "t1": "a T1 has a large bright class (white matter) and a small dark one (CSF)",
+    "t2": "a T2 has a small bright class (CSF) and a large dark one (white matter)",
+}
+
+
+def _contrast_problems(
+    entry: Mapping[str, Any],
+    image_refs: Mapping[tuple[int, str], str],
+    position: int,
+    usable: dict[str, _ImageInfo],
+) -> list[_Found]:
+    """T1/T2 columns whose contrast is clearly the other modality's; one line naming both when swapped.
+
+    Files found wrong here leave ``usable`` (their grid and same-head checks would only repeat the cause).
+    """
+    looks = {
+        key: checks.contrast_modality(usable[key].contrast) for key in ("t1", "t2") if key in usable
+    }
+    wrong = [key for key, modality in looks.items() if modality is not None and modality != key]
+    if not wrong:
+        return []
+    if wrong == ["t1", "t2"]:
+        t1, t2 = usable.pop("t1"), usable.pop("t2")
+        return [
+            _Found(
+                f"t1 {entry['t1']}: looks swapped with t2 {entry['t2']}: the t1 file has a T2 contrast "
+                f"({checks.describe_contrast(t1.contrast)}) and the t2 file a T1 contrast "
+                f"({checks.describe_contrast(t2.contrast)}); swap the two columns",
+                "t1",
+                image_refs[(position, "t1")],
+            )
+        ]
+    [key] = wrong
+    other = "t2" if key == "t1" else "t1"
+    info = usable.pop(key)
+    return [
+        _Found(
+            f"{key} {entry[key]}: looks {_MODALITY[other]}-weighted, not {_MODALITY[key]}-weighted "
+            f"({checks.describe_contrast(info.contrast)}; {_SIGNATURE[key]}); is this the {other} file?",
+            key,
+            image_refs[(position, key)],
+        )
+    ]
+
+
+def _duplicate_contents(
+    checked: Sequence[tuple[str, int, Any]],
+    image_refs: Mapping[tuple[int, str], str],
+    usable: Mapping[tuple[int, str], _ImageInfo],
+    report: ValidationReport,
+) -> None:
+    """Two T1/T2 files (at different paths) with identical voxels: reported on the later one, naming both."""
+    first: dict[str, tuple[str, str, Any]] = {}  # digest -> (where, key, path) of its first use
+    for position, (split, index, entry) in enumerate(checked):
+        for key in ("t1", "t2"):
+            info = usable.get((position, key))
+            if info is None or info.digest is None:
+                continue
+            path = image_refs[(position, key)]
+            if info.digest not in first:
+                first[info.digest] = (_where(split, index, entry), key, path, entry[key])
+                continue
+            where, first_key, first_path, first_value = first[info.digest]
+            if first_path == path:  # the same file twice: the shared-file check says so
+                continue
+            place = "this session" if where == _where(split, index, entry) else where
+            report.add_problem(
+                _where(split, index, entry),
+                f"{key} {entry[key]}: same voxel contents as {first_key} {first_value} of {place} "
+                "(a copy; every session needs its own scan)",
+                split=split,
+                index=index,
+                session=_session(entry),
+                key=key,
+                path=path,
+                kind="duplicate_contents",
+            )
 
 
 def _cross_entry_problems(
@@ -543,22 +815,27 @@ def _cross_entry_problems(
     for session, positions in sessions.items():
         if len(positions) > 1:
             report.add_problem(
-                f"{positions[0]} session {session}", f"duplicate session id: also at {', '.join(positions[1:])}"
+                f"{positions[0]} session {session}",
+                f"duplicate session id: also at {', '.join(positions[1:])}",
+                session=session,
+                kind="session",
             )
     for subject, by_split in subject_splits.items():
         if len(by_split) > 1:
             places = ", ".join(position for positions in by_split.values() for position in positions)
             report.add_problem(
-                f"subject {subject}", f"in more than one split ({places}): leakage, a patient must be in one split only"
+                f"subject {subject}",
+                f"in more than one split ({places}): leakage, a patient must be in one split only",
+                kind="subject",
             )
     for subject, by_fold in subject_folds.items():
         if len(by_fold) > 1:
             places = "; ".join(f"fold {fold}: {', '.join(p)}" for fold, p in sorted(by_fold.items()))
-            report.add_problem(f"subject {subject}", f"in more than one fold ({places}): leakage between folds")
+            report.add_problem(f"subject {subject}", f"in more than one fold ({places}): leakage between folds", kind="subject")
     for subject, by_sex in subject_sex.items():
         if len(by_sex) > 1:
             places = "; ".join(f"{sex} at {', '.join(p)}" for sex, p in sorted(by_sex.items()))
-            report.add_problem(f"subject {subject}", f"sex differs between sessions ({places})")
+            report.add_problem(f"subject {subject}", f"sex differs between sessions ({places})", kind="subject")
     for users in file_users.values():
         # a duplicated entry (same session id) is already reported as a duplicate session
         others = [
@@ -567,29 +844,37 @@ def _cross_entry_problems(
         if others:
             where, key, value = users[0]
             also = ", ".join(f"{w} ({k})" for w, k, _ in others)
-            report.add_problem(where, f"{key} {value}: the same image file is also used by {also}")
+            report.add_problem(
+                where, f"{key} {value}: the same image file is also used by {also}", key=key, kind="shared_file"
+            )
     folds = manifest.get("folds")
     if folds is not None:
         listed: dict[str, int] = {}
         for fold, members in enumerate(folds):
             for session in members:
                 if session in listed:
-                    report.add_problem(f"folds[{fold}]", f"session {session} is also in folds[{listed[session]}]")
+                    report.add_problem(
+                        f"folds[{fold}]", f"session {session} is also in folds[{listed[session]}]", kind="folds"
+                    )
                 listed.setdefault(session, fold)
                 split, entry_fold = entry_folds.get(session, (None, None))
                 if split is None:
-                    report.add_problem(f"folds[{fold}]", f"session {session} is not an entry of the manifest")
+                    report.add_problem(f"folds[{fold}]", f"session {session} is not an entry of the manifest", kind="folds")
                 elif split == "testing":
                     report.add_problem(
-                        f"folds[{fold}]", f"session {session} is a testing entry; folds hold non-test entries"
+                        f"folds[{fold}]",
+                        f"session {session} is a testing entry; folds hold non-test entries",
+                        kind="folds",
                     )
                 elif entry_fold != fold:
                     report.add_problem(
-                        f"folds[{fold}]", f"session {session} is listed here but its entry says fold {entry_fold}"
+                        f"folds[{fold}]",
+                        f"session {session} is listed here but its entry says fold {entry_fold}",
+                        kind="folds",
                     )
         for split, index, entry in all_entries:
             if split != "testing" and isinstance(entry, dict) and entry.get("session") not in listed:
-                report.add_problem(_where(split, index, entry), "not in any of the manifest's folds")
+                report.add_problem(_where(split, index, entry), "not in any of the manifest's folds", kind="folds")
 
 
 def _stats(

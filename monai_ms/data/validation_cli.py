@@ -1,7 +1,8 @@
 """``monai-ms manifest validate``: check every file and field of a manifest before training.
 
-Prints what it looked at, one line per problem and a final count; exit status 0 when the manifest is fine,
-1 otherwise.
+Prints what it looked at, one line per problem, one per warning (accepted, e.g. a head that is not
+skull-stripped) and a final count; exit status 0 when the manifest has no problem (warnings allowed), 1
+otherwise.
 
 Examples:
     monai-ms manifest validate cohort/manifest.json --task edss
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             refuse_outside_root=args.refuse_outside_root,
             check_voxels=not args.headers_only,
             workers=args.workers,
+            log_warnings=False,  # printed with the report
         )
     except ManifestError as err:
         print(f"error: {err}", file=sys.stderr)

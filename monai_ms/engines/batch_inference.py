@@ -12,7 +12,8 @@ manifest split and the evaluator:
   ``predictions.csv``) are assembled from the records at the end, so they list every session of the
   split after a rerun as after a first run.
 - *one bad scan*: per-file problems found by the manifest validation (unreadable or truncated NIfTI, not
-  a NIfTI, NaN voxels, a T2 of another head, ...) and any error while loading or preprocessing a scan (a
+  a NIfTI, NaN voxels, a T2 of another head, and its content checks: a T1 column holding a T2, a label map,
+  unknown orientation, 10 mm voxels, a copy of an earlier session's scan, ...) and any error while loading or preprocessing a scan (a
   file that disappeared after validation) turn that scan into an *error item* (session id + message,
   naming the file and the reason). Error items skip the network; the session gets a failed record and a
   row with its ``error`` in the batch table, the others get their outputs, and at the end the run exits
@@ -52,7 +53,7 @@ import pandas as pd
 from ignite.engine import Engine
 from monai.data import Dataset, list_data_collate
 
-from monai_ms.io import write_json
+from monai_ms.io import sha256_file, write_json
 
 __all__ = [
     "FAILED_KEY",
@@ -69,7 +70,6 @@ FAILED_KEY = "inference_error"
 
 IMAGE_KEYS = ("t1", "t2", "lesion", "tissue")
 _MAX_LISTED = 20  # failed sessions named in the final message; the table has them all
-_WHERE = re.compile(r"^(?P<split>\w+)\[(?P<index>\d+)\]")
 
 
 class BatchInferenceError(RuntimeError):
@@ -174,14 +174,6 @@ class FailureTolerantDataset(Dataset):
             return {self.id_key: session, FAILED_KEY: describe_failure(error, entry)}
 
 
-def _file_digest(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _running_bundle_cli() -> bool:
     from monai_ms.bundle.cohort import _running_bundle_cli as running
 
@@ -254,7 +246,7 @@ class BatchInference:
     def signature(self) -> str:
         """Digest of the model files and settings; stored in each record."""
         if self._signature is None:
-            model = {path: _file_digest(path) if os.path.isfile(path) else None for path in self.model_files}
+            model = {path: sha256_file(path) if os.path.isfile(path) else None for path in self.model_files}
             text = json.dumps({"model": model, "settings": self.settings}, sort_keys=True, default=str)
             self._signature = hashlib.sha256(text.encode()).hexdigest()[:16]
         return self._signature
@@ -351,7 +343,7 @@ class BatchInference:
         raw = read_manifest(manifest).get(split, [])
         structural = []
         for problem in report.problems:
-            session = _file_problem_session(problem.where, problem.message, raw, split, self.id_key)
+            session = _file_problem_session(problem, raw, split, self.id_key)
             if session is None:
                 structural.append(str(problem))
             elif session in pending:
@@ -566,18 +558,20 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _file_problem_session(where: str, message: str, raw: Sequence[Any], split: str, id_key: str) -> str | None:
-    """The session of a validation problem about one of its image files, or None (a structural problem)."""
-    match = _WHERE.match(where)
-    # one file named by two sessions is a manifest mistake, not an unreadable scan
-    if match is None or match["split"] != split or "the same image file is also used by" in message:
+def _file_problem_session(problem: Any, raw: Sequence[Any], split: str, id_key: str) -> str | None:
+    """The session of a validation problem about its own image files, or None (a structural problem).
+
+    Uses the structured fields of ``monai_ms.data.validation.Problem``: a problem of kind ``file`` (a check
+    of one file: missing, unreadable, NaN, wrong contrast, a label map, ...), ``derived`` (the session's files
+    disagree: a T2 of another head, a mask off the T1 grid) or ``duplicate_contents`` (a copy of an earlier
+    session's scan, reported on the later session) fails that session alone. One file named by two sessions,
+    missing keys or values, duplicate session ids stop the run.
+    """
+    from monai_ms.data.validation import FILE_KINDS
+
+    if problem.kind not in FILE_KINDS or problem.split != split or problem.index is None:
         return None
-    index = int(match["index"])
-    entry = raw[index] if index < len(raw) else None
+    entry = raw[problem.index] if problem.index < len(raw) else None
     if not isinstance(entry, Mapping) or not isinstance(entry.get(id_key), str):
         return None
-    for key in IMAGE_KEYS:
-        value = entry.get(key)
-        if isinstance(value, str) and message.startswith(f"{key} {value}:"):
-            return entry[id_key]
-    return None
+    return entry[id_key]
