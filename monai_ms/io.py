@@ -7,6 +7,7 @@ that later reads as if it were complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_json", "write_text", "write_csv", "save_nifti", "save_figure"]
+__all__ = ["atomic_path", "sha256_file", "write_json", "write_text", "write_csv", "save_nifti", "save_figure"]
 
 
 @contextmanager
@@ -52,6 +53,33 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (checkpoints and images can be large).
+
+    The one file digest of monai_ms: checkpoint identity in result files and age-bias corrections,
+    ``models/SHA256SUMS`` of exported bundles, and the model signature of resumable batch inference.
+
+    Args:
+        path: the file.
+        chunk_size: bytes read at a time.
+
+    Returns:
+        64 lower-case hex digits.
+
+    Raises:
+        OSError: the file cannot be read.
+
+    Examples:
+        >>> sha256_file("models/model.pt")  # doctest: +SKIP
+        'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _umask() -> int:

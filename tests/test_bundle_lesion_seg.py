@@ -81,7 +81,7 @@ def test_evaluate_writes_per_scan_and_mean_metrics_in_native_space(trained, tiny
     assert summary["n_scans"] == len(testing)
     per_scan = pd.read_csv(out / "eval" / "per_scan.csv")
     assert sorted(per_scan["session"]) == sorted(e["session"] for e in testing)
-    for column in ("dice", "hd95_mm", "abs_volume_difference_ml", "lesion_tpr", "lesion_fpr", "lesion_f1"):
+    for column in ("dice", "hd95_mm", "abs_volume_difference_ml", "lesion_tpr", "lesion_fdr", "lesion_f1"):
         assert column in per_scan.columns
     # reference volumes are those of the users' own mask files, at the T1 voxel size
     for _, row in per_scan.iterrows():

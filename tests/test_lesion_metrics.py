@@ -56,7 +56,7 @@ def test_missed_false_positive_touching_and_too_small(case):
     assert result["pred_lesions"] == 3  # G and the voxel E are below 3 mm3
     assert result["false_positive_lesions"] == 1  # F
     assert result["lesion_tpr"] == pytest.approx(2 / 3)
-    assert result["lesion_fpr"] == pytest.approx(1 / 3)
+    assert result["lesion_fdr"] == pytest.approx(1 / 3)
     assert result["lesion_f1"] == pytest.approx(2 / 3)
 
 
@@ -116,7 +116,7 @@ def test_empty_masks_give_undefined_not_perfect_scores():
     both_empty = segmentation_metrics(empty, empty, spacing=1.0)
     assert math.isnan(both_empty["dice"]) and math.isnan(both_empty["lesion_f1"]) and math.isnan(both_empty["hd95_mm"])
     false_alarm = segmentation_metrics(lesion, empty, spacing=1.0)
-    assert math.isnan(false_alarm["dice"]) and false_alarm["lesion_f1"] == 0.0 and false_alarm["lesion_fpr"] == 1.0
+    assert math.isnan(false_alarm["dice"]) and false_alarm["lesion_f1"] == 0.0 and false_alarm["lesion_fdr"] == 1.0
     missed = segmentation_metrics(empty, lesion, spacing=1.0)
     assert missed["dice"] == 0.0 and missed["lesion_tpr"] == 0.0 and missed["lesion_f1"] == 0.0
 
@@ -130,7 +130,7 @@ def test_summary_pools_lesions_and_skips_undefined_dice(case):
     assert summary["mean_dice"] == pytest.approx((rows[0]["dice"] + 1.0) / 2)  # the lesion-free scan is left out
     assert summary["true_lesions"] == 6 and summary["detected_lesions"] == 5  # 3 + 0 + 3, 2 + 0 + 3
     assert summary["lesion_tpr"] == pytest.approx(5 / 6)
-    assert summary["lesion_fpr"] == pytest.approx(1 / 6)
+    assert summary["lesion_fdr"] == pytest.approx(1 / 6)
 
 
 def test_lesion_table_gives_world_centroids_on_an_oblique_lps_grid():

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from monai_ms.bundle.cohort import demo_manifest, validate_cohort
 from monai_ms.bundle.config import bundle_root, check_overrides, running_workflow
+from monai_ms.bundle.provenance import evaluation_provenance, run_overrides
 from monai_ms.bundle.verify import verify_checksums
 
-__all__ = ["bundle_root", "check_overrides", "demo_manifest", "running_workflow", "validate_cohort", "verify_checksums"]
+__all__ = [
+    "bundle_root",
+    "check_overrides",
+    "demo_manifest",
+    "evaluation_provenance",
+    "run_overrides",
+    "running_workflow",
+    "validate_cohort",
+    "verify_checksums",
+]

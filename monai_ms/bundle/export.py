@@ -41,6 +41,7 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "NORMALIZATION_FILE",
+    "check_metrics_checkpoint",
     "cohort_counts",
     "eval_metrics_from",
     "export_bundle",
@@ -121,6 +122,45 @@ def eval_metrics_from(report: Mapping[str, Any]) -> dict[str, float]:
     """
     source = report.get("model") or report.get("summary") or report
     return {k: v for k, v in source.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def check_metrics_checkpoint(
+    report: Mapping[str, Any], checkpoint: str | os.PathLike, metrics_file: str | os.PathLike, command: str = ""
+) -> str:
+    """Refuse an evaluation report that was not made with ``checkpoint`` (compares the recorded SHA-256).
+
+    Args:
+        report: the evaluation ``metrics.json``.
+        checkpoint: the model being exported.
+        metrics_file: the report's path (for the message).
+        command: the evaluation command to suggest.
+
+    Returns:
+        the split the metrics came from.
+
+    Raises:
+        ExportError: the report records no checkpoint SHA-256 (written before monai_ms 0.3.0 bundles) or
+            another checkpoint's; the message names the split the metrics came from.
+
+    Examples:
+        >>> check_metrics_checkpoint({"split": "testing", "provenance": {"checkpoint_sha256": "ab"}}, "m.pt", "metrics.json")  # doctest: +SKIP
+        'testing'
+    """
+    provenance = report.get("provenance") if isinstance(report.get("provenance"), Mapping) else {}
+    split = str(report.get("split") or provenance.get("split") or "unknown")
+    recorded = provenance.get("checkpoint_sha256")
+    again = f"; evaluate this model again: {command}" if command else "; evaluate this model again"
+    if not recorded:
+        raise ExportError(
+            f"{metrics_file}: records no checkpoint SHA-256 (split {split}), so it cannot be tied to {checkpoint}{again}"
+        )
+    actual = sha256_file(checkpoint)
+    if recorded != actual:
+        raise ExportError(
+            f"{metrics_file}: metrics of the {split} split were computed with checkpoint SHA-256 {recorded[:12]}..., "
+            f"but {checkpoint} is {actual[:12]}... (changed since evaluation: stale metrics){again}"
+        )
+    return split
 
 
 def _evaluated_count(report: Mapping[str, Any]) -> int | None:
@@ -222,8 +262,20 @@ def _metrics_table(report: Mapping[str, Any]) -> list[str]:
             rows.append((f"baseline: {name}", values))
     lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for label, values in rows:
-        lines.append(f"| {label} | " + " | ".join(_format_number(values.get(c, "")) for c in columns) + " |")
+        lines.append(f"| {label} | " + " | ".join(_with_interval(values, c) for c in columns) + " |")
+    uncertainty = report.get("uncertainty")
+    if isinstance(uncertainty, Mapping):
+        lines += ["", f"Brackets: 95% interval, {uncertainty.get('method', 'bootstrap')}; {uncertainty.get('n_subjects')} "
+                  f"subjects, {uncertainty.get('n_sessions')} sessions, {uncertainty.get('n_resamples')} resamples."]
     return lines
+
+
+def _with_interval(values: Mapping[str, Any], column: str) -> str:
+    text = _format_number(values.get(column, ""))
+    interval = (values.get("ci95") or {}).get(column) if isinstance(values.get("ci95"), Mapping) else None
+    if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in interval:
+        text += f" [{_format_number(interval[0])}, {_format_number(interval[1])}]"
+    return text
 
 
 def trained_model_section(
@@ -488,6 +540,9 @@ def export_bundle(
             f"{metrics_file}: no evaluation of the trained model; evaluate first: "
             f"{_run_command(bundle, 'evaluating', 'evaluate.json')} (or export with --no-metrics)"
         )
+    if report is not None:
+        check_metrics_checkpoint(report, checkpoint, metrics_file, _run_command(bundle, "evaluating", "evaluate.json"))
+        logger.info(f"exporting the metrics of the {report.get('split')} split ({metrics_file})")
 
     source_meta = json.loads((configs / "metadata.json").read_text())
     version = version or next_version(str(source_meta.get("version", "0.0.0")), source_meta.get("changelog"))

@@ -26,7 +26,6 @@ another channel, and only run bundles from people you trust: bundle configs exec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from monai_ms.io import sha256_file as io_sha256_file
 
 __all__ = [
     "CHECKSUM_FILE",
@@ -86,11 +87,7 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         >>> sha256_file("models/model.pt")  # doctest: +SKIP
         'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
     """
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(chunk_size), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return io_sha256_file(path, chunk_size)  # the project's one file digest (monai_ms.io)
 
 
 def read_checksums(checksum_file: str | os.PathLike) -> dict[str, str]:

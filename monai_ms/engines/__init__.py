@@ -31,6 +31,9 @@ from monai_ms.engines.handlers import (
     negated_key_metric,
 )
 from monai_ms.engines.losses import LesionAuxiliaryLoss
+from monai_ms.engines.baseline_guard import BaselineGuard, compare_with_baselines, trivial_validation_baseline
+from monai_ms.engines.bootstrap import bootstrap_metrics, percentile_interval, resample_indices
+from monai_ms.engines.evaluation_report import finish_report, write_sidecar
 from monai_ms.engines.metrics import classification_metrics, regression_baselines, regression_metrics
 from monai_ms.engines.normalization import fit_covariate_head, fit_histogram_head, fit_normalization
 from monai_ms.engines.prepare_batch import PrepareBatchMultiInput
@@ -71,6 +74,14 @@ __all__ = [
     "probability_from_logit",
     "sex_from_probability",
     "LearningCurveHandler",
+    "BaselineGuard",
+    "bootstrap_metrics",
+    "compare_with_baselines",
+    "finish_report",
+    "percentile_interval",
+    "resample_indices",
+    "trivial_validation_baseline",
+    "write_sidecar",
     "LesionAuxiliaryLoss",
     "PredictionCollector",
     "PredictionTableHandler",

@@ -15,7 +15,6 @@ the checkpoint's SHA-256, so inference on new scans applies the same correction,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -29,9 +28,11 @@ import pandas as pd
 from ignite.engine import Engine, Events
 from scipy import stats
 
+from monai_ms.engines.bootstrap import DEFAULT_RESAMPLES
+from monai_ms.engines.evaluation_report import finish_report, subjects_of, write_sidecar
 from monai_ms.engines.handlers import PredictionCollector, PredictionTableHandler
 from monai_ms.engines.metrics import regression_baselines, regression_metrics
-from monai_ms.io import save_figure, write_csv, write_json
+from monai_ms.io import save_figure, sha256_file, write_csv, write_json
 
 __all__ = [
     "AgeBias",
@@ -198,12 +199,11 @@ def gap_summary(gap: Sequence[float] | np.ndarray, age: Sequence[float] | np.nda
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file (identifies the checkpoint an age-bias correction belongs to)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex SHA-256 of a file (identifies the checkpoint an age-bias correction belongs to).
+
+    Kept for compatibility: it is :func:`monai_ms.io.sha256_file`, the project's one file digest.
+    """
+    return sha256_file(path)
 
 
 def load_age_bias(path: str | Path | None, checkpoint: str | Path | None = None) -> AgeBias | None:
@@ -248,8 +248,11 @@ class BrainAgeReportHandler(PredictionCollector):
     The age-bias correction is fitted on the predictions of the ``calibration`` collector, which a
     second evaluator fills by running the same checkpoint over the validation split first (see the
     brain_age bundle's ``evaluate.json``). ``metrics.json`` holds MAE, dataset-level RMSE, Pearson r and
-    R^2 of the uncorrected predictions, the same for the training-median baseline, the fitted
-    correction, and the raw and corrected gap's mean, SD, mean absolute value and correlation with age.
+    R^2 of the uncorrected predictions, the same for the training-median baseline (each with a 95%
+    subject-bootstrap interval, ``ci95``), whether the model's MAE beats the baseline's
+    (``beats_baselines``), the run's ``provenance``, the fitted correction, and the raw and corrected
+    gap's mean, SD, mean absolute value and correlation with age. ``predictions.provenance.json``
+    records the provenance beside the table.
 
     Args:
         output_dir: folder of the three files.
@@ -261,6 +264,9 @@ class BrainAgeReportHandler(PredictionCollector):
         checkpoint: the evaluated checkpoint; its SHA-256 is recorded in ``bias_file``.
         min_slope: see :func:`fit_age_bias`.
         extra_columns: manifest keys copied to ``predictions.csv``.
+        provenance: the run's provenance (``monai_ms.bundle.evaluation_provenance``), or ``None``.
+        n_resamples: bootstrap resamples of the intervals (0: none).
+        seed: bootstrap seed.
 
     Raises:
         RuntimeError: at write time, ``calibration`` is a collector that has collected nothing (the
@@ -277,11 +283,16 @@ class BrainAgeReportHandler(PredictionCollector):
         checkpoint: str | Path | None = None,
         min_slope: float = MIN_SLOPE,
         extra_columns: Sequence[str] = ("subject", "sex"),
+        provenance: Mapping[str, Any] | None = None,
+        n_resamples: int = DEFAULT_RESAMPLES,
+        seed: int = 0,
     ) -> None:
         super().__init__(id_key="session", pred_key="pred", label_key="label")
         self.output_dir = Path(output_dir)
         self.entries = {str(e["session"]): e for e in entries}
         self.train_entries = list(train_entries)
+        self.provenance = provenance
+        self.n_resamples, self.seed = int(n_resamples), int(seed)
         self.calibration = calibration
         self.bias_file = None if bias_file is None else Path(bias_file)
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
@@ -328,8 +339,9 @@ class BrainAgeReportHandler(PredictionCollector):
         frame["brain_age_gap"] = gaps["gap"]
         frame["age_pred_corrected"] = gaps.get("predicted_corrected", np.full_like(pred, np.nan))
         frame["brain_age_gap_corrected"] = gaps.get("gap_corrected", np.full_like(pred, np.nan))
-        for name, result in baselines.items():
-            frame[f"baseline_{name}"] = result.pop("predictions")
+        predictions = {name: np.asarray(result.pop("predictions")) for name, result in baselines.items()}
+        for name, values in predictions.items():
+            frame[f"baseline_{name}"] = values
 
         correction: dict[str, Any] = {"applied": bias is not None, "note": note, "formula": "(age_pred - intercept) / slope"}
         if bias is not None:
@@ -338,12 +350,20 @@ class BrainAgeReportHandler(PredictionCollector):
         if bias is not None:
             gap_report["corrected"] = gap_summary(gaps["gap_corrected"], age)
         report = {"target": "age", "model": model, "baselines": baselines, "brain_age_gap": gap_report}
+
+        def compute(index: np.ndarray) -> dict[str, dict[str, Any]]:
+            out = {"model": regression_metrics(pred[index], age[index])}
+            out.update({name: regression_metrics(values[index], age[index]) for name, values in predictions.items()})
+            return out
+
+        finish_report(report, compute, subjects_of(entries), "mae", True, self.provenance, self.n_resamples, self.seed)
         write_json(report, self.output_dir / "metrics.json")
         write_csv(frame, self.output_dir / "predictions.csv")
+        write_sidecar(self.output_dir / "predictions.csv", self.provenance, frame.columns, len(frame))
         if bias is not None and self.bias_file is not None and not isinstance(self.calibration, AgeBias):
             write_json(bias.to_dict(), self.bias_file)
         self._plot(frame, model, bias)
-        summary = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if k != "n")
+        summary = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if isinstance(v, float))
         median = baselines["training_median"]["mae"]
         logger.info(f"evaluated {model['n']} sessions: {summary} (training-median MAE {median:.3f}); written to {self.output_dir}")
         return report

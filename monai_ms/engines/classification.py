@@ -28,8 +28,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from monai_ms.data.transforms import parse_sex
+from monai_ms.engines.bootstrap import DEFAULT_RESAMPLES
+from monai_ms.engines.evaluation_report import finish_report, subjects_of, write_sidecar
 from monai_ms.engines.handlers import PredictionCollector
-from monai_ms.engines.metrics import classification_metrics
+from monai_ms.engines.metrics import ECE_BINS, classification_metrics, reliability_bins
 from monai_ms.io import save_figure, write_csv, write_json
 
 __all__ = [
@@ -248,11 +250,16 @@ class ClassificationReportHandler(PredictionCollector):
 
     Collects the logits of one run, turns them into probabilities (sigmoid) and writes into ``output_dir``:
 
-    - ``metrics.json``: AUC, accuracy, balanced accuracy, Brier score and confusion matrix (rows = true
-      class, columns = predicted, order ``class_names``) of the model and of the baselines of
-      :func:`classification_baselines` on the same sessions, plus the training split's class counts;
-    - ``predictions.csv``: one row per session (true class, probability, predicted class, baselines);
-    - ``roc_curve.png`` (model and brain-volume baseline) and ``confusion_matrix.png``.
+    - ``metrics.json``: AUC, accuracy, balanced accuracy, Brier score, expected calibration error (``ece``,
+      MONAI's ``CalibrationErrorMetric``, ``ECE_BINS`` bins) and confusion matrix (rows = true class,
+      columns = predicted, order ``class_names``) of the model and of the baselines of
+      :func:`classification_baselines` on the same sessions, each float metric with a 95% subject-bootstrap
+      interval (``ci95``); the model's reliability bins (``calibration``); ``beats_baselines`` (AUC against
+      the best baseline); ``provenance``; the training split's class counts;
+    - ``predictions.csv``: one row per session (true class, probability, predicted class, baselines), and
+      ``predictions.provenance.json``;
+    - ``roc_curve.png`` (model and brain-volume baseline), ``confusion_matrix.png`` and
+      ``reliability_diagram.png`` (observed positive fraction against mean predicted probability per bin).
 
     Args:
         output_dir: folder of the files.
@@ -265,6 +272,9 @@ class ClassificationReportHandler(PredictionCollector):
         volume_key: image key whose brain-mask volume feeds the logistic baseline (reads each image's
             voxels once), or ``None`` to skip that baseline.
         extra_columns: manifest keys copied to ``predictions.csv``.
+        provenance: the run's provenance (``monai_ms.bundle.evaluation_provenance``), or ``None``.
+        n_resamples: bootstrap resamples of the intervals (0: none).
+        seed: bootstrap seed.
 
     Examples:
         In ``evaluate.json``: ``{"_target_": "monai_ms.engines.ClassificationReportHandler",
@@ -283,6 +293,9 @@ class ClassificationReportHandler(PredictionCollector):
         threshold: float = 0.5,
         volume_key: str | None = "t1",
         extra_columns: Sequence[str] = ("subject", "age"),
+        provenance: Mapping[str, Any] | None = None,
+        n_resamples: int = DEFAULT_RESAMPLES,
+        seed: int = 0,
     ) -> None:
         super().__init__(id_key="session", pred_key="pred", label_key="label", pred_transform=probability_from_logit)
         if len(class_names) != 2:
@@ -298,6 +311,8 @@ class ClassificationReportHandler(PredictionCollector):
         self.threshold = threshold
         self.volume_key = volume_key
         self.extra_columns = list(extra_columns)
+        self.provenance = provenance
+        self.n_resamples, self.seed = int(n_resamples), int(seed)
 
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
@@ -326,6 +341,8 @@ class ClassificationReportHandler(PredictionCollector):
             curves[name] = np.asarray(result["probabilities"])
             frame[f"baseline_{name}"] = result.pop("probabilities")
         counts = class_counts(self.train_entries, self.target_key)
+        calibration = {"n_bins": ECE_BINS, "method": "monai.metrics.CalibrationErrorMetric (expected), equal-width bins of P(class 1)",
+                       **reliability_bins(probability, labels, ECE_BINS)}
         report = {
             "target": self.target_key,
             "classes": {"0": self.class_names[0], "1": self.class_names[1]},
@@ -334,10 +351,18 @@ class ClassificationReportHandler(PredictionCollector):
             "confusion_matrix_layout": f"rows = true class, columns = predicted class, order {self.class_names}",
             "model": model,
             "baselines": baselines,
+            "calibration": calibration,
         }
+
+        def compute(index: np.ndarray) -> dict[str, dict[str, Any]]:
+            return {name: classification_metrics(p[index], labels[index], self.threshold) for name, p in curves.items()}
+
+        finish_report(report, compute, subjects_of(entries), "auc", False, self.provenance, self.n_resamples, self.seed)
         write_json(report, self.output_dir / "metrics.json")
         write_csv(frame, self.output_dir / "predictions.csv")
+        write_sidecar(self.output_dir / "predictions.csv", self.provenance, frame.columns, len(frame))
         self._plot(labels, curves, model)
+        self._plot_reliability(calibration, model)
         summary = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if isinstance(v, float))
         logger.info(f"evaluated {model['n']} sessions: {summary}; written to {self.output_dir}")
         return report
@@ -385,4 +410,32 @@ class ClassificationReportHandler(PredictionCollector):
         )
         fig.tight_layout()
         save_figure(fig, self.output_dir / "confusion_matrix.png")
+        plt.close(fig)
+
+    def _plot_reliability(self, calibration: Mapping[str, Any], model: Mapping[str, Any]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        mean_p = np.asarray(calibration["mean_probability"], dtype=np.float64)
+        fraction = np.asarray(calibration["positive_fraction"], dtype=np.float64)
+        count = np.asarray(calibration["count"], dtype=np.float64)
+        filled = count > 0
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+        top.plot(mean_p[filled], fraction[filled], marker="o", label="model")
+        for x, y, k in zip(mean_p[filled], fraction[filled], count[filled]):
+            top.annotate(f"{int(k)}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ece = model.get("ece")
+        interval = model.get("ci95", {}).get("ece")
+        ci = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
+        top.set(ylabel=f"observed fraction {self.class_names[1]}", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+                title=f"reliability, ECE {ece:.3f}{ci}, n {model['n']}")
+        top.legend(loc="upper left", fontsize=8)
+        width = 1.0 / max(len(count), 1)
+        bottom.bar(np.asarray(calibration["bin_low"]) + width / 2, count, width=width * 0.9, color="tab:blue", alpha=0.6)
+        bottom.set(xlabel=f"predicted P({self.class_names[1]}) (bin mean)", ylabel="sessions")
+        fig.tight_layout()
+        save_figure(fig, self.output_dir / "reliability_diagram.png")
         plt.close(fig)

@@ -17,7 +17,9 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
-from monai_ms.engines.metrics import regression_baselines, regression_metrics
+from monai_ms.engines.bootstrap import DEFAULT_RESAMPLES
+from monai_ms.engines.evaluation_report import finish_report, subjects_of, write_sidecar
+from monai_ms.engines.metrics import clip_to_range, regression_baselines, regression_metrics, round_to_step
 from monai_ms.io import save_figure, write_csv, write_json
 
 __all__ = [
@@ -222,20 +224,33 @@ class ProgressBarHandler:
 
 
 class RegressionReportHandler(PredictionCollector):
-    """At the end of an evaluation run, write ``metrics.json``, ``predictions.csv`` and a scatter PNG.
+    """At the end of an evaluation run, write ``metrics.json``, ``predictions.csv`` (+ sidecar) and a scatter PNG.
 
     ``metrics.json`` holds the model's dataset-level metrics and the same metrics for the trivial
-    baselines fitted on the training split (see :func:`regression_baselines`) on the same samples.
+    baselines fitted on the training split (see :func:`regression_baselines`) on the same samples, each
+    with a 95% subject-bootstrap interval (``ci95``), ``n`` and the ``uncertainty`` block, whether the model
+    beats the best baseline's MAE (``beats_baselines``, ``baseline_comparison``), and the run's
+    ``provenance`` (see :func:`monai_ms.engines.evaluation_report.finish_report`).
+    ``predictions.provenance.json`` records the same provenance beside the table.
+
+    With ``value_range`` the predictions are clipped to the target's range (EDSS: [0, 10]) before any
+    metric: ``prediction`` is the clipped value, ``prediction_raw`` the network's output, and with
+    ``round_to`` ``prediction_rounded`` the clipped value rounded to that step (EDSS: 0.5).
 
     Args:
-        output_dir: folder of the three files.
-        entries: manifest entries of the evaluated split (to look up ``session`` and demographics).
+        output_dir: folder of the files.
+        entries: manifest entries of the evaluated split (to look up ``session``, ``subject`` and demographics).
         train_entries: manifest entries of the training split (for the baselines).
         target_key: regression target key, e.g. ``"edss"``.
         target_name: axis label of the plot.
         within: also report the share of errors within this distance (EDSS: 1.0).
         linear_on_demographics: include the linear age + sex baseline.
         extra_columns: manifest keys copied to ``predictions.csv``.
+        value_range: ``[low, high]`` the predictions are clipped to, or ``None``.
+        round_to: step of the ``prediction_rounded`` column, or ``None``.
+        provenance: the run's provenance (``monai_ms.bundle.evaluation_provenance``), or ``None``.
+        n_resamples: bootstrap resamples of the intervals (0: none).
+        seed: bootstrap seed.
     """
 
     def __init__(
@@ -248,6 +263,11 @@ class RegressionReportHandler(PredictionCollector):
         within: float | None = None,
         linear_on_demographics: bool = True,
         extra_columns: Sequence[str] = ("subject", "age", "sex"),
+        value_range: Sequence[float] | None = None,
+        round_to: float | None = None,
+        provenance: Mapping[str, Any] | None = None,
+        n_resamples: int = DEFAULT_RESAMPLES,
+        seed: int = 0,
     ) -> None:
         super().__init__(id_key="session", pred_key="pred", label_key="label")
         self.output_dir = Path(output_dir)
@@ -258,6 +278,12 @@ class RegressionReportHandler(PredictionCollector):
         self.within = within
         self.linear_on_demographics = linear_on_demographics
         self.extra_columns = list(extra_columns)
+        if value_range is not None and len(value_range) != 2:
+            raise ValueError(f"value_range must be [low, high], got {value_range!r}")
+        self.value_range = None if value_range is None else (float(value_range[0]), float(value_range[1]))
+        self.round_to = round_to
+        self.provenance = provenance
+        self.n_resamples, self.seed = int(n_resamples), int(seed)
 
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
@@ -265,24 +291,48 @@ class RegressionReportHandler(PredictionCollector):
 
     def write(self, engine: Engine | None = None) -> dict[str, Any]:
         entries = [self.entries[i] for i in self.ids]
-        model = regression_metrics(self.preds, self.labels, self.within)
+        raw = np.asarray(self.preds, dtype=np.float64)
+        pred = raw if self.value_range is None else clip_to_range(raw, *self.value_range)
+        true = np.asarray(self.labels, dtype=np.float64)
+        model = regression_metrics(pred, true, self.within)
         baselines = regression_baselines(
             self.train_entries, entries, self.target_key, self.within, self.linear_on_demographics
         )
         frame = pd.DataFrame({"session": self.ids})
         for column in self.extra_columns:
             frame[column] = [e.get(column) for e in entries]
-        frame[self.target_key] = self.labels
-        frame["prediction"] = self.preds
+        frame[self.target_key] = true
+        frame["prediction"] = pred
+        if self.value_range is not None:
+            frame["prediction_raw"] = raw
+        if self.round_to is not None:
+            frame["prediction_rounded"] = round_to_step(pred, self.round_to)
         frame["error"] = frame["prediction"] - frame[self.target_key]
-        for name, result in baselines.items():
-            frame[f"baseline_{name}"] = result.pop("predictions")
-        report = {"target": self.target_key, "model": model, "baselines": baselines}
+        predictions = {name: np.asarray(result.pop("predictions")) for name, result in baselines.items()}
+        for name, values in predictions.items():
+            frame[f"baseline_{name}"] = values
+
+        def compute(index: np.ndarray) -> dict[str, dict[str, Any]]:
+            out = {"model": regression_metrics(pred[index], true[index], self.within)}
+            out.update({name: regression_metrics(values[index], true[index], self.within) for name, values in predictions.items()})
+            return out
+
+        report: dict[str, Any] = {"target": self.target_key, "model": model, "baselines": baselines}
+        if self.value_range is not None:
+            report["prediction_range"] = {
+                "clipped_to": list(self.value_range),
+                "n_clipped": int(np.sum(pred != raw)),
+                "note": "metrics use the clipped predictions; predictions.csv keeps the raw ones (prediction_raw)",
+            }
+        finish_report(report, compute, subjects_of(entries), "mae", True, self.provenance, self.n_resamples, self.seed)
         write_json(report, self.output_dir / "metrics.json")
         write_csv(frame, self.output_dir / "predictions.csv")
+        write_sidecar(self.output_dir / "predictions.csv", self.provenance, frame.columns, len(frame))
         self._plot(frame, model)
-        summary = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if k != "n")
-        logger.info(f"evaluated {model['n']} sessions: {summary}; written to {self.output_dir}")
+        summary = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if isinstance(v, float))
+        interval = model.get("ci95", {}).get("mae")
+        ci = f" (95% CI {interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
+        logger.info(f"evaluated {model['n']} sessions: {summary}; MAE{ci}; beats baselines: {report['beats_baselines']}; written to {self.output_dir}")
         return report
 
     def _plot(self, frame: pd.DataFrame, model: Mapping[str, float]) -> None:
@@ -315,6 +365,9 @@ class PredictionTableHandler(PredictionCollector):
         model_version: recorded in every row (the bundle's ``metadata.json`` version).
         pred_transform: applied to the raw network output (e.g. a sigmoid for a logit).
         extra: other columns computed from the prediction array, name -> function.
+        value_range: ``[low, high]``: the ``value_name`` column is clipped to it (EDSS: [0, 10]) and the
+            unclipped value is kept in ``<value_name>_raw``; ``extra`` functions get the clipped values.
+        round_to: also ``<value_name>_rounded``, the (clipped) value rounded to this step (EDSS: 0.5).
 
     Bound to a :class:`monai_ms.engines.BatchInference` (its ``writers``), each prediction is recorded per
     session as it is made and the table is written by ``batch.finish()`` (see :meth:`bind`).
@@ -327,12 +380,18 @@ class PredictionTableHandler(PredictionCollector):
         model_version: str = "",
         pred_transform: Callable[[np.ndarray], np.ndarray] | None = None,
         extra: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+        value_range: Sequence[float] | None = None,
+        round_to: float | None = None,
     ) -> None:
         super().__init__(id_key="session", pred_key="pred", label_key=None, pred_transform=pred_transform)
         self.output_file = Path(output_file)
         self.value_name = value_name
         self.model_version = model_version
         self.extra = dict(extra or {})
+        if value_range is not None and len(value_range) != 2:
+            raise ValueError(f"value_range must be [low, high], got {value_range!r}")
+        self.value_range = None if value_range is None else (float(value_range[0]), float(value_range[1]))
+        self.round_to = round_to
         self.batch: Any = None
 
     def bind(self, batch: Any) -> None:
@@ -369,9 +428,15 @@ class PredictionTableHandler(PredictionCollector):
         return self.output_file
 
     def write(self, engine: Engine | None = None) -> pd.DataFrame:
-        frame = pd.DataFrame({"session": self.ids, self.value_name: self.preds})
+        raw = np.asarray(self.preds, dtype=np.float64)
+        values = raw if self.value_range is None else clip_to_range(raw, *self.value_range)
+        frame = pd.DataFrame({"session": self.ids, self.value_name: values})
+        if self.round_to is not None:
+            frame[f"{self.value_name}_rounded"] = round_to_step(values, self.round_to)
+        if self.value_range is not None:
+            frame[f"{self.value_name}_raw"] = raw
         for name, function in self.extra.items():
-            frame[name] = function(np.asarray(self.preds))
+            frame[name] = function(values)
         frame["model_version"] = self.model_version
         write_csv(frame, self.output_file)
         logger.info(f"wrote {len(frame)} predictions to {self.output_file}")

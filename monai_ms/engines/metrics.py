@@ -11,12 +11,21 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from sklearn import metrics as skm
 from sklearn.linear_model import LinearRegression
 
 from monai_ms.data.transforms import parse_sex
 
-__all__ = ["regression_metrics", "regression_baselines", "classification_metrics"]
+__all__ = [
+    "regression_metrics",
+    "regression_baselines",
+    "classification_metrics",
+    "expected_calibration_error",
+    "reliability_bins",
+    "clip_to_range",
+    "round_to_step",
+]
+
+ECE_BINS = 10
 
 
 def regression_metrics(prediction: Sequence[float], target: Sequence[float], within: float | None = None) -> dict[str, float]:
@@ -39,16 +48,26 @@ def regression_metrics(prediction: Sequence[float], target: Sequence[float], wit
     true = np.asarray(target, dtype=np.float64).ravel()
     if pred.shape != true.shape or pred.size == 0:
         raise ValueError(f"prediction and target must be non-empty and of equal length, got {pred.size} and {true.size}")
+    # plain numpy (the same definitions as sklearn's mean_absolute_error / r2_score and scipy's pearsonr):
+    # the bootstrap recomputes these a thousand times per report
+    error = pred - true
     constant = np.ptp(pred) == 0 or np.ptp(true) == 0
+    total = float(np.sum((true - true.mean()) ** 2))
+    if pred.size < 2:
+        r2 = float("nan")
+    elif total == 0:
+        r2 = 1.0 if np.all(error == 0) else 0.0  # sklearn's convention for a constant target
+    else:
+        r2 = 1.0 - float(np.sum(error**2)) / total
     result = {
         "n": int(pred.size),
-        "mae": float(skm.mean_absolute_error(true, pred)),
-        "rmse": float(np.sqrt(skm.mean_squared_error(true, pred))),
-        "pearson_r": float("nan") if constant else float(stats.pearsonr(pred, true).statistic),
-        "r2": float(skm.r2_score(true, pred)) if pred.size > 1 else float("nan"),
+        "mae": float(np.mean(np.abs(error))),
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "pearson_r": float("nan") if constant else float(np.clip(np.corrcoef(pred, true)[0, 1], -1.0, 1.0)),
+        "r2": r2,
     }
     if within is not None:
-        result[f"within_{within:g}"] = float(np.mean(np.abs(pred - true) <= within + 1e-9))
+        result[f"within_{within:g}"] = float(np.mean(np.abs(error) <= within + 1e-9))
     return result
 
 
@@ -99,18 +118,121 @@ def classification_metrics(probability: Sequence[float], target: Sequence[float]
         threshold: decision threshold on the probability.
 
     Returns:
-        ``{"n", "auc", "accuracy", "balanced_accuracy", "brier", "confusion_matrix"}``; ``auc`` is NaN
-        when only one class is present.
+        ``{"n", "auc", "accuracy", "balanced_accuracy", "brier", "ece", "confusion_matrix"}``; ``auc`` is NaN
+        when only one class is present; ``ece`` is the expected calibration error of P(positive) in
+        ``ECE_BINS`` equal-width bins (:func:`expected_calibration_error`).
     """
     prob = np.asarray(probability, dtype=np.float64).ravel()
     true = np.asarray(target, dtype=np.int64).ravel()
+    if prob.shape != true.shape or prob.size == 0:
+        raise ValueError(f"probability and target must be non-empty and of equal length, got {prob.size} and {true.size}")
     pred = (prob >= threshold).astype(np.int64)
-    both_classes = len(np.unique(true)) == 2
+    # plain numpy (the same definitions as sklearn's, which validates its input on every call): the
+    # bootstrap recomputes these a thousand times per report
+    matrix = np.array([[np.sum((true == t) & (pred == p)) for p in (0, 1)] for t in (0, 1)], dtype=np.int64)
+    positives, negatives = int(np.sum(true == 1)), int(np.sum(true == 0))
+    both_classes = positives > 0 and negatives > 0
+    auc = balanced = float("nan")
+    if both_classes:
+        # Mann-Whitney U from average ranks (ties count one half): equals roc_auc_score
+        ranks = stats.rankdata(prob)
+        auc = float((ranks[true == 1].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+        balanced = float((matrix[1, 1] / positives + matrix[0, 0] / negatives) / 2.0)
     return {
         "n": int(true.size),
-        "auc": float(skm.roc_auc_score(true, prob)) if both_classes else float("nan"),
-        "accuracy": float(skm.accuracy_score(true, pred)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(true, pred)) if both_classes else float("nan"),
-        "brier": float(skm.brier_score_loss(true, prob, pos_label=1)) if both_classes else float(np.mean((prob - true) ** 2)),
-        "confusion_matrix": skm.confusion_matrix(true, pred, labels=[0, 1]).tolist(),
+        "auc": auc,
+        "accuracy": float(np.mean(pred == true)),
+        "balanced_accuracy": balanced,
+        "brier": float(np.mean((prob - true) ** 2)),
+        "ece": expected_calibration_error(prob, true),
+        "confusion_matrix": matrix.tolist(),
     }
+
+
+def _calibration_tensors(probability: Sequence[float], target: Sequence[float]) -> tuple[Any, Any]:
+    import torch
+
+    prob = np.asarray(probability, dtype=np.float64).ravel()
+    true = np.asarray(target, dtype=np.float64).ravel()
+    if prob.shape != true.shape or prob.size == 0:
+        raise ValueError(f"probability and target must be non-empty and of equal length, got {prob.size} and {true.size}")
+    # MONAI's calibration metrics take (batch, channel, spatial...): one batch, the positive class, N samples
+    return torch.from_numpy(prob)[None, None], torch.from_numpy(true)[None, None]
+
+
+def expected_calibration_error(probability: Sequence[float], target: Sequence[float], n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error of P(positive): ``sum_b (n_b / N) |mean p_b - positive fraction_b|``.
+
+    Computed with MONAI's ``monai.metrics.CalibrationErrorMetric`` (``calibration_reduction="expected"``)
+    on equal-width probability bins; empty bins do not count.
+
+    Args:
+        probability: predicted P(positive), shape ``(N,)``.
+        target: true labels in {0, 1}, shape ``(N,)``.
+        n_bins: number of equal-width bins on [0, 1].
+
+    Returns:
+        the ECE in [0, 1].
+
+    Examples:
+        >>> round(expected_calibration_error([0.1, 0.2, 0.8, 0.9, 0.6, 0.4], [0, 1, 1, 1, 0, 0]), 4)
+        0.3667
+    """
+    from monai.metrics import CalibrationErrorMetric
+
+    prob, true = _calibration_tensors(probability, target)
+    metric = CalibrationErrorMetric(num_bins=n_bins, include_background=True, calibration_reduction="expected")
+    metric(y_pred=prob, y=true)
+    return float(metric.aggregate().item())
+
+
+def reliability_bins(probability: Sequence[float], target: Sequence[float], n_bins: int = ECE_BINS) -> dict[str, list[float]]:
+    """Per-bin mean predicted probability, observed positive fraction and count (a reliability diagram's points).
+
+    Uses MONAI's ``monai.metrics.calibration.calibration_binning`` (the binning of
+    :func:`expected_calibration_error`).
+
+    Returns:
+        ``{"bin_low", "bin_high", "mean_probability", "positive_fraction", "count"}``, each a list of
+        ``n_bins`` values (NaN means where a bin is empty).
+
+    Examples:
+        >>> reliability_bins([0.1, 0.9], [0, 1], n_bins=2)["positive_fraction"]
+        [0.0, 1.0]
+    """
+    from monai.metrics.calibration import calibration_binning
+
+    prob, true = _calibration_tensors(probability, target)
+    mean_p, fraction, count = calibration_binning(prob, true, num_bins=n_bins)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return {
+        "bin_low": edges[:-1].tolist(),
+        "bin_high": edges[1:].tolist(),
+        "mean_probability": mean_p.flatten().tolist(),
+        "positive_fraction": fraction.flatten().tolist(),
+        "count": count.flatten().tolist(),
+    }
+
+
+def clip_to_range(values: Sequence[float] | np.ndarray, low: float, high: float) -> np.ndarray:
+    """Predictions limited to the target's declared range (EDSS: [0, 10]).
+
+    Examples:
+        >>> clip_to_range([-0.4, 3.2, 11.0], 0.0, 10.0).tolist()
+        [0.0, 3.2, 10.0]
+    """
+    if not low < high:
+        raise ValueError(f"range must have low < high, got [{low}, {high}]")
+    return np.clip(np.asarray(values, dtype=np.float64), low, high)
+
+
+def round_to_step(values: Sequence[float] | np.ndarray, step: float) -> np.ndarray:
+    """Values rounded to the nearest multiple of ``step`` (EDSS: 0.5), halves rounded up.
+
+    Examples:
+        >>> round_to_step([2.24, 2.25, 2.76, 0.0], 0.5).tolist()
+        [2.0, 2.5, 3.0, 0.0]
+    """
+    if not step > 0:
+        raise ValueError(f"step must be > 0, got {step}")
+    return np.floor(np.asarray(values, dtype=np.float64) / step + 0.5) * step

@@ -1,0 +1,125 @@
+"""What every evaluation ``metrics.json`` carries beyond the point estimates, shared by the four report handlers.
+
+:func:`finish_report` adds, to a report with ``"model"`` (or ``"summary"``) and ``"baselines"``:
+
+- ``"ci95"`` inside the model's and each baseline's metrics: ``{metric: [low, high]}``, a 95% subject
+  bootstrap interval (:mod:`monai_ms.engines.bootstrap`) on paired resamples;
+- ``"uncertainty"``: how the intervals were made (``n_subjects``, ``n_sessions``, resamples, seed, method,
+  resamples where a metric was undefined) and the interval of the model-minus-best-baseline difference;
+- ``"beats_baselines"`` (true/false, null when undefined) and ``"baseline_comparison"``
+  (:func:`~monai_ms.engines.baseline_guard.compare_with_baselines`: metric, direction, the baseline compared);
+- ``"split"`` and ``"provenance"`` (split, manifest and checkpoint SHA-256, bundle version, overrides) when
+  given, e.g. from :func:`monai_ms.bundle.evaluation_provenance`.
+
+:func:`write_sidecar` writes the provenance next to a predictions table (``predictions.provenance.json``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monai_ms.engines.baseline_guard import compare_with_baselines
+from monai_ms.engines.bootstrap import DEFAULT_RESAMPLES, bootstrap_metrics
+from monai_ms.io import write_json
+
+__all__ = ["finish_report", "sidecar_path", "write_sidecar", "subjects_of"]
+
+
+def subjects_of(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The subject of each entry (the session itself where an entry names no subject).
+
+    Examples:
+        >>> subjects_of([{"subject": "P1", "session": "a"}, {"session": "b"}])
+        ['P1', 'b']
+    """
+    return [str(e.get("subject") if e.get("subject") not in (None, "") else e.get("session")) for e in entries]
+
+
+def finish_report(
+    report: dict[str, Any],
+    compute: Callable[[np.ndarray], Mapping[str, Mapping[str, Any]]],
+    subjects: Sequence[str],
+    metric: str,
+    lower_is_better: bool,
+    provenance: Mapping[str, Any] | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    model_key: str = "model",
+) -> dict[str, Any]:
+    """Add intervals, the baseline comparison and provenance to an evaluation report (in place).
+
+    Args:
+        report: holds ``report[model_key]`` (the model's metrics) and ``report["baselines"]``.
+        compute: index array -> ``{"model": metrics, <baseline name>: metrics}`` recomputed on those sessions
+            with the same metric function as the point estimates.
+        subjects: the subject of each evaluated session, in the order ``compute`` indexes.
+        metric: the metric that decides ``beats_baselines`` (``"mae"``, ``"auc"``, ``"mean_dice"``).
+        lower_is_better: its direction.
+        provenance: recorded as ``report["provenance"]`` (its ``split`` also as ``report["split"]``).
+        n_resamples: bootstrap resamples (0 skips the intervals).
+        seed: bootstrap seed.
+        model_key: ``"model"``, or ``"summary"`` for the lesion report.
+
+    Returns:
+        the report.
+
+    Examples:
+        >>> from monai_ms.engines.metrics import regression_metrics
+        >>> p, t, b = np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.5, 3.0]), np.array([2.0, 2.0, 2.0])
+        >>> r = {"model": regression_metrics(p, t), "baselines": {"median": regression_metrics(b, t)}}
+        >>> finish_report(r, lambda i: {"model": regression_metrics(p[i], t[i]), "median": regression_metrics(b[i], t[i])},
+        ...               ["s1", "s2", "s3"], "mae", True, n_resamples=50)["beats_baselines"]
+        True
+    """
+    baselines = report.setdefault("baselines", {})
+    comparison = compare_with_baselines(report[model_key], baselines, metric, lower_is_better)
+    if provenance is not None:
+        report["split"] = provenance.get("split")
+        report["provenance"] = dict(provenance)
+    if n_resamples > 0:
+        best = comparison["baseline"]
+        uncertainty = bootstrap_metrics(
+            compute,
+            list(subjects),
+            n_resamples=n_resamples,
+            seed=seed,
+            difference=(metric, "model", best) if best is not None else None,
+        )
+        intervals = uncertainty.pop("intervals")
+        report[model_key]["ci95"] = intervals.get("model", {})
+        for name, values in baselines.items():
+            values["ci95"] = intervals.get(name, {})
+        if "difference" in uncertainty:
+            comparison["difference_ci95"] = uncertainty["difference"]["interval"]
+            comparison["difference"] = f"model {metric} minus {best} {metric}, same resamples"
+        report["uncertainty"] = uncertainty
+    report["beats_baselines"] = comparison.pop("beats_baselines")
+    report["baseline_comparison"] = comparison
+    return report
+
+
+def sidecar_path(table: str | Path) -> Path:
+    """``predictions.csv`` -> ``predictions.provenance.json`` (the sidecar of a result table)."""
+    table = Path(table)
+    return table.with_name(f"{table.stem}.provenance.json")
+
+
+def write_sidecar(table: str | Path, provenance: Mapping[str, Any] | None, columns: Sequence[str], rows: int) -> Path:
+    """Write the provenance of a result table next to it (atomically).
+
+    Args:
+        table: the CSV it describes.
+        provenance: see :func:`finish_report` (None: recorded as unknown).
+        columns: the table's columns.
+        rows: its number of rows.
+
+    Returns:
+        the sidecar's path.
+    """
+    path = sidecar_path(table)
+    write_json({"table": Path(table).name, "rows": int(rows), "columns": list(columns), "provenance": provenance}, path)
+    return path
