@@ -9,13 +9,23 @@ Lesion-wise rules (MSSEG-style, Commowick et al. 2018), used by evaluation and b
   reference and the predicted mask before lesions are counted (voxel metrics keep every voxel);
 - a reference lesion is *detected* when at least ``overlap`` (default 10%) of its voxels are predicted;
 - a predicted lesion is a *false positive* when less than ``overlap`` of its voxels are reference lesion;
-- lesion TPR = detected / reference lesions; lesion FPR = false positives / predicted lesions (the
-  share of predicted lesions that are false, 1 - PPV); lesion F1 = 2 TPR PPV / (TPR + PPV).
+- lesion TPR = detected / reference lesions; lesion FDR (false discovery rate) = false positives /
+  predicted lesions = 1 - PPV (the share of predicted lesions that are false; it is *not* a false
+  positive rate, which would need a count of true negatives that lesion detection does not have; until
+  0.2.x this key was called ``lesion_fpr``); lesion F1 = 2 TPR PPV / (TPR + PPV).
 
 Voxel metrics: Dice, HD95 in mm (``monai.metrics.compute_hausdorff_distance`` with the voxel spacing)
 and the absolute volume difference in mL. Dice is undefined (NaN) for a scan without reference lesions,
 as in ``monai.metrics.DiceMetric(ignore_empty=True)``; such scans still count in the lesion-wise false
 positives.
+
+HD95 is undefined when either mask is empty. Every scan says why (``hd95_status``: ``defined``,
+``missed`` = reference lesions but an empty prediction, ``false_alarm`` = a prediction on a scan without
+reference lesions, ``both_empty``), and the summary counts each case. Two means are reported:
+``mean_hd95_mm`` over the scans where HD95 is defined only (a fully missed scan does not enter it), and
+``mean_hd95_mm_penalised`` over every scan with a lesion in either mask, a missed or false-alarm scan
+counted as the diagonal of its field of view (``fov_diagonal_mm``, the largest distance the grid holds);
+``both_empty`` scans (nothing to find, nothing found) enter neither.
 """
 
 from __future__ import annotations
@@ -33,9 +43,12 @@ from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 from scipy import ndimage
 
+from monai_ms.engines.bootstrap import DEFAULT_RESAMPLES
+from monai_ms.engines.evaluation_report import finish_report, write_sidecar
 from monai_ms.io import save_figure, save_nifti, write_csv, write_json
 
 __all__ = [
+    "HD95_STATUSES",
     "MIN_LESION_MM3",
     "DETECTION_OVERLAP",
     "CONNECTIVITY",
@@ -56,6 +69,7 @@ logger = logging.getLogger(__name__)
 MIN_LESION_MM3 = 3.0
 DETECTION_OVERLAP = 0.1
 CONNECTIVITY = 3
+HD95_STATUSES = ("defined", "missed", "false_alarm", "both_empty")
 
 
 def _spacing(spacing: Sequence[float] | float) -> np.ndarray:
@@ -170,8 +184,8 @@ def lesion_detection(
 
     Returns:
         ``true_lesions``, ``detected_lesions``, ``pred_lesions``, ``false_positive_lesions`` (counts) and
-        ``lesion_tpr``, ``lesion_fpr``, ``lesion_f1`` (NaN where undefined: TPR without reference lesions,
-        FPR without predicted lesions, F1 when the scan has neither).
+        ``lesion_tpr``, ``lesion_fdr`` (1 - PPV), ``lesion_f1`` (NaN where undefined: TPR without reference
+        lesions, FDR without predicted lesions, F1 when the scan has neither).
 
     Raises:
         ValueError: masks of different shapes, or ``overlap`` outside (0, 1].
@@ -202,7 +216,7 @@ def lesion_detection(
         "pred_lesions": pred_count,
         "false_positive_lesions": pred_count - correct,
         "lesion_tpr": sensitivity,
-        "lesion_fpr": 1.0 - ppv if pred_count else math.nan,
+        "lesion_fdr": 1.0 - ppv if pred_count else math.nan,
         "lesion_f1": _lesion_f1(sensitivity, ppv, true_count, pred_count),
     }
 
@@ -225,8 +239,10 @@ def segmentation_metrics(
 
     Returns:
         ``dice`` (NaN without reference lesions), ``hd95_mm`` (NaN when either mask is empty),
-        ``volume_true_ml``, ``volume_pred_ml``, ``abs_volume_difference_ml`` and the keys of
-        :func:`lesion_detection`.
+        ``hd95_status`` (one of :data:`HD95_STATUSES`: why HD95 is or is not defined), ``fov_diagonal_mm``
+        (diagonal of the grid), ``hd95_mm_penalised`` (``hd95_mm``, or the diagonal for a ``missed`` or
+        ``false_alarm`` scan, NaN when both masks are empty), ``volume_true_ml``, ``volume_pred_ml``,
+        ``abs_volume_difference_ml`` and the keys of :func:`lesion_detection`.
 
     Raises:
         ValueError: masks of different shapes.
@@ -246,6 +262,8 @@ def segmentation_metrics(
     n_pred, n_true = int(pred_b.sum()), int(truth_b.sum())
     both = int(np.logical_and(pred_b, truth_b).sum())
     hd95 = math.nan
+    diagonal = float(np.linalg.norm(np.asarray(pred_b.shape, dtype=np.float64) * spacing_mm))
+    status = "defined" if n_pred and n_true else "missed" if n_true else "false_alarm" if n_pred else "both_empty"
     if n_pred and n_true:
         box = _union_box(pred_b, truth_b)  # surfaces and distances are unchanged by cropping away background
         hd95 = float(
@@ -260,6 +278,9 @@ def segmentation_metrics(
     return {
         "dice": 2.0 * both / (n_pred + n_true) if n_true else math.nan,
         "hd95_mm": hd95,
+        "hd95_status": status,
+        "fov_diagonal_mm": diagonal,
+        "hd95_mm_penalised": hd95 if status == "defined" else diagonal if status != "both_empty" else math.nan,
         "volume_true_ml": n_true * voxel_ml,
         "volume_pred_ml": n_pred * voxel_ml,
         "abs_volume_difference_ml": abs(n_pred - n_true) * voxel_ml,
@@ -276,9 +297,11 @@ def _nan_stat(values: Sequence[float], function: Callable[[np.ndarray], float]) 
 def summarize_segmentation(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Dataset-level summary of per-scan :func:`segmentation_metrics` rows.
 
-    Voxel metrics are means (and the median Dice) over the scans where they are defined. Lesion-wise
-    rates are pooled over all scans (every lesion counts once, ``lesion_*``) and also averaged per scan
-    (``mean_lesion_*``, scans where the rate is defined).
+    Voxel metrics are means (and the median Dice) over the scans where they are defined. HD95 also comes
+    with the number of scans where it is undefined, by reason (``n_scans_hd95_<status>``), and
+    ``mean_hd95_mm_penalised`` (missed and false-alarm scans counted as their field-of-view diagonal; see
+    the module docstring). Lesion-wise rates are pooled over all scans (every lesion counts once,
+    ``lesion_*``) and also averaged per scan (``mean_lesion_*``, scans where the rate is defined).
 
     Args:
         rows: one mapping per scan with the keys of :func:`segmentation_metrics`.
@@ -291,23 +314,29 @@ def summarize_segmentation(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """
     if not rows:
         raise ValueError("no scans to summarise")
-    frame = pd.DataFrame(list(rows))
+    # plain arrays per column (not a DataFrame): the bootstrap summarises a thousand resamples per report
+    frame = {key: np.asarray([row[key] for row in rows]) for key in rows[0] if key not in ("session", "subject")}
     counts = {key: int(frame[key].sum()) for key in ("true_lesions", "detected_lesions", "pred_lesions", "false_positive_lesions")}
     tpr = counts["detected_lesions"] / counts["true_lesions"] if counts["true_lesions"] else math.nan
     ppv = 1.0 - counts["false_positive_lesions"] / counts["pred_lesions"] if counts["pred_lesions"] else math.nan
+    status = frame["hd95_status"] if "hd95_status" in frame else np.full(len(rows), "defined")
     return {
-        "n_scans": len(frame),
+        "n_scans": len(rows),
         "n_scans_with_lesions": int((frame["volume_true_ml"] > 0).sum()),
         "mean_dice": _nan_stat(frame["dice"], np.mean),
         "median_dice": _nan_stat(frame["dice"], np.median),
         "mean_hd95_mm": _nan_stat(frame["hd95_mm"], np.mean),
+        **{f"n_scans_hd95_{name}": int((status == name).sum()) for name in HD95_STATUSES},
+        "mean_hd95_mm_penalised": _nan_stat(frame["hd95_mm_penalised"], np.mean) if "hd95_mm_penalised" in frame else math.nan,
+        "hd95_undefined": "mean_hd95_mm: scans where HD95 is defined only; mean_hd95_mm_penalised: missed and "
+        "false-alarm scans counted as their field-of-view diagonal; both-empty scans in neither",
         "mean_abs_volume_difference_ml": _nan_stat(frame["abs_volume_difference_ml"], np.mean),
         **counts,
         "lesion_tpr": tpr,
-        "lesion_fpr": 1.0 - ppv if counts["pred_lesions"] else math.nan,
+        "lesion_fdr": 1.0 - ppv if counts["pred_lesions"] else math.nan,
         "lesion_f1": _lesion_f1(tpr, ppv, counts["true_lesions"], counts["pred_lesions"]),
         "mean_lesion_tpr": _nan_stat(frame["lesion_tpr"], np.mean),
-        "mean_lesion_fpr": _nan_stat(frame["lesion_fpr"], np.mean),
+        "mean_lesion_fdr": _nan_stat(frame["lesion_fdr"], np.mean),
         "mean_lesion_f1": _nan_stat(frame["lesion_f1"], np.mean),
     }
 
@@ -549,8 +578,13 @@ class SegmentationReportHandler:
     onto the original T1 grid (``Activationsd`` -> ``Invertd`` -> ``AsDiscreted``). For each scan the
     reference mask is read from its file (the one the batch's ``label_key`` was loaded from), so the
     metrics compare the prediction with the user's own mask, voxel for voxel, at the T1's voxel size.
-    After the run it writes ``metrics.json`` (summary, rules), ``per_scan.csv`` and ``volumes.png``
-    (predicted vs reference lesion volume).
+    After the run it writes ``metrics.json`` (summary, rules), ``per_scan.csv`` (+
+    ``per_scan.provenance.json``) and ``volumes.png`` (predicted vs reference lesion volume).
+
+    ``metrics.json`` also holds the trivial ``empty_mask`` baseline (an empty prediction on every scan:
+    mean Dice 0 on scans with lesions), a 95% subject-bootstrap interval (``ci95``) of every float
+    summary metric of the model and the baseline, ``beats_baselines`` (mean Dice against the baseline's)
+    and the run's ``provenance`` (see :func:`monai_ms.engines.evaluation_report.finish_report`).
 
     Args:
         output_dir: folder of the files.
@@ -560,6 +594,11 @@ class SegmentationReportHandler:
         id_key: batch key of the session id.
         min_volume_mm3, overlap, connectivity: lesion-wise rules (module docstring).
         extra: recorded in ``metrics.json`` (e.g. the threshold and spacing used).
+        entries: manifest entries of the evaluated split (their ``subject`` groups the bootstrap), or
+            ``None``: the batch's ``subject`` key, else each session is its own subject.
+        provenance: the run's provenance (``monai_ms.bundle.evaluation_provenance``), or ``None``.
+        n_resamples: bootstrap resamples of the intervals (0: none).
+        seed: bootstrap seed.
 
     Raises:
         ValueError: a prediction whose shape differs from the reference mask file's.
@@ -581,15 +620,27 @@ class SegmentationReportHandler:
         overlap: float = DETECTION_OVERLAP,
         connectivity: int = CONNECTIVITY,
         extra: Mapping[str, Any] | None = None,
+        entries: Sequence[Mapping[str, Any]] | None = None,
+        provenance: Mapping[str, Any] | None = None,
+        n_resamples: int = DEFAULT_RESAMPLES,
+        seed: int = 0,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.pred_key, self.label_key, self.reference_key, self.id_key = pred_key, label_key, reference_key, id_key
         self.rules = {"min_volume_mm3": float(min_volume_mm3), "overlap": float(overlap), "connectivity": int(connectivity)}
         self.extra = dict(extra or {})
+        self.subjects = {str(e["session"]): str(e.get("subject") or e["session"]) for e in entries or ()}
+        self.provenance = provenance
+        self.n_resamples, self.seed = int(n_resamples), int(seed)
         self.rows: list[dict[str, Any]] = []
+        self.baseline_rows: list[dict[str, Any]] = []
+
+    def _clear(self, engine: Engine | None = None) -> None:
+        self.rows.clear()
+        self.baseline_rows.clear()
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.EPOCH_STARTED, self._clear)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
@@ -608,20 +659,39 @@ class SegmentationReportHandler:
                     f"but the lesion mask {mask_file} has shape {truth.shape}; the mask must be on the T1 grid"
                 )
             spacing = nib.load(t1_file).header.get_zooms()[:3]
-            row = {"session": session, **segmentation_metrics(pred, truth.reshape(pred.shape), spacing, **self.rules)}
+            subject = self.subjects.get(session) or str(batch.get("subject") or session)
+            truth = truth.reshape(pred.shape)
+            row = {"session": session, "subject": subject, **segmentation_metrics(pred, truth, spacing, **self.rules)}
             self.rows.append(row)
+            empty = np.zeros_like(pred)
+            self.baseline_rows.append({"session": session, **segmentation_metrics(empty, truth, spacing, **self.rules)})
 
     def write(self, engine: Engine | None = None) -> dict[str, Any]:
         frame = pd.DataFrame(self.rows)
         summary = summarize_segmentation(self.rows)
-        report = {"space": "native T1 grid of each scan", **self.extra, "rules": self.rules, "summary": summary}
+        baselines = {"empty_mask": summarize_segmentation(self.baseline_rows)}
+        report: dict[str, Any] = {"space": "native T1 grid of each scan", **self.extra, "rules": self.rules,
+                                  "summary": summary, "baselines": baselines}
+        rows, empty = self.rows, self.baseline_rows
+
+        def compute(index: np.ndarray) -> dict[str, dict[str, Any]]:
+            return {
+                "model": summarize_segmentation([rows[i] for i in index]),
+                "empty_mask": summarize_segmentation([empty[i] for i in index]),
+            }
+
+        subjects = [row["subject"] for row in rows]
+        finish_report(report, compute, subjects, "mean_dice", False, self.provenance, self.n_resamples, self.seed, model_key="summary")
         write_json(report, self.output_dir / "metrics.json")
         write_csv(frame, self.output_dir / "per_scan.csv")
+        write_sidecar(self.output_dir / "per_scan.csv", self.provenance, frame.columns, len(frame))
         self._plot(frame, summary)
+        interval = summary.get("ci95", {}).get("mean_dice")
+        ci = f" (95% CI {interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
         logger.info(
-            f"evaluated {summary['n_scans']} scans: mean Dice {summary['mean_dice']:.3f}, lesion TPR "
-            f"{summary['lesion_tpr']:.3f}, FPR {summary['lesion_fpr']:.3f}, F1 {summary['lesion_f1']:.3f}; "
-            f"written to {self.output_dir}"
+            f"evaluated {summary['n_scans']} scans: mean Dice {summary['mean_dice']:.3f}{ci}, lesion TPR "
+            f"{summary['lesion_tpr']:.3f}, FDR {summary['lesion_fdr']:.3f}, F1 {summary['lesion_f1']:.3f}; "
+            f"HD95 undefined on {summary['n_scans'] - summary['n_scans_hd95_defined']} scans; written to {self.output_dir}"
         )
         return report
 
