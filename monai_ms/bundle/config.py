@@ -122,7 +122,7 @@ def check_overrides(extra_allowed: tuple[str, ...] = ()) -> bool:
     if workflow is None:
         return True
     defaults = _defaults(Path(workflow.config_root_path))
-    known = set(defaults) | set(extra_allowed) | {"_meta_", "bundle_root"}
+    known = set(defaults) | set(extra_allowed) | {"_meta_", "bundle_root"} | _tracking_keys()
     config = workflow.parser.config
     lines = []
     for key in sorted(set(config) - known):
@@ -139,6 +139,16 @@ def check_overrides(extra_allowed: tuple[str, ...] = ()) -> bool:
     if lines:
         raise ValueError("\n".join(lines))
     return True
+
+
+def _tracking_keys() -> set[str]:
+    """Top-level keys that ``--tracking mlflow`` adds (``tracking_uri``, ``experiment_name``, ...): also valid overrides."""
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+    keys: set[str] = set()
+    for settings in DEFAULT_EXP_MGMT_SETTINGS.values():
+        keys |= set(settings.get("configs", {})) - set(settings.get("handlers_id", {}))
+    return keys
 
 
 def _null_strings(value: Any, path: str = "") -> list[str]:
