@@ -13,12 +13,13 @@ manifest split and the evaluator:
   split after a rerun as after a first run.
 - *one bad scan*: per-file problems found by the manifest validation (unreadable or truncated NIfTI, not
   a NIfTI, NaN voxels, a T2 of another head, and its content checks: a T1 column holding a T2, a label map,
-  unknown orientation, 10 mm voxels, a copy of an earlier session's scan, ...) and any error while loading or preprocessing a scan (a
-  file that disappeared after validation) turn that scan into an *error item* (session id + message,
-  naming the file and the reason). Error items skip the network; the session gets a failed record and a
-  row with its ``error`` in the batch table, the others get their outputs, and at the end the run exits
-  with status 1 and a short message naming the failed sessions. Structurally bad manifests (missing keys,
-  bad ages, duplicate sessions, an empty split) still stop the run before it starts.
+  unknown orientation, 10 mm voxels, a copy of an earlier session's scan, ...) and any error while loading
+  or preprocessing a scan (a file that disappeared after validation) turn that scan into an *error item*
+  (session id + message, naming the file and the reason). Error items skip the network; the session gets
+  a failed record and a row with its ``error`` in the batch table, the others get their outputs, and at
+  the end the run exits with status 1 and a short message naming the failed sessions. Structurally bad
+  manifests (missing keys, bad ages, duplicate sessions, an empty split) still stop the run before it
+  starts.
 - *bounded memory*: scans are read by a plain ``monai.data.Dataset`` (nothing cached) and written one by
   one; only the small per-session records stay on disk. A progress bar shows the scans done.
 
