@@ -98,3 +98,33 @@ def test_bad_requests_get_one_line(cv_run, tmp_path, capsys):
     inside = REPO / "bundles" / "brain_age" / "models" / "cv"
     assert main(_argv(path, inside)) == 1 and "bundle's own model" in capsys.readouterr().err
     assert not inside.exists()
+
+
+def _entries(subjects: int) -> list[dict]:
+    return [{"subject": f"P{s:02d}", "session": f"P{s:02d}-{k}", "t1": f"T1/P{s:02d}-{k}.nii.gz", "age": 30.0 + s,
+             "sex": "FM"[s % 2], "edss": 2.0} for s in range(subjects) for k in range(1 + s % 2)]
+
+
+def test_manifest_folds_are_used_as_written_and_checked(tmp_path):
+    from monai_ms.bundle.cross_validation import fold_manifest, manifest_folds
+    from monai_ms.data import ManifestError, new_manifest
+    from monai_ms.data.split import split_entries
+
+    split = split_entries(_entries(12), test_fraction=0.2, folds=3, seed=4)
+    path = write_manifest(new_manifest(split), tmp_path / "m.json")
+    per_fold, info = manifest_folds(path, 3)
+    assert info["source"] == "the manifest's folds" and sum(info["sessions"]) == len(split["training"]) + len(split["validation"])
+    for k, entries in enumerate(per_fold):
+        assert {e["session"] for e in entries} == set(split["folds"][k])  # the manifest's own folds
+    fold = fold_manifest(per_fold, 1, tmp_path, tmp_path / "fold_1")
+    assert fold["testing"] == [] and {e["session"] for e in fold["validation"]} == set(split["folds"][1])
+    assert fold["training"][0]["t1"].startswith("../")  # paths rebased to the fold manifest's folder
+    with pytest.raises(ManifestError, match="the manifest has 3 folds, --folds asks for 4"):
+        manifest_folds(path, 4)
+    moved = json.loads(path.read_text())
+    first = moved["training"][0]
+    twin = next(e for e in moved["training"] + moved["validation"] if e["fold"] != first["fold"])
+    twin["subject"] = first["subject"]
+    (tmp_path / "bad.json").write_text(json.dumps(moved))
+    with pytest.raises(ManifestError, match=f"subject {first['subject']} has sessions in folds"):
+        manifest_folds(tmp_path / "bad.json", 3)
