@@ -329,3 +329,23 @@ def test_cli_validate_exit_codes_and_output(cohort, capsys):
     assert "training[0] session sub-01-01: edss must be in [0, 10] in steps of 0.5, got 11" in out
     assert main(["manifest", "validate", str(root / "missing.json")]) == 1
     assert "manifest not found" in capsys.readouterr().err
+
+
+def test_cli_build_reports_table_and_file_problems_in_one_pass(tmp_path, capsys):
+    from _nifti_factory import write_seed_cohort
+
+    csv_path, _ = write_seed_cohort(tmp_path, n_subjects=3)
+    lines = csv_path.read_text().splitlines()
+    lines[3] = lines[3].replace(",female,", ",X,")  # sub-02-01: a table problem
+    csv_path.write_text("\n".join(lines) + "\n")
+    (tmp_path / "T2" / "sub-03-01_T2_preprocessed.nii.gz").unlink()  # another row: a file problem
+    (tmp_path / "T1" / "sub-02-01_T1_preprocessed.nii.gz").write_bytes(b"broken")  # the bad row's own file
+    out = tmp_path / "manifest.json"
+    assert main(["manifest", "build", "--csv", str(csv_path), "--out", str(out), "--task", "sex", "--test", "0"]) == 1
+    printed = capsys.readouterr().out
+    assert "metadata.csv line 4 (MRI_ID sub-02-01): Sex must be one of F, M, female, male (any case), got 'X'" in printed
+    assert "session sub-03-01: t2 T2/sub-03-01_T2_preprocessed.nii.gz: file not found" in printed
+    assert "session sub-02-01: t1 T1/sub-02-01_T1_preprocessed.nii.gz: unreadable NIfTI header" in printed
+    assert "missing key sex" not in printed  # the table line already says what is wrong with it
+    assert "nothing written: fix the 1 table problem(s) and 2 manifest problem(s) above" in printed
+    assert not out.exists()

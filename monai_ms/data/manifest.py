@@ -573,6 +573,7 @@ def build_from_csv(
     tissue_pattern: str | None = "tissue/{session}_tissue.nii.gz",
     columns: Mapping[str, str | None] | None = None,
     relative_to: str | os.PathLike | None = None,
+    problems: list[dict] | None = None,
 ) -> list[dict]:
     """Build manifest entries (one per table row) from a metadata CSV/TSV and image folders.
 
@@ -594,6 +595,11 @@ def build_from_csv(
             "" to ignore it.
         relative_to: write image paths relative to this folder (the output manifest's folder);
             None writes absolute paths.
+        problems: collect bad rows here instead of raising (one pass: ``monai-ms manifest build`` then
+            checks the files of every row, bad ones included, and reports both together). Each item is
+            ``{"line": text, "session": id or None, "keys": keys whose value was invalid}``; a bad row still
+            becomes an entry (its valid values and its image paths) unless its subject/session id is empty
+            or a duplicate.
 
     Returns:
         list of entries in table order: ``subject``, ``session``, ``t1`` [, ``t2``, ``lesion``,
@@ -668,7 +674,7 @@ def build_from_csv(
                 f"{key} pattern {pattern!r} has no {{field}}: every session would point to the same file"
             )
 
-    entries, problems, seen = [], [], {}
+    entries, lines, seen = [], [], {}
     session_column = mapping["session"]
     for index, row in enumerate(table.to_dict(orient="records")):
         line = index + 2  # line 1 is the header
@@ -676,14 +682,20 @@ def build_from_csv(
         where = f"{metadata_csv.name} line {line}" + (f" ({session_column} {session})" if session else "")
         raw = {key: row[column] for key, column in mapping.items()}
         values, row_problems = _parse_values(raw, mapping)
+        invalid = [key for key, text in raw.items() if not _is_missing(text) and key not in values]
         for key in _REQUIRED_COLUMNS:
             if key not in values:
                 row_problems.insert(0, f"{mapping[key]} is empty")
-        if session and session in seen:
+        duplicate = bool(session and session in seen)
+        if duplicate:
             row_problems.append(f"duplicate {session_column} {session} (also on line {seen[session]})")
         seen.setdefault(session, line)
-        problems.extend(f"{where}: {message}" for message in row_problems)
-        if row_problems:
+        lines.extend(f"{where}: {message}" for message in row_problems)
+        if row_problems and problems is not None:
+            problems.extend(
+                {"line": f"{where}: {message}", "session": session or None, "keys": invalid} for message in row_problems
+            )
+        if row_problems and (problems is None or duplicate or any(key not in values for key in _REQUIRED_COLUMNS)):
             continue
         fields = {k: str(v).strip() for k, v in row.items()} | {"subject": values["subject"], "session": session}
         entry = {"subject": values["subject"], "session": session}
@@ -693,8 +705,8 @@ def build_from_csv(
                 entry[key] = _relative(str(path), relative_to)
         entry.update({key: value for key, value in values.items() if key not in entry})
         entries.append(_ordered(entry))
-    if problems:
-        raise ManifestError("\n".join(problems + [f"{metadata_csv}: {len(problems)} problem(s) in {len(table)} rows"]))
+    if lines and problems is None:
+        raise ManifestError("\n".join(lines + [f"{metadata_csv}: {len(lines)} problem(s) in {len(table)} rows"]))
     _log_optional(entries, str(metadata_csv))
     return entries
 
@@ -740,7 +752,9 @@ def _one_file(folder: Path, suffixes: Sequence[str], problems: list[str], what: 
     return found[0] if found else None
 
 
-def build_from_bids(bids_root: str | os.PathLike, relative_to: str | os.PathLike | None = None) -> list[dict]:
+def build_from_bids(
+    bids_root: str | os.PathLike, relative_to: str | os.PathLike | None = None, problems: list[dict] | None = None
+) -> list[dict]:
     """Build manifest entries from a BIDS folder, one per subject session.
 
     Reads ``participants.tsv`` (``participant_id``, ``sex``; ``age``/``edss``/``scanner`` if present),
@@ -753,6 +767,8 @@ def build_from_bids(bids_root: str | os.PathLike, relative_to: str | os.PathLike
     Args:
         bids_root: the BIDS dataset folder.
         relative_to: write image paths relative to this folder; None writes absolute paths.
+        problems: collect bad table values and ambiguous files here instead of raising (items as in
+            ``build_from_csv``); every session still gets its entry.
 
     Returns:
         entries sorted by session id; ``subject`` = participant id (``sub-P01``), ``session`` =
@@ -769,7 +785,8 @@ def build_from_bids(bids_root: str | os.PathLike, relative_to: str | os.PathLike
     root = Path(bids_root)
     if not root.is_dir():
         raise ManifestError(f"{root}: BIDS folder not found (looked at {root.absolute()})")
-    problems: list[str] = []
+    lines: list[str] = []
+    found_problems: list[dict] = []
     participants: dict[str, dict[str, str]] = {}
     participants_tsv = root / "participants.tsv"
     if participants_tsv.is_file():
@@ -785,7 +802,7 @@ def build_from_bids(bids_root: str | os.PathLike, relative_to: str | os.PathLike
         raise ManifestError(f"{root}: no sub-* folders and no participants.tsv: is this a BIDS dataset?")
     folder_ids = {p.name for p in subject_dirs}
     for subject in sorted(set(participants) - folder_ids):
-        problems.append(f"{participants_tsv.name} line {participants[subject]['_line']}: {subject} has no folder")
+        lines.append(f"{participants_tsv.name} line {participants[subject]['_line']}: {subject} has no folder")
 
     entries = []
     for subject_dir in subject_dirs:
@@ -811,10 +828,15 @@ def build_from_bids(bids_root: str | os.PathLike, relative_to: str | os.PathLike
             raw |= {key: row.get(key) for key in ("age", "sex", "edss", "scanner") if not _is_missing(row.get(key))}
             raw["scan_date"] = row.get("acq_time")
             values, row_problems = _parse_values(raw, {})
-            problems.extend(f"{where} ({session_id}): {message}" for message in row_problems)
+            lines.extend(f"{where} ({session_id}): {message}" for message in row_problems)
+            invalid = [key for key, text in raw.items() if not _is_missing(text) and key not in values]
+            found_problems.extend(
+                {"line": f"{where} ({session_id}): {message}", "session": session_id, "keys": invalid}
+                for message in row_problems
+            )
             entry: dict[str, Any] = {"subject": subject, "session": session_id}
             for key, suffix in (("t1", "_T1w"), ("t2", "_T2w")):
-                found = _one_file(anat, (f"{suffix}.nii.gz", f"{suffix}.nii"), problems, suffix[1:])
+                found = _one_file(anat, (f"{suffix}.nii.gz", f"{suffix}.nii"), lines, suffix[1:])
                 if found is not None:
                     entry[key] = _relative(str(found), relative_to)
                 elif key == "t1":  # never drop a session: point at the expected file so validation says it is missing
@@ -822,13 +844,17 @@ def build_from_bids(bids_root: str | os.PathLike, relative_to: str | os.PathLike
             relative_anat = anat.relative_to(root)
             for key, suffix in (("lesion", "_label-lesion_mask"), ("tissue", "_dseg")):
                 for derivative in sorted(p for p in (root / "derivatives").glob("*") if p.is_dir()):
-                    found = _one_file(derivative / relative_anat, (f"{suffix}.nii.gz", f"{suffix}.nii"), problems, key)
+                    found = _one_file(derivative / relative_anat, (f"{suffix}.nii.gz", f"{suffix}.nii"), lines, key)
                     if found is not None and key not in entry:
                         entry[key] = _relative(str(found), relative_to)
             entry.update(values)
             entries.append(_ordered(entry))
-    if problems:
-        raise ManifestError("\n".join(problems + [f"{root}: {len(problems)} problem(s)"]))
+    if lines and problems is None:
+        raise ManifestError("\n".join(lines + [f"{root}: {len(lines)} problem(s)"]))
+    if problems is not None:
+        listed = {item["line"] for item in found_problems}
+        problems.extend(found_problems)
+        problems.extend({"line": line, "session": None, "keys": []} for line in lines if line not in listed)
     _log_optional(entries, str(root))
     return sorted(entries, key=lambda e: e["session"])
 

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out_dir = out.absolute().parent
+    table_problems: list[dict] = []  # bad rows: reported with the file checks, in one pass
     try:
         if out.exists() and not args.overwrite:
             raise FileExistsError(f"{out}: already exists; refusing to overwrite it (pass --overwrite)")
@@ -112,12 +113,13 @@ def run(args: argparse.Namespace) -> int:
                 tissue_pattern=_pattern(args.tissue_pattern),
                 columns=_columns(args.column),
                 relative_to=out_dir,
+                problems=table_problems,
             )
             name = args.name or source.absolute().parent.name
         else:
             source = Path(args.bids)
             inputs = [source / "participants.tsv", *source.glob("sub-*/sub-*_sessions.tsv")]
-            entries = build_from_bids(source, relative_to=out_dir)
+            entries = build_from_bids(source, relative_to=out_dir, problems=table_problems)
             name = args.name or source.absolute().name
         inputs += [resolve_path(e[key], out_dir) for e in entries for key in IMAGE_KEYS if key in e]
         print(f"built {len(entries)} sessions of {len({e['subject'] for e in entries})} subjects from {source}")
@@ -132,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
             split = split_entries(entries, **split_kwargs(args))
             print("\n".join(describe_split(split)))
         manifest = new_manifest(split, name=name, description=args.description)
+        for problem in table_problems:
+            print(problem["line"])
         if not args.no_check:
             report = validate_manifest(
                 manifest,
@@ -141,14 +145,36 @@ def run(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 base_dir=out_dir,
                 source=str(out),
+                log_warnings=False,
             )
+            _drop_effects_of_table_problems(report, table_problems)
             print(report.format())
-            if not report.ok:
-                print(f"nothing written: fix the problems above (or pass --no-check to write {out} anyway)")
+            if not report.ok or table_problems:
+                table = f"{len(table_problems)} table problem(s) and " if table_problems else ""
+                print(
+                    f"nothing written: fix the {table}{len(report.problems)} manifest problem(s) above"
+                    + ("" if table_problems else f" (or pass --no-check to write {out} anyway)")
+                )
                 return 1
+        elif table_problems:
+            print(f"nothing written: fix the {len(table_problems)} table problem(s) above")
+            return 1
         write_manifest(manifest, out, overwrite=args.overwrite, inputs=inputs)
     except (ManifestError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0
+
+
+def _drop_effects_of_table_problems(report, table_problems: list[dict]) -> None:
+    """Cause first: a value the table got wrong is not reported again as a key missing from its entry."""
+    invalid = {(p["session"], key) for p in table_problems for key in p["keys"]}
+    report.problems = [
+        p
+        for p in report.problems
+        if not (
+            p.kind == "field"
+            and any(p.message.startswith(f"missing key {key}") for session, key in invalid if session == p.session)
+        )
+    ]
