@@ -14,7 +14,9 @@ import torch
 from monai.bundle import ConfigParser
 from bundle_runner import REPO, TINY_OVERRIDES, check, run_bundle
 
-from monai_ms.data import read_manifest, write_manifest
+from monai_ms.data import load_datalist, read_manifest, write_manifest
+from monai_ms.engines.lesion_pathway import provenance_path, training_provenance
+from monai_ms.io import write_json
 from monai_ms.networks import DualStreamRegressor
 
 pytestmark = pytest.mark.slow
@@ -33,6 +35,9 @@ def trained(tiny_manifest, tmp_path_factory):
     torch.manual_seed(1)
     segmenter = _network().lesion_network
     torch.save(segmenter.state_dict(), out / "lesion_model.pt")
+    # the record lesion_seg writes beside its model: trained on this manifest's training split
+    training = load_datalist(tiny_manifest, "training", validate=False)
+    write_json(training_provenance(training, manifest=tiny_manifest), provenance_path(out / "lesion_model.pt"))
     overrides = {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "output_dir": str(out / "eval"), "ckpt_dir": str(out / "models"),
                  "lesion_init": str(out / "lesion_model.pt")}
     result = check(run_bundle("edss", "training", ["train"], overrides))

@@ -394,10 +394,9 @@ def test_load_lesion_network_copies_and_freezes_the_segmenter(tmp_path, caplog) 
     network = _segmenter_regressor()
     assert network.load_lesion_network(tmp_path / "plain.pt", freeze=False)
     assert all(p.requires_grad for p in network.lesion_network.parameters())
-    # a missing file: warn and train from scratch; weights that do not fit: the file is named
-    with caplog.at_level("WARNING"):
-        assert not _segmenter_regressor().load_lesion_network(tmp_path / "missing.pt")
-    assert "missing.pt" in caplog.text and "from scratch" in caplog.text
+    # a missing file, and weights that do not fit: the file is named
+    with pytest.raises(ValueError, match="missing.pt: no lesion segmenter checkpoint"):
+        _segmenter_regressor().load_lesion_network(tmp_path / "missing.pt")
     torch.save(BrainSegmenter3D(channels=(8, 8, 8, 8), strides=(2, 2, 2)).state_dict(), tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt does not fit"):
         _segmenter_regressor().load_lesion_network(tmp_path / "other.pt")

@@ -30,6 +30,7 @@ from monai_ms.engines.handlers import (
     lower_is_better,
     negated_key_metric,
 )
+from monai_ms.engines.lesion_pathway import init_lesion_pathway, read_provenance, training_provenance
 from monai_ms.engines.losses import LesionAuxiliaryLoss
 from monai_ms.engines.baseline_guard import BaselineGuard, compare_with_baselines, trivial_validation_baseline
 from monai_ms.engines.bootstrap import bootstrap_metrics, percentile_interval, resample_indices
@@ -44,6 +45,7 @@ from monai_ms.engines.training_state import (
     ResumeError,
     TrainingCheckpoint,
     TrainingFaultHandler,
+    WarmupEarlyStopHandler,
     check_resume,
     check_writable,
     save_checkpoint,
@@ -56,6 +58,7 @@ __all__ = [
     "ResumeError",
     "TrainingCheckpoint",
     "TrainingFaultHandler",
+    "WarmupEarlyStopHandler",
     "check_resume",
     "check_writable",
     "save_checkpoint",
@@ -83,6 +86,9 @@ __all__ = [
     "trivial_validation_baseline",
     "write_sidecar",
     "LesionAuxiliaryLoss",
+    "init_lesion_pathway",
+    "read_provenance",
+    "training_provenance",
     "PredictionCollector",
     "PredictionTableHandler",
     "ProgressBarHandler",

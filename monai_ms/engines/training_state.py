@@ -36,7 +36,8 @@ from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver, EarlyStopHandler
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from monai_ms.io import atomic_path
+from monai_ms.engines.lesion_pathway import provenance_path
+from monai_ms.io import atomic_path, write_json
 
 __all__ = [
     "LAST_CHECKPOINT",
@@ -45,6 +46,7 @@ __all__ = [
     "EpochSeedHandler",
     "TrainingCheckpoint",
     "TrainingFaultHandler",
+    "WarmupEarlyStopHandler",
     "NonFiniteLossError",
     "ResumeError",
     "check_resume",
@@ -84,14 +86,19 @@ class AtomicDiskSaver(BaseSaveHandler):
     Args:
         dirname: folder of the checkpoints.
         filename: a fixed file name (e.g. ``model.pt``) instead of the name ignite derives.
+        provenance: written beside each checkpoint as ``<stem>.provenance.json`` (see
+            :func:`monai_ms.engines.training_provenance`), after the checkpoint itself.
     """
 
-    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None, provenance: Mapping | None = None) -> None:
         self.dirname = Path(dirname)
         self.filename = filename
+        self.provenance = provenance
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        save_checkpoint(checkpoint, self.dirname / (self.filename or filename))
+        path = save_checkpoint(checkpoint, self.dirname / (self.filename or filename))
+        if self.provenance is not None:
+            write_json(dict(self.provenance), provenance_path(path))
 
     def remove(self, filename: str) -> None:
         # ignite removes the previous best before saving the new one; a fixed name is replaced by the
@@ -109,15 +116,18 @@ class AtomicCheckpointSaver(CheckpointSaver):
     Args:
         enabled: attach at all (``False`` on DDP ranks other than 0). Unlike ``_disabled_`` the object
             still exists, so configs can refer to it from the training state on every rank.
+        provenance: a record of the training run (its subjects and manifest, from
+            :func:`monai_ms.engines.training_provenance`) written beside every checkpoint, so a model
+            can later be checked against the splits of another run.
     """
 
-    def __init__(self, *args: Any, enabled: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, enabled: bool = True, provenance: Mapping | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.enabled = bool(enabled)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 fixed_name = getattr(checkpoint.save_handler, "filename", None)
-                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, fixed_name)
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, fixed_name, provenance)
 
     def attach(self, engine: Engine) -> None:
         if self.enabled:
@@ -130,6 +140,34 @@ class AtomicCheckpointSaver(CheckpointSaver):
     def load_state_dict(self, state_dict: dict) -> None:
         if self._key_metric_checkpoint is not None and state_dict:
             self._key_metric_checkpoint.load_state_dict(state_dict)
+
+
+class WarmupEarlyStopHandler(EarlyStopHandler):
+    """``monai.handlers.EarlyStopHandler`` whose patience starts counting after a warm-up.
+
+    During the first ``warmup_epochs`` trainer epochs neither the best score nor the patience counter
+    moves, so one noisy early spike of a near-zero metric (a segmentation Dice of 0.14 at epoch 3, then
+    0.0 while the network finds the lesions) cannot set the bar that ends the run. The best checkpoint
+    is still chosen over all epochs by the checkpoint saver.
+
+    Args:
+        patience: validations without improvement, counted after the warm-up, before stopping.
+        score_function: ``engine -> float``, higher is better.
+        warmup_epochs: trainer epochs ignored by the stopping rule (0: MONAI's handler).
+        kwargs: the other arguments of ``EarlyStopHandler``.
+    """
+
+    def __init__(self, patience: int, score_function: Any, warmup_epochs: int = 0, **kwargs: Any) -> None:
+        if int(warmup_epochs) < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        super().__init__(patience=patience, score_function=score_function, **kwargs)
+        self.warmup_epochs = int(warmup_epochs)
+
+    def __call__(self, engine: Engine) -> None:
+        trainer = None if self._handler is None else self._handler.trainer
+        if trainer is not None and trainer.state.epoch <= self.warmup_epochs:
+            return
+        super().__call__(engine)
 
 
 class EpochSeedHandler:

@@ -211,22 +211,18 @@ class DualStreamRegressor(nn.Module):
             freeze: stop gradients into the segmenter, so the EDSS loss cannot unlearn lesions.
 
         Returns:
-            True when loaded; False (with a warning) when ``checkpoint`` does not exist, in which case the
-            segmenter is trained from scratch through the auxiliary lesion loss.
+            True when loaded.
 
         Raises:
-            ValueError: no ``lesion_network``, an unreadable file, or weights that do not fit it (the file
-                is named).
+            ValueError: no ``lesion_network``, a missing or unreadable file, or weights that do not fit it
+                (the file is named). Which checkpoint to use, and whether it is unseen by the run's
+                held-out subjects, is decided by :func:`monai_ms.engines.init_lesion_pathway`.
         """
         if not self.lesion_from_images:
             raise ValueError("load_lesion_network: this network has no lesion_network")
         path = Path(checkpoint)
         if not path.is_file():
-            logger.warning(
-                f"no lesion segmenter at {path}: the lesion pathway is trained from scratch with the EDSS "
-                "model, which a small cohort does not teach well; train the lesion_seg bundle first"
-            )
-            return False
+            raise ValueError(f"{path}: no lesion segmenter checkpoint there")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # truncated or not a checkpoint: name the file, not torch's internals

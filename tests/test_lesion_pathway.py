@@ -1,0 +1,106 @@
+"""Provenance of the EDSS lesion pathway: which segmenter it may start from."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from monai_ms.engines import AtomicCheckpointSaver, WarmupEarlyStopHandler, init_lesion_pathway, read_provenance, training_provenance
+from monai_ms.engines.lesion_pathway import provenance_path, resolve_lesion_init
+from monai_ms.io import write_json
+from monai_ms.networks import BrainSegmenter3D, DualStreamRegressor
+
+TINY = (4, 8, 8, 8)
+
+
+def _regressor() -> DualStreamRegressor:
+    return DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_network=BrainSegmenter3D(in_channels=2, channels=TINY, strides=(2, 2, 2)))
+
+
+def _entries(*subjects: str) -> list[dict]:
+    return [{"subject": s, "session": f"{s}-{k}"} for s in subjects for k in (1, 2)]
+
+
+@pytest.fixture
+def segmenter(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "lesion_seg" / "models" / "model.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(_regressor().lesion_network.state_dict(), path)
+    return path
+
+
+def test_a_segmenter_trained_on_held_out_subjects_is_refused(segmenter) -> None:
+    write_json(training_provenance(_entries("P1", "P2", "P7")), provenance_path(segmenter))
+    held_out = {"validation": _entries("P5", "P6"), "testing": _entries("P7", "P8")}
+    with pytest.raises(ValueError, match=r"trained on 1 subject\(s\) of this run's testing split \(P7\)"):
+        init_lesion_pathway(_regressor(), str(segmenter), segmenter.parents[2] / "edss", held_out)
+    # the same segmenter is accepted by a run whose held-out subjects it never saw, and loaded frozen
+    network = _regressor()
+    assert init_lesion_pathway(network, str(segmenter), segmenter.parents[2] / "edss", {"validation": _entries("P5")})
+    assert not any(p.requires_grad for p in network.lesion_network.parameters())
+
+
+def test_a_segmenter_without_a_record_is_refused(segmenter) -> None:
+    with pytest.raises(ValueError, match="has no provenance record"):
+        init_lesion_pathway(_regressor(), str(segmenter), segmenter.parents[2] / "edss", {"validation": _entries("P5")})
+
+
+def test_lesion_init_auto_explicit_and_empty(segmenter, tmp_path, caplog) -> None:
+    edss_root = segmenter.parents[2] / "edss"
+    assert resolve_lesion_init("auto", edss_root) == str(segmenter)
+    assert resolve_lesion_init("", edss_root) == "" and resolve_lesion_init(None, edss_root) == ""
+    with caplog.at_level("WARNING"):
+        assert resolve_lesion_init("auto", tmp_path / "elsewhere" / "edss") == ""
+    assert "trained from scratch" in caplog.text
+    with pytest.raises(ValueError, match="lesion_init: .*missing.pt is not a file"):
+        resolve_lesion_init(str(tmp_path / "missing.pt"), edss_root)
+
+
+def test_the_best_checkpoint_carries_its_training_subjects(tmp_path) -> None:
+    from ignite.engine import Engine, Events
+
+    network = torch.nn.Linear(2, 1)
+    record = training_provenance(_entries("P2", "P1"), _entries("P3"), task="lesion_seg")
+    saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": network}, save_key_metric=True,
+                                  key_metric_filename="model.pt", provenance=record)
+    evaluator = Engine(lambda engine, batch: None)
+    evaluator.state.metrics = {"val_dice": 0.5}
+    evaluator.state.key_metric_name = "val_dice"
+    saver.attach(evaluator)
+    evaluator.fire_event(Events.EPOCH_COMPLETED)
+    assert (tmp_path / "model.pt").is_file()
+    stored = read_provenance(tmp_path / "model.pt")
+    assert stored["training_subjects"] == ["P1", "P2"] and stored["validation_subjects"] == ["P3"]
+    (tmp_path / "model.provenance.json").write_text(json.dumps({"subjects": []}))
+    with pytest.raises(ValueError, match="'training_subjects' list"):
+        read_provenance(tmp_path / "model.pt")
+
+
+def test_early_stopping_ignores_a_spike_during_the_warm_up() -> None:
+    from ignite.engine import Engine, Events
+
+    def run(warmup: int) -> int:
+        # a spike at epoch 1, then a slow start: 0.05 from epoch 6 on
+        values = iter([0.14, 0.0, 0.0, 0.0, 0.0, 0.05, 0.05, 0.05, 0.05, 0.05])
+        trainer = Engine(lambda engine, batch: None)
+        evaluator = Engine(lambda engine, batch: None)
+        stop = WarmupEarlyStopHandler(patience=3, score_function=lambda engine: engine.state.metrics["dice"], warmup_epochs=warmup)
+        stop.set_trainer(trainer)
+        stop.attach(evaluator)
+
+        @trainer.on(Events.EPOCH_COMPLETED)
+        def validate(engine: Engine) -> None:
+            evaluator.state.metrics = {"dice": next(values)}
+            evaluator.fire_event(Events.EPOCH_COMPLETED)
+
+        trainer.run([0], max_epochs=10)
+        return trainer.state.epoch
+
+    assert run(warmup=0) == 4  # MONAI's rule: the epoch-1 spike ends the run at epoch 4
+    # the spike is ignored: the bar is epoch 3's 0.0, epoch 6 improves on it, and patience ends at epoch 9
+    assert run(warmup=2) == 9
+    with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
+        WarmupEarlyStopHandler(patience=3, score_function=lambda e: 0.0, warmup_epochs=-1)
