@@ -12,6 +12,7 @@ from bundle_runner import REPO, TINY_OVERRIDES
 
 from monai_ms.cli import main
 from monai_ms.data import read_manifest, write_manifest
+from monai_ms.engines.bootstrap import bootstrap_metrics
 from monai_ms.engines.metrics import regression_metrics
 
 pytestmark = pytest.mark.slow
@@ -52,10 +53,17 @@ def test_folds_are_trained_evaluated_and_pooled(cv_run):
         assert (out / f"fold_{k}" / "models" / "model.pt").is_file()
     pooled = pd.concat(tables)
     assert summary["pooled"] == pytest.approx(regression_metrics(pooled["age_pred"], pooled["age"]), nan_ok=True)
+    ci = summary["pooled_ci95"]
+    assert ci["unit"] == "subject" and ci["n_subjects"] == len({e["subject"] for e in pool}) and ci["n_sessions"] == len(pool)
+    subject = {e["session"]: e["subject"] for e in pool}
+    pooled = pooled.reset_index(drop=True)
+    again = bootstrap_metrics(lambda i: {"pooled": regression_metrics(pooled["age_pred"][i], pooled["age"][i])},
+                              [subject[s] for s in pooled["session"]], n_resamples=ci["n_resamples"], seed=ci["seed"])
+    assert ci["intervals"]["pooled"]["mae"] == pytest.approx(again["intervals"]["pooled"]["mae"])
     maes = [r["metrics"]["mae"] for r in summary["folds"]]
     assert summary["across_folds"]["mae"] == pytest.approx({"mean": np.mean(maes), "sd": np.std(maes, ddof=1), "n_folds": 2})
     table = (out / "cv.md").read_text()
-    assert "| pooled |" in table and "mean +- SD over folds" in table and "monai-ms cv" in table
+    assert "| pooled (95% CI) |" in table and "mean +- SD over folds" in table and "monai-ms cv" in table
     assert not (REPO / "bundles" / "brain_age" / "models" / "cv").exists()
 
 

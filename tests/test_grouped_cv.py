@@ -61,7 +61,8 @@ def test_fit_histogram_head_chooses_its_penalty_on_subject_grouped_folds():
     ages = torch.tensor([e["age"] for e in entries])
     regressor = BrainRegressor3D(channels=(4, 8), strides=(2, 2), histogram_bins=7).eval()
     regressor.set_normalization(ages.mean(), ages.std())
-    assert fit_histogram_head(regressor, entries, lambda d: d, "age")["cv"] == "GroupKFold(5) over 13 subjects"
+    alphas = (0.1, 1.0, 10.0)
+    assert fit_histogram_head(regressor, entries, lambda d: d, "age", alphas=alphas)["cv"] == "GroupKFold(5) over 13 subjects"
     classifier = BrainClassifier3D(channels=(4, 8), strides=(2, 2), histogram_bins=7).eval()
-    result = fit_histogram_head(classifier, entries, lambda d: d, "sex")
+    result = fit_histogram_head(classifier, entries, lambda d: d, "sex", alphas=alphas)
     assert result["cv"] == subject_folds(entries, [int(e["sex"]) for e in entries])[1]

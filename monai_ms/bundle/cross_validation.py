@@ -16,7 +16,8 @@ For each fold ``k`` of the manifest's ``folds`` (every training/validation entry
 
 Then the predictions of all folds are concatenated and scored once more (``pooled``: every non-test
 session predicted by a model that did not see its subject), and each metric's mean and SD over the
-folds are computed; ``OUT/cv.json`` and ``OUT/cv.md`` hold all three.
+folds are computed; ``OUT/cv.json`` and ``OUT/cv.md`` hold all three, the pooled metrics with a 95%
+percentile-bootstrap interval that resamples subjects (:mod:`monai_ms.engines.bootstrap`).
 
 A manifest without folds gets them from the training + validation pool, split by subject with
 :func:`~monai_ms.data.split.split_entries` (stratified by sex and EDSS bin, ``seed``); ``cv.json``
@@ -59,6 +60,7 @@ __all__ = [
     "fold_manifest",
     "score_table",
     "summarize_folds",
+    "pooled_interval",
     "run_cross_validation",
     "markdown_table",
 ]
@@ -298,6 +300,41 @@ def summarize_folds(fold_metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict
     }
 
 
+def pooled_interval(
+    task: str, frame: Any, subjects: Mapping[str, str], n_resamples: int = 1000, seed: int = 0
+) -> dict[str, Any] | None:
+    """Subject-bootstrap 95% intervals of the pooled metrics (:func:`monai_ms.engines.bootstrap.bootstrap_metrics`).
+
+    Args:
+        task: a key of :data:`TASK_SCORERS`.
+        frame: the concatenated evaluation tables (a ``session`` column).
+        subjects: session id -> subject id.
+        n_resamples: bootstrap resamples; 0 for none.
+        seed: resampling seed.
+
+    Returns:
+        the ``bootstrap_metrics`` result (predictor ``"pooled"``), or None when ``n_resamples`` is 0.
+
+    Raises:
+        CrossValidationError: a session of the table with no known subject.
+    """
+    from monai_ms.engines.bootstrap import bootstrap_metrics
+
+    if n_resamples <= 0:
+        return None
+    sessions = frame["session"].astype(str).tolist()
+    unknown = [s for s in sessions if s not in subjects]
+    if unknown:
+        raise CrossValidationError(f"pooled predictions: session {unknown[0]} is in no fold")
+    frame = frame.reset_index(drop=True)
+    return bootstrap_metrics(
+        lambda index: {"pooled": score_table(task, frame.iloc[index])},
+        [subjects[s] for s in sessions],
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
@@ -322,13 +359,26 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     ]
     for record in summary["folds"]:
         lines.append(f"| fold {record['fold']} | " + " | ".join(_cell(record["metrics"].get(c)) for c in columns) + " |")
-    lines.append("| pooled | " + " | ".join(_cell(summary["pooled"].get(c)) for c in columns) + " |")
+    intervals = (summary.get("pooled_ci95") or {}).get("intervals", {}).get("pooled", {})
+    lines.append(
+        "| pooled (95% CI) | "
+        + " | ".join(
+            _cell(summary["pooled"].get(c)) + (f" [{_cell(intervals[c][0])}, {_cell(intervals[c][1])}]" if c in intervals else "")
+            for c in columns
+        )
+        + " |"
+    )
     across = summary["across_folds"]
     cells = [
         f"{_cell(across[c]['mean'])} +- {_cell(across[c]['sd'])}" if c in across else "n/a" for c in columns
     ]
     lines.append("| mean +- SD over folds | " + " | ".join(cells) + " |")
-    lines += ["", "Pooled: the predictions of all folds concatenated and scored once; SD: sample SD over folds (ddof 1)."]
+    lines += [
+        "",
+        "Pooled: the predictions of all folds concatenated and scored once; 95% CI: percentile bootstrap of the "
+        "pooled predictions resampling subjects (it leaves out the variation from retraining); SD: sample SD over "
+        "folds (ddof 1).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -340,7 +390,7 @@ def _digest(*parts: Any) -> str:
 
 
 def _bundle_files(bundle: Path) -> tuple[Path, Path, dict[str, Any]]:
-    train, evaluate = bundle / "configs" / "train.json", bundle / "configs" / "evaluate.json"
+    train, evaluate = (bundle.absolute() / "configs" / name for name in ("train.json", "evaluate.json"))
     for path in (train, evaluate):
         if not path.is_file():
             raise CrossValidationError(f"{path}: not found; BUNDLE must be a bundle folder such as bundles/brain_age")
@@ -385,6 +435,7 @@ def run_cross_validation(
     seed: int = 0,
     python: str = sys.executable,
     command: str | None = None,
+    n_resamples: int = 1000,
 ) -> dict[str, Any]:
     """Train and evaluate ``bundle`` on each fold; write per-fold, pooled and mean +- SD metrics.
 
@@ -400,10 +451,12 @@ def run_cross_validation(
         seed: seed of the fold split when the manifest has no folds (the training seed is the bundle's).
         python: interpreter that runs ``-m monai.bundle``.
         command: the command line recorded in the outputs (default: a ``monai-ms cv`` line).
+        n_resamples: subject-bootstrap resamples of the pooled metrics' 95% intervals (0: none).
 
     Returns:
         the summary written to ``cv.json``: ``folds`` (per fold: ``fold``, sessions, subjects, metrics,
-        ``skipped``), ``pooled``, ``across_folds`` (mean, SD, n_folds per metric) and the settings.
+        ``skipped``), ``pooled``, ``pooled_ci95`` (subject bootstrap), ``across_folds`` (mean, SD,
+        n_folds per metric) and the settings.
 
     Raises:
         CrossValidationError: a bad bundle, a reserved override, a fold's training or evaluation that
@@ -514,6 +567,7 @@ def run_cross_validation(
         logger.info(f"fold {fold}: " + ", ".join(f"{k} {_cell(v)}" for k, v in record["metrics"].items() if k in scorer.columns))
 
     pooled_table = pd.concat(tables, ignore_index=True)
+    subjects = {str(e["session"]): str(e["subject"]) for entries in per_fold for e in entries}
     summary = {
         "bundle": str(bundle),
         "bundle_version": version,
@@ -532,6 +586,7 @@ def run_cross_validation(
         "selection": SELECTION_NOTE,
         "folds": records,
         "pooled": score_table(task, pooled_table),
+        "pooled_ci95": pooled_interval(task, pooled_table, subjects, n_resamples=n_resamples),
         "across_folds": summarize_folds([r["metrics"] for r in records]),
     }
     write_csv(pooled_table, out / "predictions.csv")
