@@ -118,7 +118,8 @@ def test_monai_only_inference_matches_without_monai_ms(unpacked, new_scans, orig
     theirs = pd.read_csv(unpacked / "edss/eval/inference_monai/predictions.csv")
     merged = theirs.merge(original_predictions, on="session", suffixes=("", "_original"))
     assert len(merged) == len(original_predictions)
-    torch.testing.assert_close(torch.tensor(merged["edss_pred"].values), torch.tensor(merged["edss_pred_original"].values), rtol=1e-4, atol=1e-4)
+    # the MONAI-only config writes the network's raw output; monai_ms keeps it as edss_pred_raw (edss_pred is clipped to [0, 10])
+    torch.testing.assert_close(torch.tensor(merged["edss_pred"].values), torch.tensor(merged["edss_pred_raw"].values), rtol=1e-4, atol=1e-4)
 
 
 def test_changed_weights_refuse_to_run(unpacked, new_scans, tmp_path):
@@ -188,6 +189,27 @@ def _copy_bundle(source: Path, target: Path, *parts: str) -> Path:
     for part in parts:
         (shutil.copytree if (source / part).is_dir() else shutil.copy)(source / part, target / part)
     return target
+
+
+def test_export_refuses_metrics_of_a_checkpoint_changed_after_evaluation(trained, tmp_path, capsys):
+    bundle, _ = trained
+    report = json.loads((bundle / "eval/metrics.json").read_text())
+    # evaluate recorded what it evaluated
+    assert report["split"] == "testing" and report["provenance"]["split"] == "testing"
+    assert report["provenance"]["checkpoint_sha256"] == hashlib.sha256((bundle / "models/model.pt").read_bytes()).hexdigest()
+    assert report["provenance"]["overrides"]["epochs"] == 1 and report["provenance"]["bundle_version"]
+    assert isinstance(report["beats_baselines"], bool) and report["model"]["ci95"]["mae"][0] <= report["model"]["mae"]
+    # then the model is trained again (here: one weight changed), and the old metrics must not ship with it
+    stale = _copy_bundle(bundle, tmp_path / "stale", "configs", "docs", "LICENSE", "models", "eval")
+    state = torch.load(stale / "models/model.pt", weights_only=True)
+    state = state.get("model", state)
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first] + 0.01
+    torch.save(state, stale / "models/model.pt")
+    assert main(["bundle", "export", str(stale), "--out", str(tmp_path / "stale.zip")]) == 1
+    error = capsys.readouterr().err
+    assert "metrics of the testing split were computed with checkpoint" in error and "stale metrics" in error
+    assert "run evaluating" in error and not (tmp_path / "stale.zip").exists()
 
 
 def test_export_refuses_what_it_cannot_share(trained, tmp_path, capsys):
