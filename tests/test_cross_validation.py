@@ -12,6 +12,7 @@ from bundle_runner import REPO, TINY_OVERRIDES
 
 from monai_ms.cli import main
 from monai_ms.data import read_manifest, write_manifest
+from monai_ms.data.manifest import rebase_paths
 from monai_ms.engines.bootstrap import bootstrap_metrics
 from monai_ms.engines.metrics import regression_metrics
 
@@ -29,8 +30,9 @@ def cv_run(tiny_manifest, tmp_path_factory):
     """The tiny cohort with test entries whose images do not exist (reading one would fail), cross-validated."""
     root = tmp_path_factory.mktemp("cv")
     manifest = read_manifest(tiny_manifest)
+    manifest = {**manifest, **{split: rebase_paths(manifest[split], tiny_manifest.parent, root) for split in ("training", "validation")}}
     testing = [{**e, "t1": "no_such_dir/missing_T1.nii.gz", "t2": "no_such_dir/missing_T2.nii.gz"} for e in manifest["testing"]]
-    path = write_manifest({**manifest, "testing": testing}, tiny_manifest.parent / "manifest_cv_test.json", overwrite=True)
+    path = write_manifest({**manifest, "testing": testing}, root / "manifest.json")
     out = root / "out"
     assert main(_argv(path, out)) == 0
     return path, out, manifest
