@@ -475,6 +475,7 @@ def export_bundle(
     overwrite: bool = False,
     name: str | None = None,
     monai_only: bool = True,
+    onnx: bool = False,
 ) -> ExportResult:
     """Write a trained bundle as a verified, self-contained zip (see the module docstring for its layout).
 
@@ -497,6 +498,8 @@ def export_bundle(
         name: the bundle folder name inside the zip (default: the bundle folder's name).
         monai_only: add ``configs/inference_monai.json`` (TorchScript inference with MONAI only) for
             bundles whose inference it supports (whole-volume scalar prediction).
+        onnx: also write ``models/model.onnx``, checked against the checkpoint with ONNX Runtime
+            (:func:`monai_ms.bundle.onnx_export.export_onnx`; needs ``monai-ms[onnx]``).
 
     Returns:
         an :class:`ExportResult` with the zip's path, version and SHA-256.
@@ -611,6 +614,13 @@ def export_bundle(
             bundle_root=str(stage),
         )
         wrote_monai_only = monai_only and _write_monai_only_config(stage, parser, metadata)
+        if onnx:
+            from monai_ms.bundle.onnx_export import OnnxExportError, export_onnx
+
+            try:
+                logger.info(export_onnx(stage).describe().replace(str(stage), name))
+            except OnnxExportError as error:
+                raise ExportError(str(error).replace(str(stage), name)) from error
 
         write_checksums(staged_models)
         sums = (staged_models / CHECKSUM_FILE).read_text().splitlines()

@@ -65,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-metrics", action="store_true", help="export without an evaluation (eval_metrics left empty)"
     )
     parser.add_argument("--no-monai-only", action="store_true", help="do not add configs/inference_monai.json")
+    parser.add_argument(
+        "--onnx", action="store_true",
+        help="also write models/model.onnx, checked against the checkpoint with ONNX Runtime (pip install monai-ms[onnx])",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             name=args.name,
             monai_only=not args.no_monai_only,
+            onnx=args.onnx,
         )
     except (ExportError, FileExistsError, ManifestError) as error:
         print(f"monai-ms bundle export: error: {error}", file=sys.stderr)

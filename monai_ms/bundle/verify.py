@@ -14,7 +14,9 @@ What :func:`verify_bundle` checks, each failure reported as one line naming the 
 - the network runs on all of its inputs (``network_data_format.inputs``) at the configured ROI and
   its output matches ``network_data_format.outputs.pred`` (channels, dtype), as
   ``monai.bundle.verify_net_in_out`` does for one input;
-- ``models/model.ts`` (TorchScript) gives the checkpoint's output on the same random inputs.
+- ``models/model.ts`` (TorchScript) gives the checkpoint's output on the same random inputs;
+- ``models/model.onnx``, when present, run with ONNX Runtime gives the checkpoint's output too
+  (:func:`monai_ms.bundle.onnx_export.check_onnx`).
 
 :func:`verify_checksums` is the part an inference run calls first (``inference.json`` ``initialize``):
 a model file that does not match ``models/SHA256SUMS`` stops the run.
@@ -392,6 +394,21 @@ def _check_bundle(bundle: Path, config: str, rtol: float, atol: float, seed: int
     checkpoint = None if "model.pt" in bad_files else models / "model.pt"
     scripted = None if "model.ts" in bad_files else models / "model.ts"
     _check_network(bundle, config, metadata, checkpoint, scripted, rtol, atol, seed, report)
+    if (models / "model.onnx").is_file() and checkpoint is not None and "model.onnx" not in bad_files:
+        _check_onnx_model(bundle, config, models / "model.onnx", report)
+
+
+def _check_onnx_model(bundle: Path, config: str, onnx_file: Path, report: VerifyReport) -> None:
+    """``models/model.onnx`` run with ONNX Runtime gives the checkpoint's output (:mod:`monai_ms.bundle.onnx_export`)."""
+    from monai_ms.bundle.onnx_export import OnnxExportError, check_onnx, onnx_available
+
+    if not onnx_available():
+        report.checks.append(f"{onnx_file}: listed in {CHECKSUM_FILE}; its output is NOT checked (pip install monai-ms[onnx])")
+        return
+    try:
+        report.checks.append(check_onnx(bundle, onnx_file, config=config).describe())
+    except OnnxExportError as error:
+        report.problems.append(str(error))
 
 
 def _check_metadata(path: Path, report: VerifyReport) -> dict | None:
