@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -37,11 +39,19 @@ def _new_scans(tiny_manifest: Path, folder: Path) -> tuple[Path, list[str]]:
     folder.mkdir(parents=True, exist_ok=True)
     data = Path(entries[0]["t1"]).read_bytes()
     (folder / "corrupt_T1.nii.gz").write_bytes(data[: len(data) // 2])  # a copy cut short
-    shutil.copy(entries[0]["t2"], folder / "corrupt_T2.nii.gz")
+    _rescan(entries[0]["t2"], folder / "corrupt_T2.nii.gz")
     bad = {**entries[0], "subject": "P99", "session": BAD, "t1": str(folder / "corrupt_T1.nii.gz"), "t2": str(folder / "corrupt_T2.nii.gz")}
     entries.insert(2, bad)
     write_manifest({"testing": entries}, folder / "new_scans.json")
     return folder / "new_scans.json", [e["session"] for e in entries if e["session"] != BAD]
+
+
+def _rescan(source: str | Path, target: Path) -> None:
+    """``source``'s image at another intensity scale (x 1.000001): not a byte copy, which validation refuses
+    as a copy of another session's scan, yet the same network input after z-scoring."""
+    image = nib.load(str(source))
+    data = np.asanyarray(image.dataobj).astype(np.float32) * np.float32(1.000001)
+    nib.save(nib.Nifti1Image(data, image.affine, image.header), str(target))
 
 
 def _random_checkpoint(bundle: str, folder: Path) -> Path:
@@ -114,7 +124,7 @@ def test_edss_error_row_then_a_fixed_scan_is_redone_and_the_run_succeeds(scans, 
     records = sorted((tmp_path / "out" / "predictions_sessions").glob("*.json"))
     before = _mtimes([r for r in records if r.stem != BAD])
     entry = next(e for e in read_manifest(manifest)["testing"] if e["session"] == good[0])
-    shutil.copy(entry["t1"], scans_dir / "corrupt_T1.nii.gz")
+    _rescan(entry["t1"], scans_dir / "corrupt_T1.nii.gz")
     second = run_bundle("edss", "inferring", ["train", "inference"], overrides)
     assert second.returncode == 0, second.stderr[-3000:]
     assert _mtimes([r for r in records if r.stem != BAD]) == before

@@ -213,11 +213,14 @@ def test_two_sessions_with_the_same_voxels_are_reported_with_both(tmp_path):
     path = cohort(tmp_path)
     shutil.copy(tmp_path / "s0_T1.nii.gz", tmp_path / "copy_T1.nii.gz")  # another file, same image
     _edit(path, 1, t1="copy_T1.nii.gz")
-    line = _only_problem(path)
-    assert line == (
-        "training[1] session s1: t1 copy_T1.nii.gz: same voxel contents as t1 s0_T1.nii.gz of "
-        "training[0] session s0 (a copy; every session needs its own scan)"
-    )
+    report = validate_manifest(path)
+    assert report.problem_lines() == [
+        "training[0] session s0: t1 s0_T1.nii.gz: same voxel contents as t1 copy_T1.nii.gz of training[1] "
+        "session s1: a copy, one of them is not this session's scan",
+        "training[1] session s1: t1 copy_T1.nii.gz: same voxel contents as t1 s0_T1.nii.gz of training[0] "
+        "session s0: a copy, one of them is not this session's scan",
+    ], report.format()
+    assert {p.kind for p in report.problems} == {"duplicate_contents"}
 
 
 def test_a_lesion_mask_covering_the_volume(tmp_path):

@@ -383,10 +383,17 @@ def validate_manifest(
     all zero, lesion mask binary, tissue map non-negative integers. Lesion and tissue maps must be on the
     T1 grid (shape and affine); T1 and T2 must cover the same head (fields of view overlap by at least
     ``MIN_FOV_OVERLAP`` of the smaller one and, with voxels, foreground centroids within
-    ``CENTROID_TOLERANCE_MM``). Across all splits: duplicate session ids, a subject in two splits or two
-    folds (leakage), a subject whose sex differs between sessions, one image file used by two sessions,
+    ``CENTROID_TOLERANCE_MM``). Content (``monai_ms.data.content_checks``, thresholds there): orientation
+    known (qform or sform code > 0, also headers-only); T1/T2 voxel sizes plausible (refused) and a 2D T1
+    (warning); with voxels: T1/T2 contrast signature matching the column (swapped columns named together),
+    no label map in an intensity column, lesion mask at most ``MAX_LESION_SHARE`` of the T1's brain, a head
+    not skull-stripped (warning). Cause first: a file failing its own checks is left out of the checks
+    against other files (grid, lesion share, same head, copies). Across all splits: duplicate session ids,
+    a subject in two splits or two folds (leakage), a subject whose sex differs between sessions, one image
+    file used by two sessions, two T1/T2 files with identical voxels (reported on each of their sessions),
     ``folds`` lists that disagree with the entries. Empty splits: those named in ``splits``, or training
-    and validation when only ``task`` is given.
+    and validation when only ``task`` is given. An entry that is not an object is one problem; the others
+    are still checked.
 
     Args:
         manifest_or_path: manifest file, or a manifest dict (paths relative to ``base_dir``).
@@ -484,20 +491,18 @@ def validate_manifest(
         logger.info("%s: reading %d files with %d threads", report.source, len(existing), workers)
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
         infos = dict(zip(existing, pool.map(lambda item: _inspect(item[0], item[1], check_voxels), existing.items())))
-    usable: dict[tuple[int, str], _ImageInfo] = {}  # files that passed their own checks
+    copies = _copies(checked, image_refs, infos)
     for position, (split, index, entry) in enumerate(checked):
         where = _where(split, index, entry)
         fields = {"split": split, "index": index, "session": _session(entry)}
         if isinstance(entry, dict):
-            found, warnings, good = _image_problems(entry, position, image_refs, infos, check_voxels)
+            found, warnings = _image_problems(entry, position, image_refs, infos, check_voxels, copies)
             per_entry[position] += found
-            usable.update({(position, key): info for key, info in good.items()})
             for warning in warnings:
                 report.add_warning(where, warning.message, **fields, **warning.fields())
         for problem in per_entry[position]:
             report.add_problem(where, problem.message, **fields, **problem.fields())
     _cross_entry_problems(manifest, all_entries, base, report)
-    _duplicate_contents(checked, image_refs, usable, report)
     if log_warnings:
         for warning in report.warnings:
             logger.warning("%s", warning)
@@ -596,8 +601,9 @@ def _image_problems(
     image_refs: Mapping[tuple[int, str], str],
     infos: Mapping[str, _ImageInfo],
     check_voxels: bool,
-) -> tuple[list[_Found], list[_Found], dict[str, _ImageInfo]]:
-    """(problems, warnings, files that passed their own checks) of one entry's images; cause first."""
+    copies: Mapping[tuple[int, str], str],
+) -> tuple[list[_Found], list[_Found]]:
+    """(problems, warnings) of one entry's images; cause first (derived checks only on files that passed)."""
     problems: list[_Found] = []
     warnings: list[_Found] = []
     usable: dict[str, _ImageInfo] = {}
@@ -637,6 +643,9 @@ def _image_problems(
             if key == "tissue" and info.integer_labels is False:
                 own.append("tissue map must hold non-negative integer labels")
         problems += [_Found(f"{label}: {message}", key, path) for message in own]
+        if (position, key) in copies:
+            own.append(copies[(position, key)])
+            problems.append(_Found(f"{label}: {copies[(position, key)]}", key, path, "duplicate_contents"))
         if not own:
             usable[key] = info
     problems += _contrast_problems(entry, image_refs, position, usable)
@@ -699,7 +708,7 @@ def _image_problems(
                         "derived",
                     )
                 )
-    return problems, warnings, usable
+    return problems, warnings
 
 
 _MODALITY = {"t1": "T1", "t2": "T2"}
@@ -749,38 +758,38 @@ def _contrast_problems(
     ]
 
 
-def _duplicate_contents(
+def _copies(
     checked: Sequence[tuple[str, int, Any]],
     image_refs: Mapping[tuple[int, str], str],
-    usable: Mapping[tuple[int, str], _ImageInfo],
-    report: ValidationReport,
-) -> None:
-    """Two T1/T2 files (at different paths) with identical voxels: reported on the later one, naming both."""
-    first: dict[str, tuple[str, str, Any]] = {}  # digest -> (where, key, path) of its first use
-    for position, (split, index, entry) in enumerate(checked):
-        for key in ("t1", "t2"):
-            info = usable.get((position, key))
-            if info is None or info.digest is None:
-                continue
-            path = image_refs[(position, key)]
-            if info.digest not in first:
-                first[info.digest] = (_where(split, index, entry), key, path, entry[key])
-                continue
-            where, first_key, first_path, first_value = first[info.digest]
-            if first_path == path:  # the same file twice: the shared-file check says so
-                continue
-            place = "this session" if where == _where(split, index, entry) else where
-            report.add_problem(
-                _where(split, index, entry),
-                f"{key} {entry[key]}: same voxel contents as {first_key} {first_value} of {place} "
-                "(a copy; every session needs its own scan)",
-                split=split,
-                index=index,
-                session=_session(entry),
-                key=key,
-                path=path,
-                kind="duplicate_contents",
+    infos: Mapping[str, _ImageInfo],
+) -> dict[tuple[int, str], str]:
+    """(position, key) -> the problem text for T1/T2 files whose voxels equal another file's (another path).
+
+    Every file of such a group is named, each with the others: which one is the session's own scan is not
+    known. Empty images, label maps and files with NaN are left to their own checks.
+    """
+    groups: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    for (position, key), path in image_refs.items():
+        info = infos.get(path)
+        if key in ("t1", "t2") and info is not None and not info.error and info.digest and info.nonzero:
+            if not info.nonfinite and not info.label_values:
+                groups[info.digest].append((position, key, path))
+    found: dict[tuple[int, str], str] = {}
+    for members in groups.values():
+        if len({path for _, _, path in members}) < 2:
+            continue  # one file used twice: the shared-file check says so
+        for position, key, path in members:
+            others = []
+            for other_position, other_key, other_path in sorted(members):
+                if other_path == path:
+                    continue
+                split, index, entry = checked[other_position]
+                place = "this session" if other_position == position else _where(split, index, entry)
+                others.append(f"{other_key} {entry[other_key]} of {place}")
+            found[(position, key)] = (
+                f"same voxel contents as {', '.join(others)}: a copy, one of them is not this session's scan"
             )
+    return found
 
 
 def _cross_entry_problems(

@@ -13,7 +13,7 @@ manifest split and the evaluator:
   split after a rerun as after a first run.
 - *one bad scan*: per-file problems found by the manifest validation (unreadable or truncated NIfTI, not
   a NIfTI, NaN voxels, a T2 of another head, and its content checks: a T1 column holding a T2, a label map,
-  unknown orientation, 10 mm voxels, a copy of an earlier session's scan, ...) and any error while loading
+  unknown orientation, 10 mm voxels, a copy of another session's scan, ...) and any error while loading
   or preprocessing a scan (a file that disappeared after validation) turn that scan into an *error item*
   (session id + message, naming the file and the reason). Error items skip the network; the session gets
   a failed record and a row with its ``error`` in the batch table, the others get their outputs, and at
@@ -564,9 +564,9 @@ def _file_problem_session(problem: Any, raw: Sequence[Any], split: str, id_key: 
 
     Uses the structured fields of ``monai_ms.data.validation.Problem``: a problem of kind ``file`` (a check
     of one file: missing, unreadable, NaN, wrong contrast, a label map, ...), ``derived`` (the session's files
-    disagree: a T2 of another head, a mask off the T1 grid) or ``duplicate_contents`` (a copy of an earlier
-    session's scan, reported on the later session) fails that session alone. One file named by two sessions,
-    missing keys or values, duplicate session ids stop the run.
+    disagree: a T2 of another head, a mask off the T1 grid) or ``duplicate_contents`` (voxels identical to
+    another session's scan, reported on both sessions) fails that session alone. One file named by two
+    sessions, missing keys or values, duplicate session ids stop the run.
     """
     from monai_ms.data.validation import FILE_KINDS
 
