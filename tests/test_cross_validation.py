@@ -129,6 +129,11 @@ def test_manifest_folds_are_used_as_written_and_checked(tmp_path):
     fold = fold_manifest(per_fold, 1, tmp_path, tmp_path / "fold_1")
     assert fold["testing"] == [] and {e["session"] for e in fold["validation"]} == set(split["folds"][1])
     assert fold["training"][0]["t1"].startswith("../")  # paths rebased to the fold manifest's folder
+    inner = fold_manifest(per_fold, 1, tmp_path, tmp_path / "fold_1", inner_validation=0.3)
+    assert {e["session"] for e in inner["testing"]} == set(split["folds"][1])  # the held-out fold, for evaluation only
+    inner_train, inner_val = ({e["subject"] for e in inner[s]} for s in ("training", "validation"))
+    assert inner_val and not inner_train & inner_val  # the epoch is chosen on other subjects of the training folds
+    assert {e["session"] for e in inner["training"] + inner["validation"]} == {e["session"] for e in fold["training"]}
     with pytest.raises(ManifestError, match="the manifest has 3 folds, --folds asks for 4"):
         manifest_folds(path, 4)
     moved = json.loads(path.read_text())

@@ -26,9 +26,11 @@ of the same command skips finished folds (and a trained fold whose evaluation di
 re-evaluated, as is one whose ``evaluate.json`` changed); a fold trained with other settings (``train.json``,
 overrides or folds) is refused rather than mixed in.
 
-Selection caveat: the bundle's early stopping and best-checkpoint choice look at the ``validation``
-split, which is the held-out fold, so the per-fold figures are those of the best epoch on that fold
-(slightly optimistic for a bundle whose validation metric is noisy); ``cv.json`` records this.
+Model selection: by default the bundle's early stopping and best-checkpoint choice look at the
+``validation`` split, which is the held-out fold, so the per-fold figures are those of the best epoch on
+that fold (optimistic when the validation metric is noisy). ``inner_validation=F`` holds out F of the
+training folds' subjects for that choice instead and evaluates the held-out fold as the fold manifest's
+``testing`` (``--eval_split testing``); ``cv.json`` records which.
 """
 
 from __future__ import annotations
@@ -72,7 +74,12 @@ RESERVED_OVERRIDES = ("data_manifest", "output_dir", "ckpt_dir", "cache_dir", "e
 FOLD_RECORD = "fold.json"
 TRAINED_RECORD = "trained.json"
 SELECTION_NOTE = (
-    "early stopping and the best checkpoint are chosen on the validation split, which is the held-out fold"
+    "early stopping and the best checkpoint are chosen on the validation split, which is the held-out fold "
+    "(the per-fold figures are those of the best epoch on that fold; --inner_validation F avoids this)"
+)
+INNER_SELECTION_NOTE = (
+    "early stopping and the best checkpoint are chosen on an inner validation split of the training folds "
+    "({share:g} of their subjects); the held-out fold is seen only by the evaluation"
 )
 
 
@@ -216,25 +223,61 @@ def manifest_folds(
     return per_fold, info
 
 
-def fold_manifest(per_fold: Sequence[Sequence[Mapping[str, Any]]], fold: int, source_dir: Path, out_dir: Path) -> dict:
-    """The manifest of one fold: ``training`` = the other folds, ``validation`` = ``fold``, no ``testing``.
+def fold_manifest(
+    per_fold: Sequence[Sequence[Mapping[str, Any]]],
+    fold: int,
+    source_dir: Path,
+    out_dir: Path,
+    inner_validation: float = 0.0,
+    seed: int = 0,
+) -> dict:
+    """The manifest of one fold.
+
+    By default ``training`` = the other folds, ``validation`` = ``fold`` and no ``testing``: the bundle's
+    early stopping and best checkpoint then look at the held-out fold. With ``inner_validation`` > 0 that
+    share of the other folds' subjects becomes ``validation`` (split by subject with
+    :func:`~monai_ms.data.split.split_entries`, stratified, ``seed + fold``), the rest ``training``, and the
+    held-out fold is the fold manifest's ``testing``, seen by nothing but the final evaluation.
 
     Args:
         per_fold: entries per fold, as from :func:`manifest_folds`.
         fold: the held-out fold.
         source_dir: folder of the source manifest (relative image paths are relative to it).
         out_dir: folder the fold manifest is written to (its paths are rebased there).
+        inner_validation: share of the training folds' subjects for validation, in [0, 1).
+        seed: seed of the inner split.
 
     Returns:
         the manifest dict (entries keep their ``fold``).
+
+    Raises:
+        ManifestError: ``inner_validation`` not in [0, 1), or too few subjects to split.
     """
-    training = [e for k, entries in enumerate(per_fold) if k != fold for e in entries]
+    from monai_ms.data.split import split_entries
+
+    others = [dict(e) for k, entries in enumerate(per_fold) if k != fold for e in entries]
+    held_out = rebase_paths(per_fold[fold], source_dir, out_dir)
+    name = f"cross-validation fold {fold} of {len(per_fold)}"
+    if not inner_validation:
+        return {
+            "name": name,
+            "description": "training = the other folds, validation = this fold; the test split is not included",
+            "training": rebase_paths(others, source_dir, out_dir),
+            "validation": held_out,
+            "testing": [],
+        }
+    inner = split_entries(others, val_fraction=inner_validation, test_fraction=0.0, seed=seed + fold)
+    fold_of = {e["session"]: e["fold"] for e in others}  # split_entries drops "fold"
+    training, validation = ([{**e, "fold": fold_of[e["session"]]} for e in inner[split]] for split in ("training", "validation"))
     return {
-        "name": f"cross-validation fold {fold} of {len(per_fold)}",
-        "description": "training = the other folds, validation = this fold; the test split is not included",
+        "name": name,
+        "description": (
+            f"training and validation (early stopping, checkpoint choice) = the other folds, split by subject "
+            f"({inner_validation:g} of their subjects for validation); testing = this fold, not the manifest's test split"
+        ),
         "training": rebase_paths(training, source_dir, out_dir),
-        "validation": rebase_paths(per_fold[fold], source_dir, out_dir),
-        "testing": [],
+        "validation": rebase_paths(validation, source_dir, out_dir),
+        "testing": held_out,
     }
 
 
@@ -352,7 +395,7 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
         f"Command: `{summary['command']}`",
         "",
         f"Folds: {summary['folds_source']}; subjects per fold {summary['subjects_per_fold']}. "
-        f"The test split was not read. Note: {SELECTION_NOTE}.",
+        f"The test split was not read. Model selection: {summary['selection']}.",
         "",
         "| | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),
@@ -436,6 +479,7 @@ def run_cross_validation(
     python: str = sys.executable,
     command: str | None = None,
     n_resamples: int = 1000,
+    inner_validation: float = 0.0,
 ) -> dict[str, Any]:
     """Train and evaluate ``bundle`` on each fold; write per-fold, pooled and mean +- SD metrics.
 
@@ -452,6 +496,8 @@ def run_cross_validation(
         python: interpreter that runs ``-m monai.bundle``.
         command: the command line recorded in the outputs (default: a ``monai-ms cv`` line).
         n_resamples: subject-bootstrap resamples of the pooled metrics' 95% intervals (0: none).
+        inner_validation: share of the training folds' subjects held out for early stopping and the
+            checkpoint choice (0: the held-out fold is the validation split); see :func:`fold_manifest`.
 
     Returns:
         the summary written to ``cv.json``: ``folds`` (per fold: ``fold``, sessions, subjects, metrics,
@@ -483,19 +529,24 @@ def run_cross_validation(
     models = (bundle / "models").resolve()
     if out.resolve() == models or models in out.resolve().parents:
         raise CrossValidationError(f"--out {out}: must not be inside {bundle / 'models'} (the bundle's own model)")
+    if isinstance(inner_validation, bool) or not isinstance(inner_validation, (int, float)) or not 0 <= inner_validation < 1:
+        raise CrossValidationError(f"--inner_validation must be a share in [0, 1), got {inner_validation!r}")
     per_fold, fold_info = manifest_folds(manifest_path, folds, seed)
     metadata_path = bundle / "configs" / "metadata.json"
     version = (_read_record(metadata_path) or {}).get("version")
     config_sha = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (train_json, evaluate_json)}
     if command is None:
         sets = " ".join(f"--set {k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items())
-        command = f"monai-ms cv {bundle} --data_manifest {manifest_path} --folds {folds} --out {out} {sets}".strip()
+        inner = f" --inner_validation {inner_validation:g}" if inner_validation else ""
+        command = f"monai-ms cv {bundle} --data_manifest {manifest_path} --folds {folds} --out {out}{inner} {sets}".strip()
     scorer = TASK_SCORERS[task]
     records, tables = [], []
     out.mkdir(parents=True, exist_ok=True)
     for fold in range(folds):
         fold_dir = out / f"fold_{fold}"
-        manifest = fold_manifest(per_fold, fold, manifest_path.absolute().parent, fold_dir.absolute())
+        manifest = fold_manifest(
+            per_fold, fold, manifest_path.absolute().parent, fold_dir.absolute(), inner_validation, seed
+        )
         # what the fold's model depends on, and what its evaluation depends on in addition
         training_settings = {
             "train.json sha256": config_sha["train.json"],
@@ -542,7 +593,7 @@ def run_cross_validation(
         logger.info(f"fold {fold}: evaluating the held-out fold (log: {fold_dir / 'evaluate.log'})")
         configs = f"['{train_json}','{evaluate_json}']"
         eval_cmd = [python, "-m", "monai.bundle", "run", "evaluating", "--config_file", configs]
-        eval_overrides = {**fold_overrides, "eval_split": "validation"}
+        eval_overrides = {**fold_overrides, "eval_split": "testing" if inner_validation else "validation"}
         _run_logged(eval_cmd + _override_args(eval_overrides), fold_dir / "evaluate.log", f"fold {fold} evaluation")
         table = pd.read_csv(table_path)
         expected = sorted(str(e["session"]) for e in per_fold[fold])
@@ -583,7 +634,8 @@ def run_cross_validation(
         "subjects_per_fold": fold_info["subjects"],
         "overrides": overrides,
         "test_split": "not read",
-        "selection": SELECTION_NOTE,
+        "selection": INNER_SELECTION_NOTE.format(share=inner_validation) if inner_validation else SELECTION_NOTE,
+        "inner_validation": inner_validation,
         "folds": records,
         "pooled": score_table(task, pooled_table),
         "pooled_ci95": pooled_interval(task, pooled_table, subjects, n_resamples=n_resamples),

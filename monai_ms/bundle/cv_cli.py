@@ -3,9 +3,12 @@
 Each fold is trained with ``python -m monai.bundle run training`` and its held-out part evaluated with
 ``run evaluating --eval_split validation``; per-fold, pooled and mean +- SD metrics go to ``OUT/cv.json``
 and ``OUT/cv.md``. The manifest's test split is never read. A rerun skips finished folds.
+``--inner_validation F`` chooses each fold's epoch on F of its training subjects instead of on the held-out fold.
 
 Examples:
     monai-ms cv bundles/brain_age --data_manifest demo_data/v2/manifest.json --folds 5
+    monai-ms cv bundles/brain_age --data_manifest demo_data/v2/manifest.json --folds 5 --inner_validation 0.2 \
+        --out bundles/brain_age/runs/cv_5fold_inner
     monai-ms cv bundles/sex --data_manifest cohort.json --folds 5 --out bundles/sex/runs/cv_no_histogram --set histogram_bins=0
 """
 
@@ -32,6 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="seed of the subject-level fold split when the manifest has no folds (default 0)"
     )
     parser.add_argument(
+        "--inner_validation",
+        "--inner-validation",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="choose the epoch (early stopping, best checkpoint) on F of the training folds' subjects instead of "
+        "on the held-out fold (default 0: the held-out fold is the validation split)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -56,7 +68,14 @@ def run(args: argparse.Namespace) -> int:
     command = "monai-ms " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["cv"] else None
     try:
         summary = run_cross_validation(
-            args.bundle, args.data_manifest, args.folds, out, overrides=overrides, seed=args.seed, command=command
+            args.bundle,
+            args.data_manifest,
+            args.folds,
+            out,
+            overrides=overrides,
+            seed=args.seed,
+            command=command,
+            inner_validation=args.inner_validation,
         )
     except (CrossValidationError, ManifestError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
