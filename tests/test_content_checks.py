@@ -183,6 +183,14 @@ def test_unknown_orientation(tmp_path):
     assert line.startswith("training[1] session s1: t2 s1_T2.nii.gz: orientation unknown: qform_code and sform_code")
 
 
+def test_header_checks_run_without_reading_voxels(tmp_path):
+    path = cohort(tmp_path)
+    save(tmp_path / "s0_T1.nii.gz", phantom("t1"), codes=(0, 0))
+    save(tmp_path / "s1_T1.nii.gz", phantom("t2", seed=9))  # a T2 in the T1 column: needs voxels to see
+    lines = validate_manifest(path, check_voxels=False).problem_lines()
+    assert len(lines) == 1 and "s0_T1.nii.gz: orientation unknown" in lines[0], lines
+
+
 def test_a_10mm_scan_is_refused_as_the_cause(tmp_path):
     path = cohort(tmp_path)
     coarse = np.diag([10.0, 10.0, 10.0, 1.0])
@@ -214,11 +222,12 @@ def test_two_sessions_with_the_same_voxels_are_reported_with_both(tmp_path):
     shutil.copy(tmp_path / "s0_T1.nii.gz", tmp_path / "copy_T1.nii.gz")  # another file, same image
     _edit(path, 1, t1="copy_T1.nii.gz")
     report = validate_manifest(path)
+    tail = ": a copy, one of them is not this session's scan"
     assert report.problem_lines() == [
-        "training[0] session s0: t1 s0_T1.nii.gz: same voxel contents as t1 copy_T1.nii.gz of training[1] "
-        "session s1: a copy, one of them is not this session's scan",
-        "training[1] session s1: t1 copy_T1.nii.gz: same voxel contents as t1 s0_T1.nii.gz of training[0] "
-        "session s0: a copy, one of them is not this session's scan",
+        "training[0] session s0: t1 s0_T1.nii.gz: same voxel contents as t1 copy_T1.nii.gz of training[1] session s1"
+        + tail,
+        "training[1] session s1: t1 copy_T1.nii.gz: same voxel contents as t1 s0_T1.nii.gz of training[0] session s0"
+        + tail,
     ], report.format()
     assert {p.kind for p in report.problems} == {"duplicate_contents"}
 

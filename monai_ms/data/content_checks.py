@@ -28,6 +28,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 import numpy as np
 
 __all__ = [

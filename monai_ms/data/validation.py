@@ -771,9 +771,10 @@ def _copies(
     groups: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
     for (position, key), path in image_refs.items():
         info = infos.get(path)
-        if key in ("t1", "t2") and info is not None and not info.error and info.digest and info.nonzero:
-            if not info.nonfinite and not info.label_values:
-                groups[info.digest].append((position, key, path))
+        if key not in ("t1", "t2") or info is None or info.error or not info.digest or not info.nonzero:
+            continue
+        if not info.nonfinite and not info.label_values:
+            groups[info.digest].append((position, key, path))
     found: dict[tuple[int, str], str] = {}
     for members in groups.values():
         if len({path for _, _, path in members}) < 2:
