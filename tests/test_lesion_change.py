@@ -245,3 +245,22 @@ def test_reruns_skip_finished_pairs_and_redo_interrupted_ones(tmp_path, monkeypa
     os.utime(mask, ns=(mask.stat().st_atime_ns, mask.stat().st_mtime_ns + 10**9))
     assert len(LesionChangePipeline(entries, out, location=False, progress=False).records.pending()) == 1
     assert len(LesionChangePipeline(entries, out, location=False, enlarging_ratio=2.0, progress=False).records.pending()) == 1
+
+
+def test_longitudinal_bundle_config_runs_the_change_pipeline(tmp_path):
+    from monai.bundle import ConfigParser
+
+    from monai_ms.data.manifest import write_manifest
+
+    entries, _ = _cohort(tmp_path / "data")
+    for entry in entries:
+        entry.update(age=40.0, sex="F")
+    manifest = tmp_path / "manifest.json"
+    write_manifest({"training": entries, "validation": [], "testing": []}, manifest)
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "lesion_seg" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "longitudinal.json")])
+    parser.update({"data_manifest": str(manifest), "output_dir": str(tmp_path / "eval"), "location": False})
+    summary = parser.get_parsed_content("change#pipeline").run()
+    assert summary["status"].tolist() == ["ok", "unpaired"]
+    assert (tmp_path / "eval" / "lesion_change" / "lesion_change.csv").is_file()

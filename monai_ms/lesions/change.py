@@ -8,7 +8,9 @@ For every subject of a manifest with two or more sessions, consecutive sessions 
    ``inference.json``);
 2. register the follow-up T1 rigidly onto the baseline T1 (:func:`~monai_ms.lesions.registration.rigid_register`;
    ``register=False`` is the naive baseline: the scanner worlds taken as aligned);
-3. resample the follow-up mask onto the baseline grid (linear, then ``>= 0.5``), label both masks
+3. resample the follow-up mask onto the baseline grid (nearest neighbour: a linear resampling thresholded at
+   0.5 erased lesions of one or two voxels and shrank the others, which read as resolved or shrinking
+   lesions; measured in ``docs/lesion_change.md``), label both masks
    (:func:`~monai_ms.engines.segmentation.label_lesions`) and match them
    (:func:`~monai_ms.lesions.matching.match_lesions`);
 4. optionally give each row its location class on the baseline
@@ -182,6 +184,7 @@ class LesionChangePipeline:
         seed: registration sampling seed.
         threads: SimpleITK threads (default: all cores).
         progress: show a progress bar over the pairs.
+        mask_resampling: ``"nearest"`` (default) or ``"linear"`` (then ``>= 0.5``) for the follow-up mask.
 
     Raises:
         ValueError: see :func:`pair_sessions`; an entry lacks ``t1``, or ``lesion`` when ``masks_dir`` is None.
@@ -207,6 +210,7 @@ class LesionChangePipeline:
         seed: int = 0,
         threads: int | None = None,
         progress: bool = True,
+        mask_resampling: str = "nearest",
     ) -> None:
         from monai_ms.engines.segmentation import MIN_LESION_MM3
 
@@ -216,6 +220,10 @@ class LesionChangePipeline:
         self.overlap, self.enlarging_ratio, self.min_change_mm3 = float(overlap), float(enlarging_ratio), min_change_mm3
         self.min_volume_mm3 = MIN_LESION_MM3 if min_volume_mm3 is None else float(min_volume_mm3)
         self.seed, self.threads, self.progress = int(seed), threads, progress
+        if mask_resampling not in ("nearest", "linear"):
+            raise ValueError(f"mask_resampling must be 'nearest' or 'linear', got {mask_resampling!r}")
+        self.mask_resampling = mask_resampling
+        self.mask_order = 0 if mask_resampling == "nearest" else 1
         self.pairs, self.unpaired = pair_sessions(entries)
         for pair in self.pairs:
             for role in ("baseline", "followup"):
@@ -236,6 +244,7 @@ class LesionChangePipeline:
             "min_volume_mm3": self.min_volume_mm3,
             "masks": "manifest" if self.masks_dir is None else str(self.masks_dir.resolve()),
             "seed": self.seed,
+            "mask_resampling": self.mask_resampling,
         }
         self.records = PairRecords(
             [self._record_entry(pair) for pair in self.pairs],
@@ -287,7 +296,7 @@ class LesionChangePipeline:
             registration = rigid_register(b_t1, f_t1, seed=self.seed, threads=self.threads)
         else:
             registration = Registration.identity()
-        f_on_b = resample_to(f_mask.astype(np.float32), f_t1.affine, b_t1, registration.matrix, order=1) >= 0.5
+        f_on_b = resample_to(f_mask.astype(np.uint8), f_t1.affine, b_t1, registration.matrix, order=self.mask_order) > 0
         spacing = np.sqrt((np.asarray(b_t1.affine)[:3, :3] ** 2).sum(axis=0))
         b_labels, _ = label_lesions(b_mask, spacing, self.min_volume_mm3)
         f_labels, _ = label_lesions(f_on_b, spacing, self.min_volume_mm3)

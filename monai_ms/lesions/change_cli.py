@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, default=MATCH_OVERLAP, help=f"link rule: shared share of the smaller lesion (default {MATCH_OVERLAP})")
     parser.add_argument("--enlarging_ratio", type=float, default=ENLARGING_RATIO, help=f"volume factor for enlarging/shrinking (default {ENLARGING_RATIO})")
     parser.add_argument("--min_change_mm3", type=float, default=None, help="smallest volume change that counts (default: two voxels)")
+    parser.add_argument("--mask_resampling", choices=["nearest", "linear"], default="nearest", help="follow-up mask onto the baseline grid")
     parser.add_argument("--threads", type=int, default=None, help="registration threads (default: all cores)")
     parser.add_argument("--overwrite", action="store_true", help="redo finished pairs")
 
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             enlarging_ratio=args.enlarging_ratio,
             min_change_mm3=args.min_change_mm3,
             threads=args.threads,
+            mask_resampling=args.mask_resampling,
             overwrite=args.overwrite,
         )
         summary = pipeline.run()
