@@ -349,3 +349,19 @@ def test_cli_build_reports_table_and_file_problems_in_one_pass(tmp_path, capsys)
     assert "missing key sex" not in printed  # the table line already says what is wrong with it
     assert "nothing written: fix the 1 table problem(s) and 2 manifest problem(s) above" in printed
     assert not out.exists()
+
+
+def test_cli_build_from_bids_reports_table_and_file_problems_in_one_pass(tmp_path, capsys):
+    from _nifti_factory import write_bids_cohort
+
+    root = write_bids_cohort(tmp_path / "bids")
+    sessions = root / "sub-P01" / "sub-P01_sessions.tsv"
+    sessions.write_text(sessions.read_text().replace("\t3.5\t", "\t12\t"))  # sub-P01_ses-02: EDSS 12
+    (root / "sub-P02" / "ses-01" / "anat" / "sub-P02_ses-01_T2w.nii.gz").write_bytes(b"broken")
+    out = tmp_path / "manifest.json"
+    assert main(["manifest", "build", "--bids", str(root), "--out", str(out), "--test", "0", "--val", "0.4"]) == 1
+    printed = capsys.readouterr().out
+    assert "sub-P01_sessions.tsv line 3 (sub-P01_ses-02): edss must be in [0, 10] in steps of 0.5, got 12" in printed
+    assert "session sub-P02_ses-01: t2 bids/sub-P02/ses-01/anat/sub-P02_ses-01_T2w.nii.gz: unreadable" in printed
+    assert "nothing written: fix the 1 table problem(s) and 1 manifest problem(s) above" in printed
+    assert not out.exists()
