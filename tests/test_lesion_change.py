@@ -264,3 +264,11 @@ def test_longitudinal_bundle_config_runs_the_change_pipeline(tmp_path):
     summary = parser.get_parsed_content("change#pipeline").run()
     assert summary["status"].tolist() == ["ok", "unpaired"]
     assert (tmp_path / "eval" / "lesion_change" / "lesion_change.csv").is_file()
+
+
+def test_cli_bad_manifest_is_one_line_and_exit_1(tmp_path, capsys):
+    from monai_ms.cli import main
+
+    assert main(["lesion-change", str(tmp_path / "missing.json"), "--output_dir", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "missing.json" in error[0]

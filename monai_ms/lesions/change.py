@@ -316,7 +316,8 @@ class LesionChangePipeline:
         files = [table_path, map_path]
         if self.qc:
             f_image = resample_to(f_t1.get_fdata(dtype=np.float32), f_t1.affine, b_t1, registration.matrix, order=1)
-            files.append(self._qc(name, b_t1.get_fdata(dtype=np.float32), f_image, codes))
+            counts_for_title = {cls: int((table["change"] == cls).sum()) for cls in ("new", "enlarging")}
+            files.append(self._qc(name, b_t1.get_fdata(dtype=np.float32), f_image, codes, counts_for_title))
         counts = {f"n_{cls}": int((table["change"] == cls).sum()) for cls in CHANGE_CLASSES}
         row = {
             "pair": name,
@@ -375,7 +376,9 @@ class LesionChangePipeline:
         located = lesion_locations(groups, len(table), maps).drop(columns="lesion_label")
         return pd.concat([table.reset_index(drop=True), located[LOCATION_COLUMNS].reset_index(drop=True)], axis=1)
 
-    def _qc(self, name: str, baseline: np.ndarray, followup: np.ndarray, codes: np.ndarray) -> Path:
+    def _qc(
+        self, name: str, baseline: np.ndarray, followup: np.ndarray, codes: np.ndarray, counts: Mapping[str, int]
+    ) -> Path:
         """Baseline T1 | registered follow-up T1, axial slices with the most new/enlarging voxels."""
         from matplotlib.figure import Figure
 
@@ -407,7 +410,7 @@ class LesionChangePipeline:
                 ax.set_axis_off()
                 ax.set_title(f"{title} z={k}", fontsize=8)
         figure.suptitle(
-            f"{name}: new {int(_count(codes, 'new'))} (red), enlarging {int(_count(codes, 'enlarging'))} (orange), "
+            f"{name}: new {counts['new']} (red), enlarging {counts['enlarging']} (orange), "
             "other lesions blue; axial, RAS",
             fontsize=9,
         )
@@ -457,7 +460,8 @@ class LesionChangePipeline:
         if len(unpaired):
             unpaired = unpaired.rename(columns={"session": "baseline"})
             frame = pd.concat([frame, unpaired], ignore_index=True) if len(frame) else unpaired
-        return frame
+        counts = [c for c in frame.columns if c.startswith("n_")]
+        return frame.astype({c: "Int64" for c in counts})  # counts stay integers beside unpaired rows
 
     def write_tables(self) -> Path:
         """Write ``lesion_change.csv`` and ``lesion_change_table.csv`` from the records; returns the first."""
@@ -468,10 +472,3 @@ class LesionChangePipeline:
         write_csv(lesions, self.output_dir / "lesion_change_table.csv")
         return path
 
-
-def _count(codes: np.ndarray, name: str) -> int:
-    from scipy import ndimage
-
-    from monai_ms.lesions.matching import CHANGE_CODES
-
-    return int(ndimage.label(codes == CHANGE_CODES[name], structure=np.ones((3, 3, 3)))[1])
