@@ -175,7 +175,7 @@ def rigid_register(
         fixed: the reference (baseline) image: ``nibabel`` image or ``(array, affine)``.
         moving: the image to align (follow-up).
         seed: seed of the metric's random voxel sample.
-        threads: SimpleITK threads (default: SimpleITK's, all cores).
+        threads: SimpleITK threads (default: SimpleITK's, all cores); sets SimpleITK's process-wide default.
         sampling: share of the voxels sampled by the metric, in (0, 1].
 
     Returns:
