@@ -305,3 +305,11 @@ def test_generator_cohort_has_the_right_contrast_and_no_warning(tiny_manifest):
             contrast = checks.tissue_contrast(checks.foreground_sample(data[data != 0]))
             assert checks.contrast_modality(contrast) == key
             assert abs(contrast.log_ratio) > 2 * checks.CONTRAST_MARGIN  # far from the undetermined band
+
+
+def test_a_t1_in_the_t2_column_mentions_flair(tmp_path):
+    path = cohort(tmp_path)
+    save(tmp_path / "other_T1.nii.gz", phantom("t1", T2_SHAPE, T2_AFFINE, seed=8), T2_AFFINE)
+    _edit(path, 0, t2="other_T1.nii.gz")
+    line = _only_problem(path)
+    assert "t2 other_T1.nii.gz: looks T1-weighted, not T2-weighted" in line and "a FLAIR has dark CSF too" in line

@@ -751,7 +751,8 @@ def _contrast_problems(
     return [
         _Found(
             f"{key} {entry[key]}: looks {_MODALITY[other]}-weighted, not {_MODALITY[key]}-weighted "
-            f"({checks.describe_contrast(info.contrast)}; {_SIGNATURE[key]}); is this the {other} file?",
+            f"({checks.describe_contrast(info.contrast)}; {_SIGNATURE[key]}); is this the {other} file?"
+            + (" (a FLAIR has dark CSF too: this column needs a T2-weighted scan)" if key == "t2" else ""),
             key,
             image_refs[(position, key)],
         )
