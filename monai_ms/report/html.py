@@ -8,7 +8,8 @@ What the page shows, from the files the run wrote (whatever of them exist):
 - the plots: every ``*.png`` directly in the folder (learning curve, scatter, ROC, volumes, ...);
 - one row per session from the run's session table (``lesions.csv`` of a lesion inference,
   ``per_scan.csv`` of a lesion evaluation, else ``predictions.csv``), with its QC overlay
-  ``qc/<session>_qc.png`` when there is one; rows with a non-empty ``error`` (or ``status`` failed) are
+  ``qc/<session>_qc.png`` (or ``inference/qc/...`` next to an evaluation) when there is one (a click
+  enlarges it); rows with a non-empty ``error`` (or ``status`` failed) are
   highlighted and listed first; a click on a column header sorts by it (a few lines of inline JS).
 
 Nothing is fetched at view time (no CDN, no external file), so the page can be mailed or archived.
@@ -95,9 +96,9 @@ def _number(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e6:
-            return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
-        return f"{value:.3f}" if 1e-3 <= abs(value) < 1e4 else f"{value:.3g}"
+        if value == 0 or 1e-3 <= abs(value) < 1e5:
+            return f"{value:.3f}"
+        return f"{value:.3g}"
     return str(value)
 
 
@@ -155,11 +156,19 @@ def _is_error(row: Mapping[str, Any]) -> bool:
     return isinstance(status, str) and status.strip().lower() in ("failed", "error")
 
 
+def _qc_file(run_dir: Path, session: str) -> Path:
+    """``qc/<session>_qc.png`` of the run, or of the inference run in its ``inference/`` sub-folder."""
+    for folder in (run_dir / "qc", run_dir / "inference" / "qc"):
+        if (folder / f"{session}_qc.png").is_file():
+            return folder / f"{session}_qc.png"
+    return run_dir / "qc" / f"{session}_qc.png"
+
+
 def _sessions_html(run_dir: Path, table: Path, frame: Any) -> tuple[str, int, int]:
     # show the count/volume/prediction columns first, then the rest; file paths are left out
     hidden = {"subject", "model_version"}
     columns = [c for c in frame.columns if c != "session" and c not in hidden and not str(c).endswith(("_file", "_path", "file", "path"))]
-    preferred = [c for c in ("error", "status", "lesion_count", "n_lesions", "lesion_volume_ml", "volume_ml", "total_volume_ml") if c in columns]
+    preferred = [c for c in ("error", "status", "lesion_count", "n_lesions", "total_volume_ml", "lesion_volume_ml", "volume_ml") if c in columns]
     columns = preferred + [c for c in columns if c not in preferred]
     records = frame.to_dict(orient="records")
     records.sort(key=lambda r: not _is_error(r))  # failures first
@@ -167,7 +176,7 @@ def _sessions_html(run_dir: Path, table: Path, frame: Any) -> tuple[str, int, in
     body, errors, pictures = [], 0, 0
     for row in records:
         session = str(row["session"])
-        qc = run_dir / "qc" / f"{session}_qc.png"
+        qc = _qc_file(run_dir, session)
         picture = _image_tag(qc, f"QC overlay of {session}", "qc") if qc.is_file() else "<span class=none>none</span>"
         pictures += qc.is_file()
         cells = []
@@ -193,7 +202,7 @@ table{border-collapse:collapse;font-size:.9em}th,td{border:1px solid #ccc;paddin
 thead th{background:#f0f0f0;cursor:pointer;position:sticky;top:0}td:first-child,th:first-child{text-align:left}
 .ci{color:#666;font-size:.85em}.note{color:#555;font-size:.85em}
 tr.error td{background:#fde2e2}tr.error td:first-child{border-left:4px solid #c62828}
-img.qc{height:120px}img.plot{max-width:46%;margin:.3em;border:1px solid #ddd;vertical-align:top}.none{color:#999}
+img.qc{height:150px;cursor:zoom-in}img.qc.big{height:auto;max-width:900px;cursor:zoom-out}img.plot{max-height:300px;max-width:48%;margin:.3em;border:1px solid #ddd;vertical-align:top}.none{color:#999}
 """
 
 # click a header: sort the rows by that column (numbers by data-sort, else text); click again: reverse
@@ -213,6 +222,9 @@ document.querySelectorAll('table.sortable').forEach(function(table){
       rows.forEach(function(r){ body.appendChild(r); });
     });
   });
+});
+document.querySelectorAll('img.qc').forEach(function(img){
+  img.addEventListener('click', function(){ img.classList.toggle('big'); });
 });
 """
 
