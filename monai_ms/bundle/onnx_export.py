@@ -1,8 +1,8 @@
 """ONNX export of a bundle's network (``models/model.onnx``), checked against the checkpoint with ONNX Runtime.
 
 :func:`export_onnx` builds ``network_def`` from ``configs/train.json``, loads ``models/model.pt``
-(``weights_only=True``) and writes ``models/model.onnx`` with ``torch.onnx.export`` (the TorchScript-based
-exporter, ``dynamo=False``, opset 17). Every input of ``network_data_format.inputs`` is an ONNX input
+(``weights_only=True``) and writes ``models/model.onnx`` with ``monai.networks.utils.convert_to_onnx``
+(``torch.onnx.export`` traced, ``dynamo=False``, opset 17; MONAI's own ONNX Runtime verification on). Every input of ``network_data_format.inputs`` is an ONNX input
 of the same name (EDSS: ``t1``, ``t2``, ``demographics``; the image-only bundles: their one image
 input), the output is ``pred``; the batch axis is dynamic, and so are the spatial axes of patch
 inputs (lesion_seg's ``"8*n"`` patches). The bundle's metadata version is stored in the ONNX model's
@@ -159,13 +159,19 @@ def export_onnx(
                 axes[2 + axis] = f"{name}_{'xyz'[axis] if axis < 3 else axis}"
         dynamic_axes[name] = axes
     dynamic_axes["pred"] = {0: "batch", **{a: n for a, n in dynamic_axes[next(iter(tensors))].items() if a >= 2}}
+    from monai.networks.utils import convert_to_onnx
+
     with atomic_path(out) as target:
         try:
-            with torch.no_grad():
-                torch.onnx.export(
-                    network, tuple(tensors.values()), str(target), input_names=list(tensors), output_names=["pred"],
-                    dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
-                )
+            # MONAI's exporter also runs the file with ONNX Runtime against the network (verify=True)
+            convert_to_onnx(
+                network, list(tensors.values()), input_names=list(tensors), output_names=["pred"], opset_version=OPSET,
+                dynamic_axes=dynamic_axes, filename=str(target), verify=True, device=torch.device("cpu"), use_ort=True,
+                rtol=rtol, atol=atol, use_trace=True, dynamo=False,
+            )
+        except AssertionError as error:
+            detail = " ".join(str(error).split())[:300]
+            raise OnnxExportError(f"{out}: ONNX Runtime output differs from the checkpoint: {detail}") from None
         except Exception as error:
             raise OnnxExportError(f"{bundle / 'configs' / config}: network_def does not export to ONNX: {error}") from error
         model = onnx.load(str(target))
