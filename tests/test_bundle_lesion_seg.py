@@ -147,9 +147,12 @@ def test_inference_maps_masks_back_to_oblique_lps_input_without_masks(trained, t
     assert sorted(scans_table["session"]) == sorted(e["session"] for e in scans)
     assert {"lesion_count", "total_volume_ml", "mask_file", "model_version"} <= set(scans_table.columns)
     lesions = pd.read_csv(infer_dir / "lesion_table.csv")
-    assert list(lesions.columns) == ["session", "lesion_id", "voxels", "volume_ml", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]
+    assert list(lesions.columns) == ["session", "lesion_id", "voxels", "volume_ml", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+                                     "location", "ventricle_distance_mm", "cortex_distance_mm", "infratentorial_fraction"]
     counts = lesions.groupby("session").size().reindex(scans_table["session"], fill_value=0)
     assert counts.tolist() == scans_table["lesion_count"].tolist()
+    assert set(lesions["location"]) <= {"periventricular", "juxtacortical", "infratentorial", "deep_white_matter"}
+    assert lesions["location"].notna().all()
 
 
 def test_inference_refuses_to_write_over_an_input(trained, tiny_manifest, tmp_path):

@@ -141,3 +141,28 @@ def test_atlas_registered_to_a_synthetic_scan_finds_its_ventricles(tiny_manifest
     # most atlas ventricle voxels are the subject's CSF (label 1), most atlas cortex is its grey matter (2)
     assert (tissue[maps.ventricles] == 1).mean() > 0.8
     assert (tissue[maps.cortex] == 2).mean() > 0.6
+
+
+@pytest.mark.slow
+def test_lesion_mask_writer_gives_every_lesion_a_location(tiny_manifest, tmp_path):
+    """The inference writer (lesion_seg's ``lesion_location: true``) on a real scan with lesions drawn in its
+    white matter next to the ventricles: every row of lesion_table.csv has a class and distances."""
+    from monai.data import MetaTensor
+
+    from monai_ms.engines.segmentation import LesionMaskWriter
+
+    cohort = Path(tiny_manifest).parent / "cohort"
+    t1_file = cohort / "T1" / "sub-02-01_T1_preprocessed.nii.gz"
+    mask = np.asanyarray(nib.load(str(cohort / "masks" / "sub-02-01_lesion.nii.gz")).dataobj) > 0
+    if not mask.any():  # the tiny generator may leave this session lesion-free: draw one in white matter
+        tissue = np.asanyarray(nib.load(str(cohort / "tissue" / "sub-02-01_tissue.nii.gz")).dataobj)
+        centre = np.argwhere(tissue == 3)[len(np.argwhere(tissue == 3)) // 2]
+        mask[tuple(slice(c - 1, c + 1) for c in centre)] = True
+    writer = LesionMaskWriter(tmp_path, prob_key=None, qc_keys=(), qc_mask_key=None, location=True, min_volume_mm3=1.0)
+    t1 = MetaTensor(np.zeros((1, 2, 2, 2), np.float32), meta={"filename_or_obj": str(t1_file)})  # as LoadImaged leaves it
+    row = writer.write_scan({"t1": t1, "session": "sub-02-01"}, {"pred": mask[None].astype(np.float32)})
+    writer.write()
+    table = pd.read_csv(tmp_path / "lesion_table.csv")
+    assert len(table) == row["lesion_count"] > 0
+    assert set(table["location"]) <= set(LOCATION_CLASSES) and table["location"].notna().all()
+    assert (table["ventricle_distance_mm"] >= 0).all() and (table["cortex_distance_mm"] >= 0).all()
