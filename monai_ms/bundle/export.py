@@ -12,7 +12,8 @@ The zip holds one folder, ``<name>/`` (the bundle folder's name by default)::
     <name>/models/SHA256SUMS         sha256sum of every other file in models/ (``sha256sum -c`` works)
 
 Other files of the training ``models/`` folder that inference reads (``*.json``, e.g. brain age's
-``age_bias.json``) are copied too; ``last.pt`` (training state) is not.
+``age_bias.json``) are copied too; ``last.pt`` (training state) and ``model.provenance.json`` (the
+training subjects' ids) are not.
 
 The staged bundle is checked with :func:`~monai_ms.bundle.verify.verify_bundle` before the zip is
 written (atomically), so a zip that exists has passed verification once.
@@ -594,7 +595,8 @@ def export_bundle(
         with atomic_path(staged_models / "model.pt") as target:
             torch.save(dict(state), target)
         for side_file in sorted(models.glob("*.json")):
-            if side_file.name != NORMALIZATION_FILE:
+            # the provenance record lists the training subjects' ids: it stays with the trainer, not in a shared zip
+            if side_file.name != NORMALIZATION_FILE and not side_file.name.endswith(".provenance.json"):
                 shutil.copy2(side_file, staged_models / side_file.name)
 
         metadata = _exported_metadata(source_meta, version, changelog, report, settings, overrides, counts)
