@@ -74,12 +74,15 @@ def test_evaluate_reports_mae_baseline_and_gap(trained):
     report = json.loads((out / "eval" / "metrics.json").read_text())
     testing = read_manifest(overrides["data_manifest"])["testing"]
     assert report["model"]["n"] == len(testing)
-    assert {"mae", "rmse", "pearson_r", "r2"} <= set(report["model"]) and set(report["baselines"]) == {"training_median"}
+    assert {"mae", "rmse", "pearson_r", "r2"} <= set(report["model"]) and set(report["baselines"]) == {"training_median", "imaging_features"}
     train_median = np.median([e["age"] for e in read_manifest(overrides["data_manifest"])["training"]])
     expected = np.mean([abs(train_median - e["age"]) for e in testing])
     assert report["baselines"]["training_median"]["mae"] == pytest.approx(expected)
     table = pd.read_csv(out / "eval" / "predictions.csv")
     assert sorted(table["session"]) == sorted(e["session"] for e in testing)
+    imaging = report["baselines"]["imaging_features"]
+    assert "age" not in imaging["features"]  # the target is not a feature
+    assert imaging["mae"] == pytest.approx((table["baseline_imaging_features"] - table["age"]).abs().mean(), rel=1e-6)
     np.testing.assert_allclose(table["brain_age_gap"], table["age_pred"] - table["age"], atol=1e-5)
     assert report["model"]["mae"] == pytest.approx(table["brain_age_gap"].abs().mean(), rel=1e-5)
     correction = report["brain_age_gap"]["bias_correction"]

@@ -78,8 +78,14 @@ def test_evaluate_reports_model_and_baselines(trained, tiny_manifest):
     assert report["model"]["n"] == len(testing)
     for result in (report["model"], *report["baselines"].values()):
         assert {"mae", "rmse", "pearson_r", "r2", "within_1"} <= set(result)
-    assert set(report["baselines"]) == {"training_median", "linear_age_sex"}
+    assert set(report["baselines"]) == {"training_median", "linear_age_sex", "imaging_features"}
     predictions = pd.read_csv(out / "eval" / "predictions.csv")
+    # tier 2: a ridge model on measured features (lesion masks present: lesion volume and count among them)
+    imaging = report["baselines"]["imaging_features"]
+    assert {"log_lesion_volume_ml", "brain_volume_ml", "age", "sex"} <= set(imaging["features"])
+    assert imaging["mae"] == pytest.approx((predictions["baseline_imaging_features"] - predictions["edss"]).abs().mean(), rel=1e-6)
+    assert report["beats_imaging_features"] == (report["model"]["mae"] < imaging["mae"])
+    assert report["baseline_comparison"]["baseline"] in {"training_median", "linear_age_sex"}  # beats_baselines: tier 1
     assert sorted(predictions["session"]) == sorted(e["session"] for e in testing)
     np.testing.assert_allclose(predictions["prediction"] - predictions["edss"], predictions["error"], atol=1e-6)
     assert report["model"]["mae"] == pytest.approx(predictions["error"].abs().mean(), rel=1e-5)

@@ -49,7 +49,9 @@ def test_evaluate_writes_auc_brier_confusion_matrix_and_roc(trained):
     report = json.loads((out / "eval" / "metrics.json").read_text())
     assert report["model"]["n"] == len(manifest["testing"])
     assert {"auc", "accuracy", "balanced_accuracy", "brier", "confusion_matrix"} <= set(report["model"])
-    assert set(report["baselines"]) == {"training_prevalence", "logistic_brain_volume"}
+    assert set(report["baselines"]) == {"training_prevalence", "logistic_brain_volume", "imaging_features"}
+    assert report["baselines"]["imaging_features"]["features"] == ["brain_volume_ml", "csf_fraction", "gm_fraction", "wm_fraction"]
+    assert isinstance(report["beats_imaging_features"], bool)
     counts = report["training_class_counts"]
     assert counts == {"F": sum(e["sex"] == "F" for e in manifest["training"]), "M": sum(e["sex"] == "M" for e in manifest["training"])}
     table = pd.read_csv(out / "eval" / "predictions.csv")

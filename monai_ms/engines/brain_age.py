@@ -267,6 +267,7 @@ class BrainAgeReportHandler(PredictionCollector):
         provenance: the run's provenance (``monai_ms.bundle.evaluation_provenance``), or ``None``.
         n_resamples: bootstrap resamples of the intervals (0: none).
         seed: bootstrap seed.
+        imaging_task: add the imaging-feature baseline of this task (``"brain_age"``), or None.
 
     Raises:
         RuntimeError: at write time, ``calibration`` is a collector that has collected nothing (the
@@ -286,7 +287,9 @@ class BrainAgeReportHandler(PredictionCollector):
         provenance: Mapping[str, Any] | None = None,
         n_resamples: int = DEFAULT_RESAMPLES,
         seed: int = 0,
+        imaging_task: str | None = None,
     ) -> None:
+        self.imaging_task = imaging_task
         super().__init__(id_key="session", pred_key="pred", label_key="label")
         self.output_dir = Path(output_dir)
         self.entries = {str(e["session"]): e for e in entries}
@@ -327,7 +330,7 @@ class BrainAgeReportHandler(PredictionCollector):
         age = np.asarray(self.labels, dtype=np.float64)
         pred = np.asarray(self.preds, dtype=np.float64)
         model = regression_metrics(pred, age)
-        baselines = regression_baselines(self.train_entries, entries, "age", linear_on_demographics=False)
+        baselines = regression_baselines(self.train_entries, entries, "age", linear_on_demographics=False, imaging_task=self.imaging_task)
         bias, note = self.fit_bias()
         gaps = brain_age_gap(pred, age, bias)
 

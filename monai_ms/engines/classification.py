@@ -207,6 +207,7 @@ def classification_baselines(
     label_key: str = "sex",
     threshold: float = 0.5,
     volume_key: str | None = "t1",
+    imaging_task: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Trivial baselines on the test split, fitted on the training split only.
 
@@ -221,6 +222,8 @@ def classification_baselines(
         label_key: the label key.
         threshold: decision threshold on the probability.
         volume_key: image key to measure, or ``None`` to skip the volume baseline.
+        imaging_task: ``"sex"`` to add ``imaging_features``, a class-balanced logistic model on brain volume
+            and tissue fractions (:mod:`monai_ms.engines.imaging_features`), or None.
 
     Returns:
         baseline name -> :func:`~monai_ms.engines.metrics.classification_metrics` dict, with a
@@ -242,6 +245,17 @@ def classification_baselines(
             "probabilities": probability.tolist(),
             "volumes_ml": v_test[:, 0].tolist(),
         }
+    if imaging_task is not None:
+        from monai_ms.engines.imaging_features import IMAGING_BASELINE, imaging_baseline
+
+        fitted = imaging_baseline(train_entries, test_entries, label_key, imaging_task)
+        if fitted is not None:
+            probability = np.asarray(fitted["probabilities"])
+            baselines[IMAGING_BASELINE] = {
+                **classification_metrics(probability, y_test, threshold),
+                "probabilities": probability.tolist(),
+                "features": fitted["features"],
+            }
     return baselines
 
 
@@ -275,6 +289,7 @@ class ClassificationReportHandler(PredictionCollector):
         provenance: the run's provenance (``monai_ms.bundle.evaluation_provenance``), or ``None``.
         n_resamples: bootstrap resamples of the intervals (0: none).
         seed: bootstrap seed.
+        imaging_task: add the imaging-feature baseline of this task (``"sex"``), or None.
 
     Examples:
         In ``evaluate.json``: ``{"_target_": "monai_ms.engines.ClassificationReportHandler",
@@ -296,7 +311,9 @@ class ClassificationReportHandler(PredictionCollector):
         provenance: Mapping[str, Any] | None = None,
         n_resamples: int = DEFAULT_RESAMPLES,
         seed: int = 0,
+        imaging_task: str | None = None,
     ) -> None:
+        self.imaging_task = imaging_task
         super().__init__(id_key="session", pred_key="pred", label_key="label", pred_transform=probability_from_logit)
         if len(class_names) != 2:
             raise ValueError(f"class_names must name two classes, got {list(class_names)}")
@@ -324,7 +341,7 @@ class ClassificationReportHandler(PredictionCollector):
         labels = np.asarray(self.labels, dtype=np.float64)
         model = classification_metrics(probability, labels, self.threshold)
         baselines = classification_baselines(
-            self.train_entries, entries, self.target_key, self.threshold, self.volume_key
+            self.train_entries, entries, self.target_key, self.threshold, self.volume_key, self.imaging_task
         )
         frame = pd.DataFrame({"session": self.ids})
         for column in self.extra_columns:

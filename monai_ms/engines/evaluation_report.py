@@ -7,7 +7,9 @@
 - ``"uncertainty"``: how the intervals were made (``n_subjects``, ``n_sessions``, resamples, seed, method,
   resamples where a metric was undefined) and the interval of the model-minus-best-baseline difference;
 - ``"beats_baselines"`` (true/false, null when undefined) and ``"baseline_comparison"``
-  (:func:`~monai_ms.engines.baseline_guard.compare_with_baselines`: metric, direction, the baseline compared);
+  (:func:`~monai_ms.engines.baseline_guard.compare_with_baselines`: metric, direction, the baseline compared),
+  against the trivial baselines (tier 1); with an ``imaging_features`` baseline (tier 2) also
+  ``"beats_imaging_features"``;
 - ``"split"`` and ``"provenance"`` (split, manifest and checkpoint SHA-256, bundle version, overrides) when
   given, e.g. from :func:`monai_ms.bundle.evaluation_provenance`.
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from monai_ms.engines.baseline_guard import compare_with_baselines
 from monai_ms.engines.bootstrap import DEFAULT_RESAMPLES, bootstrap_metrics
+from monai_ms.engines.imaging_features import IMAGING_BASELINE
 from monai_ms.io import write_json
 
 __all__ = ["finish_report", "sidecar_path", "write_sidecar", "subjects_of"]
@@ -76,7 +79,12 @@ def finish_report(
         True
     """
     baselines = report.setdefault("baselines", {})
-    comparison = compare_with_baselines(report[model_key], baselines, metric, lower_is_better)
+    # beats_baselines is about the trivial baselines (tier 1); the imaging-feature one (tier 2) is reported apart
+    trivial = {name: values for name, values in baselines.items() if name != IMAGING_BASELINE}
+    comparison = compare_with_baselines(report[model_key], trivial, metric, lower_is_better)
+    if IMAGING_BASELINE in baselines:
+        imaging = compare_with_baselines(report[model_key], {IMAGING_BASELINE: baselines[IMAGING_BASELINE]}, metric, lower_is_better)
+        report["beats_imaging_features"] = imaging["beats_baselines"]
     if provenance is not None:
         report["split"] = provenance.get("split")
         report["provenance"] = dict(provenance)

@@ -251,6 +251,8 @@ class RegressionReportHandler(PredictionCollector):
         provenance: the run's provenance (``monai_ms.bundle.evaluation_provenance``), or ``None``.
         n_resamples: bootstrap resamples of the intervals (0: none).
         seed: bootstrap seed.
+        imaging_task: add the imaging-feature baseline of this task (``"edss"``; see
+            :func:`regression_baselines`), or None.
     """
 
     def __init__(
@@ -268,8 +270,10 @@ class RegressionReportHandler(PredictionCollector):
         provenance: Mapping[str, Any] | None = None,
         n_resamples: int = DEFAULT_RESAMPLES,
         seed: int = 0,
+        imaging_task: str | None = None,
     ) -> None:
         super().__init__(id_key="session", pred_key="pred", label_key="label")
+        self.imaging_task = imaging_task
         self.output_dir = Path(output_dir)
         self.entries = {str(e["session"]): e for e in entries}
         self.train_entries = list(train_entries)
@@ -296,7 +300,7 @@ class RegressionReportHandler(PredictionCollector):
         true = np.asarray(self.labels, dtype=np.float64)
         model = regression_metrics(pred, true, self.within)
         baselines = regression_baselines(
-            self.train_entries, entries, self.target_key, self.within, self.linear_on_demographics
+            self.train_entries, entries, self.target_key, self.within, self.linear_on_demographics, self.imaging_task
         )
         frame = pd.DataFrame({"session": self.ids})
         for column in self.extra_columns:

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import logging
+
 import nibabel as nib
 import numpy as np
 
@@ -38,7 +40,11 @@ __all__ = [
     "session_features",
     "feature_table",
     "fit_feature_model",
+    "IMAGING_BASELINE",
+    "imaging_baseline",
 ]
+
+logger = logging.getLogger(__name__)
 
 # tissue names from the darkest to the brightest class, per modality
 TISSUE_ORDER: dict[str, tuple[str, str, str]] = {
@@ -54,6 +60,7 @@ TASK_FEATURES: dict[str, tuple[str, ...]] = {
     "sex": ("brain_volume_ml", "csf_fraction", "gm_fraction", "wm_fraction"),
 }
 LESION_FEATURES = ("log_lesion_volume_ml", "log_lesion_count")
+IMAGING_BASELINE = "imaging_features"  # its name among an evaluation's baselines (tier 2)
 
 
 def tissue_fractions(
@@ -231,3 +238,19 @@ def fit_feature_model(
     folds = list(GroupKFold(n_splits).split(x_train, y, groups))
     model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13), cv=folds))
     return {"features": features, "predictions": model.fit(x_train, y).predict(x_eval).tolist()}
+
+
+def imaging_baseline(
+    train_entries: Sequence[Mapping[str, Any]], eval_entries: Sequence[Mapping[str, Any]], target_key: str, task: str
+) -> dict[str, Any] | None:
+    """:func:`fit_feature_model`, or None with one WARNING line when the features cannot be measured.
+
+    The baselines of an evaluation call this after the model has been run on every session: an image the
+    tissue model cannot read must not cost the whole evaluation, so the failure is logged, naming the cause,
+    and the report simply has no imaging-feature baseline.
+    """
+    try:
+        return fit_feature_model(train_entries, eval_entries, target_key, task)
+    except (ValueError, OSError) as error:
+        logger.warning(f"no imaging-feature baseline for {task}: {error}")
+        return None

@@ -81,12 +81,16 @@ def regression_baselines(
     target_key: str,
     within: float | None = None,
     linear_on_demographics: bool = True,
+    imaging_task: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Trivial baselines on the test split, fitted on the training split only.
+    """Baselines on the test split, fitted on the training split only.
 
     - ``training_median``: predict the median training target for everyone;
     - ``linear_age_sex``: least squares on age and sex (skipped when ``linear_on_demographics`` is
-      False, e.g. for brain age, where age is the target).
+      False, e.g. for brain age, where age is the target);
+    - ``imaging_features`` (with ``imaging_task``): a ridge model on measured imaging features
+      (brain volume, tissue fractions, lesion volume and count; see
+      :mod:`monai_ms.engines.imaging_features`), the tier-2 baseline; it reads every image once.
 
     Args:
         train_entries: manifest entries of the training split (need ``target_key``, ``age``, ``sex``).
@@ -94,9 +98,11 @@ def regression_baselines(
         target_key: the regression target, e.g. ``"edss"``.
         within: passed to :func:`regression_metrics`.
         linear_on_demographics: include the age + sex linear model.
+        imaging_task: ``"edss"`` or ``"brain_age"`` to add the imaging-feature baseline, or None.
 
     Returns:
-        baseline name -> metrics dict, with a ``"predictions"`` list in test order.
+        baseline name -> metrics dict, with a ``"predictions"`` list in test order (and ``"features"``
+        for the imaging-feature baseline).
     """
     y_train = np.array([float(e[target_key]) for e in train_entries])
     y_test = np.array([float(e[target_key]) for e in test_entries])
@@ -106,6 +112,13 @@ def regression_baselines(
         model = LinearRegression().fit(_demographic_features(train_entries), y_train)
         linear = model.predict(_demographic_features(test_entries))
         baselines["linear_age_sex"] = {**regression_metrics(linear, y_test, within), "predictions": linear.tolist()}
+    if imaging_task is not None:
+        from monai_ms.engines.imaging_features import IMAGING_BASELINE, imaging_baseline
+
+        fitted = imaging_baseline(train_entries, test_entries, target_key, imaging_task)
+        if fitted is not None:
+            metrics = regression_metrics(fitted["predictions"], y_test, within)
+            baselines[IMAGING_BASELINE] = {**metrics, "predictions": fitted["predictions"], "features": fitted["features"]}
     return baselines
 
 
