@@ -15,7 +15,6 @@ Writes ``benchmarks/results/cache_memory.json`` and prints one line per bundle.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile

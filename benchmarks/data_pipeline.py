@@ -96,7 +96,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _to_ras(data: Any, affine: Any) -> tuple[Any, Any]:
     import nibabel.orientations as nio
-    import numpy as np
 
     transform = nio.ornt_transform(nio.io_orientation(affine), nio.axcodes2ornt("RAS"))
     return nio.apply_orientation(data, transform), affine @ nio.inv_ornt_aff(transform, data.shape)

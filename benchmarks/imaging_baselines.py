@@ -18,7 +18,6 @@ and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -24,7 +24,6 @@ Writes ``benchmarks/results/lesion_seg_inference.json`` (git-ignored) and prints
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

@@ -23,7 +23,6 @@ Writes ``benchmarks/results/onnx_inference.json`` (git-ignored) and prints a one
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys

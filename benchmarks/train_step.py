@@ -225,7 +225,6 @@ def _repeat(batch: dict) -> Any:
 
 def _data_side(device: Any, args: argparse.Namespace) -> dict[str, Any]:
     """EDSS training steps fed by DataLoader vs ThreadDataLoader from the bundle's cached dataset."""
-    import torch
     from monai.data import DataLoader, ThreadDataLoader
 
     manifest = synthetic_cohort(8 if not args.tiny else TINY_SESSIONS, spacing=4.0, tiny=True, root=Path(args.cache_dir))

@@ -35,12 +35,21 @@ def segmenter(tmp_path):
 def test_a_segmenter_trained_on_held_out_subjects_is_refused(segmenter) -> None:
     write_json(training_provenance(_entries("P1", "P2", "P7")), provenance_path(segmenter))
     held_out = {"validation": _entries("P5", "P6"), "testing": _entries("P7", "P8")}
-    with pytest.raises(ValueError, match=r"trained on 1 subject\(s\) of this run's testing split \(P7\)"):
+    with pytest.raises(ValueError, match=r"trained or selected on 1 subject\(s\) of this run's testing split \(P7\)"):
         init_lesion_pathway(_regressor(), str(segmenter), segmenter.parents[2] / "edss", held_out)
     # the same segmenter is accepted by a run whose held-out subjects it never saw, and loaded frozen
     network = _regressor()
     assert init_lesion_pathway(network, str(segmenter), segmenter.parents[2] / "edss", {"validation": _entries("P5")})
     assert not any(p.requires_grad for p in network.lesion_network.parameters())
+
+
+def test_a_segmenter_selected_on_test_subjects_is_refused(segmenter) -> None:
+    # chosen (early stopping, best checkpoint) on P7: fine for this run's validation split, not for its test split
+    write_json(training_provenance(_entries("P1", "P2"), _entries("P7")), provenance_path(segmenter))
+    edss_root = segmenter.parents[2] / "edss"
+    assert init_lesion_pathway(_regressor(), str(segmenter), edss_root, {"validation": _entries("P7"), "testing": _entries("P8")})
+    with pytest.raises(ValueError, match=r"trained or selected on 1 subject\(s\) of this run's testing split \(P7\)"):
+        init_lesion_pathway(_regressor(), str(segmenter), edss_root, {"validation": _entries("P5"), "testing": _entries("P7")})
 
 
 def test_a_segmenter_without_a_record_is_refused(segmenter) -> None:

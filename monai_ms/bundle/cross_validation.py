@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from monai_ms.data.manifest import ManifestError, rebase_paths, read_manifest, write_manifest
-from monai_ms.io import write_csv, write_json, write_text
+from monai_ms.io import sha256_file, write_csv, write_json, write_text
 
 __all__ = [
     "CrossValidationError",
@@ -70,7 +70,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # set by the cv command for every fold; an override of these would defeat the per-fold isolation
-RESERVED_OVERRIDES = ("data_manifest", "output_dir", "ckpt_dir", "cache_dir", "eval_split", "fold", "resume")
+RESERVED_OVERRIDES = (
+    "data_manifest", "output_dir", "ckpt_dir", "cache_dir", "eval_split", "fold", "resume",
+    "checkpoint", "age_bias_file", "predictions_csv",  # each fold evaluates its own model and writes its own files
+)
 FOLD_RECORD = "fold.json"
 TRAINED_RECORD = "trained.json"
 SELECTION_NOTE = (
@@ -534,7 +537,7 @@ def run_cross_validation(
     per_fold, fold_info = manifest_folds(manifest_path, folds, seed)
     metadata_path = bundle / "configs" / "metadata.json"
     version = (_read_record(metadata_path) or {}).get("version")
-    config_sha = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (train_json, evaluate_json)}
+    config_sha = {p.name: sha256_file(p) for p in (train_json, evaluate_json)}
     if command is None:
         sets = " ".join(f"--set {k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items())
         inner = f" --inner_validation {inner_validation:g}" if inner_validation else ""
@@ -625,7 +628,7 @@ def run_cross_validation(
         "task": task,
         "command": command,
         "manifest": str(manifest_path),
-        "manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
+        "manifest_sha256": sha256_file(manifest_path),
         "configs_sha256": config_sha,
         "k": folds,
         "folds_source": fold_info["source"],

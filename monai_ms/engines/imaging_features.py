@@ -163,15 +163,22 @@ def feature_table(
         return list(pool.map(lambda entry: session_features(entry, image_key, lesion_key), entries))
 
 
+def _number(value: Any, key: str, entry: Mapping[str, Any]) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"session {entry.get('session')}: {key} must be a number, got {value!r}") from None
+
+
 def _design(rows: Sequence[Mapping[str, Any]], entries: Sequence[Mapping[str, Any]], features: Sequence[str]) -> np.ndarray:
     from monai_ms.data.transforms import parse_sex
 
     columns = []
     for name in features:
         if name == "age":
-            columns.append([float(e["age"]) for e in entries])
+            columns.append([_number(e.get("age"), "age", e) for e in entries])
         elif name == "sex":
-            columns.append([parse_sex(e["sex"]) for e in entries])
+            columns.append([parse_sex(e.get("sex")) for e in entries])
         else:
             columns.append([float(r[name]) for r in rows])
     return np.array(columns, dtype=np.float64).T
@@ -191,9 +198,9 @@ def fit_feature_model(
 
     Regression targets (EDSS, age) get a ridge regression, classification (sex) a class-balanced
     logistic regression, both on standardised features; the penalty is chosen by subject-grouped
-    5-fold cross-validation inside the training split (``GroupKFold``: one patient's sessions are never
-    on both sides of a fold). Lesion features are used only when every session of both splits has a
-    lesion mask.
+    cross-validation inside the training split (:func:`monai_ms.engines.normalization.subject_folds`: one
+    patient's sessions are never on both sides of a fold; stratified by class for sex). Lesion
+    features are used only when every session of both splits has a lesion mask.
 
     Args:
         train_entries: training entries (absolute paths, ``subject``, the target).
@@ -211,7 +218,9 @@ def fit_feature_model(
         ValueError: an unknown task, or fewer than 2 training subjects.
     """
     from sklearn.linear_model import LogisticRegression, RidgeCV
-    from sklearn.model_selection import GridSearchCV, GroupKFold
+    from sklearn.model_selection import GridSearchCV
+
+    from monai_ms.engines.normalization import subject_folds
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -221,21 +230,19 @@ def fit_feature_model(
     eval_rows = feature_table(eval_entries, image_key, lesion_key) if eval_rows is None else eval_rows
     with_lesions = all(np.isfinite(r["lesion_volume_ml"]) for r in [*train_rows, *eval_rows])
     features = [f for f in TASK_FEATURES[task] if with_lesions or f not in LESION_FEATURES]
-    groups = np.array([str(e.get("subject", e.get("session"))) for e in train_entries])
-    n_splits = min(5, len(set(groups)))
-    if n_splits < 2:
-        raise ValueError(f"the imaging-feature baseline needs at least 2 training subjects, got {n_splits}")
+    if len({str(e.get("subject") or e.get("session")) for e in train_entries}) < 2:
+        raise ValueError("the imaging-feature baseline needs at least 2 training subjects")
     x_train, x_eval = _design(train_rows, train_entries, features), _design(eval_rows, eval_entries, features)
     if task == "sex":
         from monai_ms.engines.classification import binary_labels
 
         y = binary_labels(train_entries, target_key)
-        folds = list(GroupKFold(n_splits).split(x_train, y, groups))
+        folds, _ = subject_folds(train_entries, labels=y.astype(int).tolist())
         pipeline = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000))
         model = GridSearchCV(pipeline, {"logisticregression__C": np.logspace(-3, 3, 13)}, cv=folds, scoring="neg_log_loss")
         return {"features": features, "probabilities": model.fit(x_train, y).predict_proba(x_eval)[:, 1].tolist()}
-    y = np.array([float(e[target_key]) for e in train_entries])
-    folds = list(GroupKFold(n_splits).split(x_train, y, groups))
+    y = np.array([_number(e.get(target_key), target_key, e) for e in train_entries])
+    folds, _ = subject_folds(train_entries)
     model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13), cv=folds))
     return {"features": features, "predictions": model.fit(x_train, y).predict(x_eval).tolist()}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,16 +137,20 @@ def check_lesion_provenance(checkpoint: str | os.PathLike, held_out: Mapping[str
     if record is None:
         raise ValueError(
             f"lesion_init: {checkpoint} has no provenance record ({provenance_path(checkpoint).name}), so it cannot be "
-            "shown to be unseen by this run's validation and test subjects; retrain the lesion_seg bundle "
-            "(0.3.0 or later records them), or start from scratch with --lesion_init ''"
+            "shown to be unseen by this run's validation and test subjects (a model trained before 0.3.0, or one "
+            "unpacked from an exported bundle, which leaves the subject ids out); retrain the lesion_seg bundle on "
+            "this manifest, or start from scratch with --lesion_init ''"
         )
     trained_on = set(map(str, record["training_subjects"]))
+    selected_on = set(map(str, record.get("validation_subjects", [])))
     for split, entries in held_out.items():
-        leaked = sorted(trained_on.intersection(_subjects(entries)))
+        # the segmenter's own validation subjects chose its checkpoint: they must not be test subjects here
+        seen = trained_on | selected_on if split == "testing" else trained_on
+        leaked = sorted(seen.intersection(_subjects(entries)))
         if leaked:
             names = ", ".join(leaked[:5]) + (f" and {len(leaked) - 5} more" if len(leaked) > 5 else "")
             raise ValueError(
-                f"lesion_init: {checkpoint} was trained on {len(leaked)} subject(s) of this run's {split} split "
+                f"lesion_init: {checkpoint} was trained or selected on {len(leaked)} subject(s) of this run's {split} split "
                 f"({names}); its lesion masks would leak into the {split} figures. Train lesion_seg on this "
                 "manifest's training split (the same manifest and fold), or use --lesion_init ''"
             )
@@ -174,8 +179,16 @@ def init_lesion_pathway(
         ValueError: see :func:`resolve_lesion_init`, :func:`check_lesion_provenance` and
             ``DualStreamRegressor.load_lesion_network``.
     """
-    checkpoint = resolve_lesion_init(lesion_init, bundle_root)
-    if not checkpoint:
-        return False
-    check_lesion_provenance(checkpoint, held_out)
-    return bool(network.load_lesion_network(checkpoint, freeze=freeze))
+    try:
+        checkpoint = resolve_lesion_init(lesion_init, bundle_root)
+        if not checkpoint:
+            return False
+        check_lesion_provenance(checkpoint, held_out)
+        return bool(network.load_lesion_network(checkpoint, freeze=freeze))
+    except ValueError as error:
+        from monai_ms.bundle.config import running_workflow
+
+        if running_workflow() is None:
+            raise
+        print(f"{error}\n\nstopped before training.", file=sys.stderr)  # one line under python -m monai.bundle
+        raise SystemExit(1) from None

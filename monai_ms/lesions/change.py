@@ -296,7 +296,8 @@ class LesionChangePipeline:
             registration = rigid_register(b_t1, f_t1, seed=self.seed, threads=self.threads)
         else:
             registration = Registration.identity()
-        f_on_b = resample_to(f_mask.astype(np.uint8), f_t1.affine, b_t1, registration.matrix, order=self.mask_order) > 0
+        f_on_b = resample_to(f_mask.astype(np.uint8), f_t1.affine, b_t1, registration.matrix, order=self.mask_order)
+        f_on_b = f_on_b > 0 if self.mask_order == 0 else f_on_b >= 0.5  # linear: a voxel at least half lesion
         spacing = np.sqrt((np.asarray(b_t1.affine)[:3, :3] ** 2).sum(axis=0))
         b_labels, _ = label_lesions(b_mask, spacing, self.min_volume_mm3)
         f_labels, _ = label_lesions(f_on_b, spacing, self.min_volume_mm3)

@@ -131,7 +131,7 @@ def _detection(counts: Sequence[dict[str, int]]) -> dict[str, float]:
     fd = sum(c["fd"] for c in counts)
     return {
         "tpr": tp / (tp + fn) if tp + fn else math.nan,
-        "fd_per_patient": fd / len(counts) if counts else math.nan,
+        "fd_per_patient": fd / len({c.get("subject", i) for i, c in enumerate(counts)}) if counts else math.nan,
         "f1": 2 * tp / (2 * tp + fn + fd) if 2 * tp + fn + fd else math.nan,
     }
 
@@ -168,9 +168,14 @@ def score_change(
     for key in ("tp", "fn", "fd", "neutral_found"):
         result[key] = sum(c[key] for c in per_pair)
     point = _detection(per_pair)
+    by_subject: dict[Any, list[dict[str, Any]]] = {}
+    for counts in per_pair:  # resample patients, each with all of its pairs
+        by_subject.setdefault(counts["subject"], []).append(counts)
     for name, value in point.items():
         result[name] = value
-        result[f"{name}_ci"] = bootstrap_interval(per_pair, lambda sample, n=name: _detection(sample)[n])
+        result[f"{name}_ci"] = bootstrap_interval(
+            list(by_subject.values()), lambda sample, n=name: _detection([c for group in sample for c in group])[n]
+        )
     result["per_pair"] = per_pair
     return result
 
