@@ -276,10 +276,12 @@ class BatchInference:
             return "incomplete"
         return "complete"
 
+    input_keys: tuple[str, ...] = tuple(IMAGE_KEYS)  # the entry keys whose files a record depends on
+
     def _inputs(self, session: str) -> dict[str, list[Any] | None]:
-        """The session's image files as ``[path, size, mtime_ns]``: a replaced or edited scan is redone."""
+        """The session's input files as ``[path, size, mtime_ns]``: a replaced or edited scan is redone."""
         inputs: dict[str, list[Any] | None] = {}
-        for key in IMAGE_KEYS:
+        for key in self.input_keys:
             value = self._by_session.get(session, {}).get(key)
             if isinstance(value, (str, os.PathLike)):
                 path = os.path.abspath(value)

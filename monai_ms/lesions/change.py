@@ -152,19 +152,7 @@ class PairRecords(BatchInference):
     """:class:`~monai_ms.engines.batch_inference.BatchInference` records keyed by pair: the same resume
     rule, with a pair's four input files (both T1s and both masks) in place of a session's images."""
 
-    def _inputs(self, session: str) -> dict[str, list[Any] | None]:
-        inputs: dict[str, list[Any] | None] = {}
-        for key in PAIR_INPUT_KEYS:
-            value = self._by_session.get(session, {}).get(key)
-            if isinstance(value, (str, os.PathLike)):
-                path = os.path.abspath(value)
-                try:
-                    info = os.stat(path)
-                except OSError:
-                    inputs[key] = None
-                else:
-                    inputs[key] = [path, info.st_size, info.st_mtime_ns]
-        return inputs
+    input_keys = tuple(PAIR_INPUT_KEYS)
 
 
 class LesionChangePipeline:
