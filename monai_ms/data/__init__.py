@@ -15,6 +15,7 @@ from monai_ms.data.manifest import (
 )
 from monai_ms.data.split import split_entries
 from monai_ms.data.synthetic import CohortSummary, generate_cohort, sample_latents
+from monai_ms.data.synthetic_settings import SHIFTS, SynthSettings
 from monai_ms.data.templates import Template, TemplateNotFoundError, load_template
 from monai_ms.data.transforms import paired_transforms, parse_sex
 from monai_ms.data.validation import Problem, ValidationReport, validate_manifest
@@ -25,6 +26,8 @@ __all__ = [
     "cohort_dataset",
     "WorkerFilledCacheDataset",
     "CohortSummary",
+    "SHIFTS",
+    "SynthSettings",
     "TASK_KEYS",
     "Template",
     "TemplateNotFoundError",

@@ -5,7 +5,8 @@ diseased (enlarged ventricles, thinner cortex, white-matter lesions), and imaged
 on an isotropic RAS grid and a T2 on a different grid (thicker slices, LPS orientation, another field of
 view), both sampled from the same head through world coordinates, with bias fields, Rician noise and
 scanner-dependent intensity scales. EDSS comes from a documented generative model driven mostly by
-lesion load and atrophy. The numbers are in ``docs/synthetic_cohort.md``.
+lesion load and atrophy. Every number of the model is a field of :class:`SynthSettings` (defaults: the
+reference profile; ``SHIFTS`` model other scanners); they are listed in ``docs/synthetic_cohort.md``.
 
 Everything is deterministic from the seed: subject ``i`` draws from ``numpy.random.SeedSequence((seed,
 i))``, so a subject does not change when the cohort grows, and the number of worker processes does not
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import logging
 import math
 import multiprocessing
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_ms.data.synthetic_settings import REFERENCE_AGE, SHIFTS, LesionSettings, SynthSettings
 from monai_ms.data.templates import Template, load_template, mni_copying_text, template_files
 from monai_ms.io import save_figure, save_nifti, write_csv, write_json, write_text
 
@@ -41,6 +44,8 @@ __all__ = [
     "LESION_TRUTH_COLUMNS",
     "TISSUE_LABELS",
     "CohortSummary",
+    "SynthSettings",
+    "SHIFTS",
     "generate_cohort",
     "sample_latents",
     "edss_model",
@@ -119,58 +124,8 @@ LICENCE_NAME = "LICENSE_MNI_ICBM152.txt"
 # bumped whenever a given seed gives other images or labels, so cached demo cohorts are not reused
 GENERATOR_VERSION = 2
 
-# Generative model (docs/synthetic_cohort.md lists these with their meaning)
-# ---------------------------------------------------------------------------------------------------
-FEMALE_FRACTION = 0.70
-AGE_RANGE = (18.0, 65.0)
-AGE_BETA = (2.0, 2.6)  # age at first scan = 18 + 47 * Beta(2, 2.6): mean ~38.6, sd ~9.9
-SECOND_SESSION_FRACTION = 0.30
-INTERVAL_YEARS = (1.0, 3.0)
-SCANNER_3T_FRACTION = 0.6
-SCANNER_CHANGE_FRACTION = 0.2  # second session on the other field strength
-HEAD_SCALE_MEAN = {"F": 0.93, "M": 0.985}  # the template brain is large: 1.89 L inside its mask
-HEAD_SCALE_SD = 0.03
-HEAD_SCALE_RANGE = (0.85, 1.08)
-DEFORMATION_SD_MM = 2.0  # per component at the control points
-DEFORMATION_CONTROL_MM = 32.0
-DEFORMATION_MAX_MM = 6.0
-ROTATION_SD_DEG = 2.0
-ROTATION_MAX_DEG = 5.0
-TRANSLATION_SD_MM = 4.0
-TRANSLATION_MAX_MM = 10.0
-FOV_OFFSET_SD_MM = 2.0
-FOV_OFFSET_MAX_MM = 5.0
-T1_FOV_MM = (216.0, 248.0, 224.0)
-T2_FOV_EXTRA_MM = (0.0, 16.0)  # uniform, per axis, on top of the T1 field of view
-T2_SLICE_FACTOR = 1.5
-VENTRICLE_EXPANSION_MM = 5.0  # ventricle wall shift at atrophy 1
-VENTRICLE_FLOW_SIGMA_MM = 4.0
-VENTRICLE_FLOW_STEPS = 4
-CORTICAL_THINNING = 0.6  # fraction of cortical GM next to CSF turned to CSF at atrophy 1
-CORTEX_DEPTH_MM = 2.0
-# disease latent D ~ N(0, 1) drives lesions and atrophy
-LESION_FREE_LOGIT = (-2.6, -1.2)  # P(no lesions) = sigmoid(a + b * D)
-LESION_LOAD_LOG_ML = (1.25, 0.85, 0.012, 0.5)  # log mL ~ N(a + b D + c (age - 40), sd)
-LESION_LOAD_RANGE_ML = (0.3, 60.0)
-ATROPHY = (0.25, 0.17, 0.008, 0.07)  # a + b D + c (age - 40) + N(0, sd), clipped to [0, 1]
-ATROPHY_RATE = (0.015, 0.02)  # per year: a + b * max(D + 1, 0)
-# normal brain ageing, added to the disease atrophy in the images only (EDSS sees the disease part)
-AGEING_PER_YEAR = 0.014  # image atrophy gained per year of age after AGE_RANGE[0]
-NEW_LESIONS_PER_YEAR = (0.2, 0.6)  # Poisson rate exp(a + b D); lesion-free subjects 0.15 / year
-LESION_GROWTH = (0.25, 1.15, 1.8)  # P(grow), volume factor range
-# EDSS = a + b ln(1 + lesion mL) + c atrophy + d (age - 40) + subject N(0, su) + session N(0, se)
-EDSS_MODEL = {"intercept": 0.9, "lesion": 1.0, "atrophy": 3.0, "age": 0.015, "subject_sd": 0.45, "session_sd": 0.25}
-# lesion size mixture (mm3): (probability, median, log-sd, min, max)
-LESION_SIZES = ((0.8, 35.0, 1.0, 3.0, 1500.0), (0.2, 700.0, 0.6, 200.0, 6000.0))
-LESION_SIZES_TINY = ((0.6, 250.0, 0.5, 120.0, 1500.0), (0.4, 900.0, 0.5, 300.0, 6000.0))
-MAX_LESIONS = 150
-MAX_LESIONS_TINY = 12
-PERIVENTRICULAR_MM = 8.0
-NOISE_FRACTION = {"3T": (0.015, 0.03), "1.5T": (0.025, 0.05)}  # Rician sd / white-matter signal
-BIAS_SD = 0.08  # log-amplitude sd of each quadratic bias-field coefficient
-GAMMA_RANGE = (0.9, 1.1)
-INTENSITY_SCALE_RANGE = (4.0, 12.0)  # log-uniform global scale per image
-FIRST_SCAN_DATES = (datetime.date(2008, 1, 1), datetime.date(2022, 12, 31))
+# Every number of the generative model lives in SynthSettings (monai_ms/data/synthetic_settings.py, documented
+# field by field there and in docs/synthetic_cohort.md); SynthSettings() is the reference profile.
 SUPPORT_MARGIN_MM = 12.0  # > largest displacement, so voxels outside it are skipped safely
 
 
@@ -183,7 +138,7 @@ class _Anatomy:
     inverse_affine: np.ndarray  # world -> template voxel
     support: np.ndarray  # uint8, brain mask dilated by SUPPORT_MARGIN_MM
     support_box: tuple[tuple[float, float], ...]  # its bounding box, template voxels (per axis lo, hi)
-    cortex_proximity: np.ndarray  # float32, exp(-distance to sulcal CSF / CORTEX_DEPTH_MM)
+    cortex_proximity: np.ndarray  # float32, exp(-distance to sulcal CSF / atrophy.cortex_depth_mm)
     flow: np.ndarray  # (3, ...) float32 on a 2 mm grid: ventricle-ward unit field
     coarse_index: np.ndarray  # flat indices of the support on the 2 mm grid (where warps are computed)
     coarse_points: np.ndarray  # (3, m) float64 template voxel coordinates of those points
@@ -208,8 +163,23 @@ def _bounding_box(mask: np.ndarray) -> list[tuple[int, int]]:
     return box
 
 
-@functools.lru_cache(maxsize=1)
-def _anatomy() -> _Anatomy:
+def _anatomy(settings: SynthSettings | None = None) -> _Anatomy:
+    """The template-derived maps for ``settings`` (computed once per process and per map-shaping settings)."""
+    return _template_maps(*(settings or _DEFAULT).template_map_key())
+
+
+_DEFAULT = SynthSettings()
+
+
+@functools.lru_cache(maxsize=2)
+def _template_maps(
+    cortex_depth_mm: float,
+    flow_sigma_mm: float,
+    site_min_wm: float,
+    site_floor: float,
+    site_decay_mm: float,
+    infratentorial_weight: float,
+) -> _Anatomy:
     from scipy import ndimage
 
     template = load_template()
@@ -228,11 +198,11 @@ def _anatomy() -> _Anatomy:
 
     sulcal = (~mask_c) | ((template.csf[crop] > 0.5) & ~ventricles_c)
     proximity = np.zeros(mask.shape, dtype=np.float32)
-    proximity[crop] = np.exp(-ndimage.distance_transform_edt(~sulcal) / CORTEX_DEPTH_MM)
+    proximity[crop] = np.exp(-ndimage.distance_transform_edt(~sulcal) / cortex_depth_mm)
 
     ventricle_mm = ndimage.distance_transform_edt(~ventricles_c).astype(np.float32)
 
-    smooth = ndimage.gaussian_filter(template.ventricles.astype(np.float32), VENTRICLE_FLOW_SIGMA_MM)[::2, ::2, ::2]
+    smooth = ndimage.gaussian_filter(template.ventricles.astype(np.float32), flow_sigma_mm)[::2, ::2, ::2]
     flow = np.stack(np.gradient(smooth, 2.0)).astype(np.float32)
     flow_norm = np.sqrt((flow**2).sum(axis=0))
     flow /= flow_norm.max()
@@ -244,13 +214,13 @@ def _anatomy() -> _Anatomy:
 
     wm = template.wm
     labels = template.labels
-    candidates = (wm >= 0.7) & mask
+    candidates = (wm >= site_min_wm) & mask
     site_index = np.flatnonzero(candidates)
     site_ijk = np.stack(np.unravel_index(site_index, mask.shape))
     local = site_ijk - np.asarray(lo)[:, None]
     site_vent = ventricle_mm[tuple(local)]
-    weight = wm.ravel()[site_index] * (0.2 + np.exp(-site_vent / 6.0))
-    weight *= np.where(np.isin(labels.ravel()[site_index], _INFRATENTORIAL_LABELS), 0.3, 1.0)
+    weight = wm.ravel()[site_index] * (site_floor + np.exp(-site_vent / site_decay_mm))
+    weight *= np.where(np.isin(labels.ravel()[site_index], _INFRATENTORIAL_LABELS), infratentorial_weight, 1.0)
     cdf = np.cumsum(weight, dtype=np.float64)
     cdf /= cdf[-1]
     radial = np.zeros((3, site_index.size), dtype=np.float32)
@@ -321,13 +291,9 @@ class _Session:
     scanner: str
     atrophy: float
     lesions: list[_Lesion]
+    image_atrophy: float  # disease atrophy plus normal ageing: what the ventricles and cortex show, in [0, 1]
     edss_continuous: float = 0.0
     edss: float = 0.0
-
-    @property
-    def image_atrophy(self) -> float:
-        """Disease atrophy plus normal ageing: what the ventricles and cortex show, in [0, 1]."""
-        return float(min(1.0, self.atrophy + AGEING_PER_YEAR * max(self.age - AGE_RANGE[0], 0.0)))
 
 
 @dataclass
@@ -341,17 +307,20 @@ class _SubjectPlan:
     sessions: list[_Session] = field(default_factory=list)
 
 
-def edss_model(lesion_load_ml: float, atrophy: float, age: float, noise: float = 0.0) -> tuple[float, float]:
+def edss_model(
+    lesion_load_ml: float, atrophy: float, age: float, noise: float = 0.0, settings: SynthSettings | None = None
+) -> tuple[float, float]:
     """The EDSS of the generative model: continuous score and its value rounded to the EDSS scale.
 
-    ``EDSS = 0.9 + 1.0 ln(1 + lesion mL) + 3.0 atrophy + 0.015 (age - 40) + noise``, then rounded to the
-    nearest 0.5 and clipped to [0, 10].
+    ``EDSS = 0.9 + 1.0 ln(1 + lesion mL) + 3.0 atrophy + 0.015 (age - 40) + noise`` with the default
+    coefficients (``settings.edss``), then rounded to the nearest 0.5 and clipped to [0, 10].
 
     Args:
         lesion_load_ml: total white-matter lesion volume of the session in mL (subject space).
         atrophy: latent atrophy in [0, 1] (0: template-like ventricles and cortex).
         age: age at scan in years.
         noise: subject + session noise (drawn by the generator; 0 gives the model's mean).
+        settings: generator settings (``None``: the defaults); only ``settings.edss`` is read.
 
     Returns:
         ``(edss_continuous, edss)``.
@@ -360,9 +329,9 @@ def edss_model(lesion_load_ml: float, atrophy: float, age: float, noise: float =
         >>> edss_model(0.0, 0.0, 40.0)
         (0.9, 1.0)
     """
-    m = EDSS_MODEL
-    continuous = m["intercept"] + m["lesion"] * math.log1p(lesion_load_ml) + m["atrophy"] * atrophy
-    continuous += m["age"] * (age - 40.0) + noise
+    m = (settings or _DEFAULT).edss
+    continuous = m.intercept + m.lesion * math.log1p(lesion_load_ml) + m.atrophy * atrophy
+    continuous += m.age * (age - REFERENCE_AGE) + noise
     # "+ 0.0" turns a rounded -0.0 into 0.0
     return round(continuous, 4), float(np.clip(np.round(continuous * 2.0) / 2.0, 0.0, 10.0)) + 0.0
 
@@ -373,7 +342,7 @@ def _streams(seed: int, index: int) -> list[np.random.Generator]:
     return [np.random.default_rng(child) for child in children]
 
 
-def _sample_lesion(rng: np.random.Generator, anatomy: _Anatomy, sizes: tuple) -> _Lesion:
+def _sample_lesion(rng: np.random.Generator, anatomy: _Anatomy, sizes: tuple, config: LesionSettings) -> _Lesion:
     probabilities = np.array([s[0] for s in sizes])
     _, median, log_sd, low, high = sizes[int(rng.choice(len(sizes), p=probabilities / probabilities.sum()))]
     volume = float(np.clip(median * math.exp(log_sd * rng.standard_normal()), low, high))
@@ -381,10 +350,10 @@ def _sample_lesion(rng: np.random.Generator, anatomy: _Anatomy, sizes: tuple) ->
     site = min(site, anatomy.site_index.size - 1)
     centre = np.array(np.unravel_index(anatomy.site_index[site], anatomy.template.shape), dtype=np.float64)
     centre += rng.uniform(-0.5, 0.5, 3)
-    periventricular = bool(anatomy.site_ventricle_mm[site] <= PERIVENTRICULAR_MM)
+    periventricular = bool(anatomy.site_ventricle_mm[site] <= config.periventricular_mm)
     if periventricular:
         # Dawson's fingers: elongated along the direction away from the ventricle wall
-        elongation = rng.uniform(1.3, 2.2)
+        elongation = rng.uniform(*config.periventricular_elongation)
         ratios = np.array([elongation, elongation**-0.5, elongation**-0.5])
         first = anatomy.site_radial[site].astype(np.float64)
         helper = np.eye(3)[int(np.argmin(np.abs(first)))]
@@ -396,19 +365,20 @@ def _sample_lesion(rng: np.random.Generator, anatomy: _Anatomy, sizes: tuple) ->
         second, third = cos * second + sin * third, -sin * second + cos * third
         rotation = np.stack([first, second, third], axis=1)
     else:
-        ratios = np.exp(rng.normal(0.0, 0.25, 3))
+        ratios = np.exp(rng.normal(0.0, config.axis_log_sd, 3))
         ratios /= np.prod(ratios) ** (1 / 3)
         q, r = np.linalg.qr(rng.standard_normal((3, 3)))
         rotation = q * np.sign(np.diag(r))
     radius = (3.0 * volume / (4.0 * math.pi)) ** (1 / 3)
-    t1_contrast = rng.uniform(0.2, 0.85)
-    t2_contrast = float(np.clip(0.35 + 0.45 * t1_contrast + rng.normal(0, 0.08), 0.35, 1.0))
+    t1_contrast = rng.uniform(*config.t1_contrast)
+    t2_contrast = config.t2_contrast_intercept + config.t2_contrast_per_t1 * t1_contrast
+    t2_contrast = float(np.clip(t2_contrast + rng.normal(0, config.t2_contrast_sd), *config.t2_contrast_range))
     return _Lesion(
         centre=centre,
         axes=radius * ratios,
         rotation=rotation,
-        roughness=rng.uniform(0.1, 0.3),
-        border_mm=rng.uniform(0.8, 2.0),
+        roughness=rng.uniform(*config.roughness),
+        border_mm=rng.uniform(*config.border_mm),
         t1_contrast=t1_contrast,
         t2_contrast=t2_contrast,
         shape_seed=int(rng.integers(2**31)),
@@ -416,39 +386,54 @@ def _sample_lesion(rng: np.random.Generator, anatomy: _Anatomy, sizes: tuple) ->
     )
 
 
-def _subject_plan(seed: int, index: int, tiny: bool) -> tuple[_SubjectPlan, np.random.Generator]:
+def _subject_plan(
+    seed: int, index: int, tiny: bool, settings: SynthSettings
+) -> tuple[_SubjectPlan, np.random.Generator]:
     """Draw one subject's latent plan; returns it and the subject's imaging random stream."""
-    anatomy = _anatomy()
+    anatomy = _anatomy(settings)
+    people, body, ageing, disease_model, edss = (
+        settings.demographics,
+        settings.anatomy,
+        settings.atrophy,
+        settings.lesions,
+        settings.edss,
+    )
     demo, lesion_rng, imaging = _streams(seed, index)
-    sex = "F" if demo.random() < FEMALE_FRACTION else "M"
-    age = AGE_RANGE[0] + (AGE_RANGE[1] - AGE_RANGE[0]) * demo.beta(*AGE_BETA)
+    sex = "F" if demo.random() < people.female_fraction else "M"
+    age = people.age_range[0] + (people.age_range[1] - people.age_range[0]) * demo.beta(*people.age_beta)
     disease = float(demo.standard_normal())
-    head_scale = float(np.clip(demo.normal(HEAD_SCALE_MEAN[sex], HEAD_SCALE_SD), *HEAD_SCALE_RANGE))
-    logit = LESION_FREE_LOGIT[0] + LESION_FREE_LOGIT[1] * disease
+    head_scale = float(np.clip(demo.normal(body.head_scale_mean(sex), body.head_scale_sd), *body.head_scale_range))
+    logit = disease_model.lesion_free_logit_intercept + disease_model.lesion_free_logit_per_disease * disease
     lesion_free = bool(demo.random() < 1.0 / (1.0 + math.exp(-logit)))
-    a, b, c, sd = LESION_LOAD_LOG_ML
-    load_ml = math.exp(a + b * disease + c * (age - 40) + sd * demo.standard_normal())
-    load_ml = float(np.clip(load_ml, *LESION_LOAD_RANGE_ML))
-    a, b, c, sd = ATROPHY
-    atrophy = float(np.clip(a + b * disease + c * (age - 40) + sd * demo.standard_normal(), 0.0, 1.0))
-    span = (FIRST_SCAN_DATES[1] - FIRST_SCAN_DATES[0]).days
-    first_date = FIRST_SCAN_DATES[0] + datetime.timedelta(days=int(demo.integers(span + 1)))
+    a, b, c, sd = (
+        disease_model.load_log_ml_intercept,
+        disease_model.load_log_ml_per_disease,
+        disease_model.load_log_ml_per_year_of_age,
+        disease_model.load_log_ml_sd,
+    )
+    load_ml = math.exp(a + b * disease + c * (age - REFERENCE_AGE) + sd * demo.standard_normal())
+    load_ml = float(np.clip(load_ml, *disease_model.load_range_ml))
+    a, b, c, sd = ageing.intercept, ageing.per_disease, ageing.per_year_of_age, ageing.sd
+    atrophy = float(np.clip(a + b * disease + c * (age - REFERENCE_AGE) + sd * demo.standard_normal(), 0.0, 1.0))
+    first_possible, last_possible = people.scan_dates
+    span = (last_possible - first_possible).days
+    first_date = first_possible + datetime.timedelta(days=int(demo.integers(span + 1)))
     date_of_birth = first_date - datetime.timedelta(days=int(round(age * 365.25)))
-    scanner = "3T" if demo.random() < SCANNER_3T_FRACTION else "1.5T"
-    subject_noise = EDSS_MODEL["subject_sd"] * demo.standard_normal()
-    second = demo.random() < SECOND_SESSION_FRACTION
-    interval = demo.uniform(*INTERVAL_YEARS)
-    switch_scanner = demo.random() < SCANNER_CHANGE_FRACTION
-    session_noise = EDSS_MODEL["session_sd"] * demo.standard_normal(2)
+    scanner = "3T" if demo.random() < people.scanner_3t_fraction else "1.5T"
+    subject_noise = edss.subject_sd * demo.standard_normal()
+    second = demo.random() < people.second_session_fraction
+    interval = demo.uniform(*people.interval_years)
+    switch_scanner = demo.random() < people.scanner_change_fraction
+    session_noise = edss.session_sd * demo.standard_normal(2)
 
-    sizes = LESION_SIZES_TINY if tiny else LESION_SIZES
-    cap = MAX_LESIONS_TINY if tiny else MAX_LESIONS
+    sizes = disease_model.sizes_tiny if tiny else disease_model.sizes
+    cap = disease_model.max_lesions_tiny if tiny else disease_model.max_lesions
     lesions: list[_Lesion] = []
     if not lesion_free:
         total = 0.0
         target_mm3 = load_ml * 1000.0 / head_scale**3
         while total < target_mm3 and len(lesions) < cap:
-            lesions.append(_sample_lesion(lesion_rng, anatomy, sizes))
+            lesions.append(_sample_lesion(lesion_rng, anatomy, sizes, disease_model))
             total += lesions[-1].volume_mm3
 
     plan = _SubjectPlan(index, sex, date_of_birth, disease, head_scale, lesion_free)
@@ -458,23 +443,32 @@ def _subject_plan(seed: int, index: int, tiny: bool) -> tuple[_SubjectPlan, np.r
     for number, scan_date in enumerate(dates, start=1):
         if number == 2:
             years = (dates[1] - dates[0]).days / 365.25
-            progression = ATROPHY_RATE[0] + ATROPHY_RATE[1] * max(disease + 1.0, 0.0)
+            progression = ageing.rate_per_year + ageing.rate_per_disease * max(disease + 1.0, 0.0)
             atrophy = float(min(1.0, atrophy + years * progression))
-            rate = 0.15 if lesion_free else math.exp(NEW_LESIONS_PER_YEAR[0] + NEW_LESIONS_PER_YEAR[1] * disease)
+            rate = (
+                disease_model.new_per_year_lesion_free
+                if lesion_free
+                else math.exp(
+                    disease_model.new_per_year_log_intercept + disease_model.new_per_year_log_per_disease * disease
+                )
+            )
             grown = []
             for lesion in lesions:
-                if lesion_rng.random() < LESION_GROWTH[0]:
-                    factor = lesion_rng.uniform(*LESION_GROWTH[1:]) ** (1 / 3)
+                if lesion_rng.random() < disease_model.growth_probability:
+                    factor = lesion_rng.uniform(*disease_model.growth_volume_factor) ** (1 / 3)
                     lesion = _Lesion(**{**lesion.__dict__, "axes": lesion.axes * factor})
                 grown.append(lesion)
             new = int(lesion_rng.poisson(rate * years))
-            lesions = grown + [_sample_lesion(lesion_rng, anatomy, sizes) for _ in range(min(new, cap))]
+            lesions = grown + [_sample_lesion(lesion_rng, anatomy, sizes, disease_model) for _ in range(min(new, cap))]
             if switch_scanner:
                 scanner = "1.5T" if scanner == "3T" else "3T"
         session_age = (scan_date - date_of_birth).days / 365.25
-        session = _Session(number, scan_date, session_age, scanner, atrophy, list(lesions))
+        image_atrophy = float(
+            min(1.0, atrophy + ageing.ageing_per_year * max(session_age - ageing.ageing_from_age, 0.0))
+        )
+        session = _Session(number, scan_date, session_age, scanner, atrophy, list(lesions), image_atrophy)
         session.edss_continuous, session.edss = edss_model(
-            _lesion_load_ml(session, plan), atrophy, session_age, subject_noise + session_noise[number - 1]
+            _lesion_load_ml(session, plan), atrophy, session_age, subject_noise + session_noise[number - 1], settings
         )
         plan.sessions.append(session)
     return plan, imaging
@@ -510,20 +504,21 @@ def _ids(plan: _SubjectPlan, session: _Session, width: int) -> dict[str, str]:
     }
 
 
-def sample_latents(subjects: int, seed: int = 0, tiny: bool = False) -> Any:
+def sample_latents(subjects: int, seed: int = 0, tiny: bool = False, settings: SynthSettings | None = None) -> Any:
     """Draw the latent table of a cohort without making images (fast; for model checks and docs).
 
     Args:
         subjects: number of subjects.
         seed: random seed (the same seed gives the same subjects as :func:`generate_cohort`).
         tiny: use the lesion sizes of the tiny test cohort.
+        settings: generator settings (:class:`SynthSettings`); ``None`` means ``SynthSettings()``.
 
     Returns:
         ``pandas.DataFrame``, one row per session: ``MRI_ID, Patient_ID, sex, age, scanner, disease,
         head_scale, atrophy, lesion_load_ml, lesions_generated, edss_continuous, edss``.
 
     Raises:
-        ValueError: ``subjects`` is not a positive integer.
+        ValueError: ``subjects`` is not a positive integer, or ``settings`` is not a :class:`SynthSettings`.
 
     Examples:
         >>> table = sample_latents(20, seed=1)  # doctest: +SKIP
@@ -534,10 +529,11 @@ def sample_latents(subjects: int, seed: int = 0, tiny: bool = False) -> Any:
 
     subjects = _check_positive_int("subjects", subjects)
     seed = _check_seed(seed)
+    settings = _check_settings(settings)
     width = max(2, len(str(subjects)))
     rows = []
     for index in range(subjects):
-        plan, _ = _subject_plan(seed, index, tiny)
+        plan, _ = _subject_plan(seed, index, tiny, settings)
         for session in plan.sessions:
             ids = _ids(plan, session, width)
             rows.append(
@@ -680,18 +676,19 @@ def _rotation(angles_deg: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _deformation_field(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+def _deformation_field(rng: np.random.Generator, shape: tuple[int, int, int], settings: SynthSettings) -> np.ndarray:
     from scipy import ndimage
 
-    control = tuple(int(math.ceil(n / DEFORMATION_CONTROL_MM)) + 1 for n in shape)
+    body = settings.anatomy
+    control = tuple(int(math.ceil(n / body.deformation_control_mm)) + 1 for n in shape)
     target = tuple(int(math.ceil(n / 8.0)) + 1 for n in shape)
-    coarse = rng.normal(0.0, DEFORMATION_SD_MM, (3, *control))
+    coarse = rng.normal(0.0, body.deformation_sd_mm, (3, *control))
     zoom = np.divide(target, control)
     fine = np.stack([ndimage.zoom(c, zoom, order=3, mode="nearest", grid_mode=False) for c in coarse])
-    return np.clip(fine, -DEFORMATION_MAX_MM, DEFORMATION_MAX_MM).astype(np.float32)
+    return np.clip(fine, -body.deformation_max_mm, body.deformation_max_mm).astype(np.float32)
 
 
-def _session_displacement(anatomy: _Anatomy, warped: np.ndarray, expansion_mm: float) -> np.ndarray:
+def _session_displacement(anatomy: _Anatomy, warped: np.ndarray, expansion_mm: float, steps: int) -> np.ndarray:
     """Subject deformation then ventricle expansion, as one displacement field on the 2 mm template grid.
 
     Args:
@@ -703,8 +700,8 @@ def _session_displacement(anatomy: _Anatomy, warped: np.ndarray, expansion_mm: f
         # integrate the ventricle-ward flow in small steps (a diffeomorphism, so nothing folds); sampling
         # the template further in makes the ventricles look larger
         moving = coords[:, anatomy.coarse_flowing]
-        step = expansion_mm / VENTRICLE_FLOW_STEPS
-        for _ in range(VENTRICLE_FLOW_STEPS):
+        step = expansion_mm / steps
+        for _ in range(steps):
             moving += step * np.stack([_sample(c, moving / 2.0, mode="nearest") for c in anatomy.flow])
         coords[:, anatomy.coarse_flowing] = moving
     displacement = np.zeros((3, *anatomy.flow.shape[1:]), dtype=np.float32)
@@ -746,11 +743,26 @@ def _head_points(grid: _Grid, head: _Head, anatomy: _Anatomy) -> tuple[np.ndarra
     return keep[inside], coords[:, inside], brain[inside]
 
 
-def _bias_field(rng: np.random.Generator, world: np.ndarray) -> np.ndarray:
+def _bias_field(rng: np.random.Generator, world: np.ndarray, sd: float) -> np.ndarray:
     """Smooth multiplicative field: exp of a random quadratic in world coordinates (per image)."""
     x, y, z = (world - world.mean(axis=1, keepdims=True)) / 100.0
     terms = np.stack([x, y, z, x * x, y * y, z * z, x * y, x * z, y * z])
-    return np.exp(rng.normal(0.0, BIAS_SD, terms.shape[0]) @ terms).astype(np.float32)
+    return np.exp(rng.normal(0.0, sd, terms.shape[0]) @ terms).astype(np.float32)
+
+
+def _contrast_profile(value: np.ndarray, reference: dict[str, float], ratios: tuple[float, float]) -> np.ndarray:
+    """Map template intensities through the monotone piecewise-linear curve that sends the template's CSF, GM
+    and WM means to ``(csf / wm, gm / wm)`` times the WM mean (0 stays 0; slope 1 above the brightest tissue)."""
+    wm = reference["wm"]
+    knots = sorted([(0.0, 0.0), (reference["csf"], ratios[0] * wm), (reference["gm"], ratios[1] * wm), (wm, wm)])
+    x = np.array([k[0] for k in knots])
+    y = np.array([k[1] for k in knots])
+    if np.any(np.diff(y) <= 0):  # SynthSettings checks the order; the template's tissue order is fixed
+        raise ValueError(f"the tissue intensity ratios {ratios} do not keep the template's tissue order")
+    mapped = np.interp(value, x, y).astype(np.float32)
+    above = value > x[-1]
+    mapped[above] = (y[-1] + (value[above] - x[-1])).astype(np.float32)
+    return mapped
 
 
 def _intensity(
@@ -771,18 +783,28 @@ def _intensity(
 
 
 def _acquire(
-    rng: np.random.Generator, value: np.ndarray, world: np.ndarray, modality: str, scanner: str, anatomy: _Anatomy
+    rng: np.random.Generator,
+    value: np.ndarray,
+    world: np.ndarray,
+    modality: str,
+    scanner: str,
+    anatomy: _Anatomy,
+    settings: SynthSettings,
 ) -> tuple[np.ndarray, float]:
-    """Scanner effects on the clean intensities: contrast gamma, bias field, Rician noise, global scale."""
+    """Scanner effects on the clean intensities: tissue contrast profile, gamma, bias field, Rician noise, scale."""
+    scan = settings.acquisition
     wm = anatomy.reference[modality]["wm"]
-    gamma = rng.uniform(*GAMMA_RANGE)
+    ratios = scan.tissue_ratios(modality)
+    if ratios is not None:
+        value = _contrast_profile(value, anatomy.reference[modality], ratios)
+    gamma = rng.uniform(*scan.gamma_range)
     value = wm * np.power(np.maximum(value, 0.0) / wm, gamma)
-    value = value * _bias_field(rng, world)
-    noise_fraction = float(rng.uniform(*NOISE_FRACTION[scanner]))
+    value = value * _bias_field(rng, world, scan.bias_sd)
+    noise_fraction = float(rng.uniform(*scan.noise_fraction(scanner)))
     sigma = noise_fraction * wm
     real = value + sigma * rng.standard_normal(value.size, dtype=np.float32)
     imaginary = sigma * rng.standard_normal(value.size, dtype=np.float32)
-    scale = math.exp(rng.uniform(*np.log(INTENSITY_SCALE_RANGE)))
+    scale = math.exp(rng.uniform(*np.log(scan.intensity_scale_range)))
     return (np.hypot(real, imaginary) * scale).astype(np.float32), noise_fraction
 
 
@@ -814,6 +836,7 @@ class _Task:
     layout: str
     root: str
     width: int
+    settings: SynthSettings
 
 
 def _paths(layout: str, ids: dict[str, str]) -> dict[str, str]:
@@ -866,23 +889,31 @@ def _image_session(
     warped: np.ndarray,
     spacing: float,
     anatomy: _Anatomy,
+    settings: SynthSettings,
 ) -> _SessionImages:
     """Pose the subject's head in the scanner, render T1/T2/mask/tissue, and measure volumes."""
     from scipy import ndimage
 
     template = anatomy.template
-    rotation = _rotation(np.clip(rng.normal(0, ROTATION_SD_DEG, 3), -ROTATION_MAX_DEG, ROTATION_MAX_DEG))
-    translation = np.clip(rng.normal(0, TRANSLATION_SD_MM, 3), -TRANSLATION_MAX_MM, TRANSLATION_MAX_MM)
-    expansion = VENTRICLE_EXPANSION_MM * session.image_atrophy
-    thinning = CORTICAL_THINNING * session.image_atrophy
-    head = _Head(plan.head_scale, rotation, translation, _session_displacement(anatomy, warped, expansion), thinning)
+    scan = settings.acquisition
+    rotation = _rotation(np.clip(rng.normal(0, scan.rotation_sd_deg, 3), -scan.rotation_max_deg, scan.rotation_max_deg))
+    translation = np.clip(
+        rng.normal(0, scan.translation_sd_mm, 3), -scan.translation_max_mm, scan.translation_max_mm
+    )
+    expansion = settings.atrophy.ventricle_expansion_mm * session.image_atrophy
+    thinning = settings.atrophy.cortical_thinning * session.image_atrophy
+    displacement = _session_displacement(anatomy, warped, expansion, settings.atrophy.ventricle_flow_steps)
+    head = _Head(plan.head_scale, rotation, translation, displacement, thinning)
     # the technologist centres each field of view on the head, give or take a few mm
     head_centre = rotation @ (plan.head_scale * anatomy.brain_centre) + translation
-    offsets = np.clip(rng.normal(0, FOV_OFFSET_SD_MM, (2, 3)), -FOV_OFFSET_MAX_MM, FOV_OFFSET_MAX_MM)
-    t1_grid = _fov_grid(head_centre + offsets[0], np.asarray(T1_FOV_MM), np.full(3, spacing), (False, False, False))
-    t2_fov = np.asarray(T1_FOV_MM) + rng.uniform(*T2_FOV_EXTRA_MM, 3)
-    t2_voxel = np.array([spacing, spacing, T2_SLICE_FACTOR * spacing])
-    t2_grid = _fov_grid(head_centre + offsets[1], t2_fov, t2_voxel, (True, True, False))  # LPS
+    offsets = np.clip(rng.normal(0, scan.fov_offset_sd_mm, (2, 3)), -scan.fov_offset_max_mm, scan.fov_offset_max_mm)
+    t1_voxel = np.full(3, scan.t1_voxel_factor * spacing)
+    t1_fov = np.asarray(scan.t1_fov_mm)
+    t1_grid = _fov_grid(head_centre + offsets[0], t1_fov, t1_voxel, scan.flips(scan.t1_orientation))
+    t2_fov = t1_fov + rng.uniform(*scan.t2_fov_extra_mm, 3)
+    inplane = scan.t2_inplane_factor * spacing
+    t2_voxel = np.array([inplane, inplane, scan.t2_slice_factor * spacing])
+    t2_grid = _fov_grid(head_centre + offsets[1], t2_fov, t2_voxel, scan.flips(scan.t2_orientation))
 
     fraction, contrast_t1, contrast_t2, owner, locations = _render_lesions(session.lesions, anatomy, plan.head_scale)
 
@@ -893,7 +924,7 @@ def _image_session(
     proximity = _sample(anatomy.cortex_proximity, coords)
     lesion, weighted = _lesion_samples(fraction, contrast_t1, coords)
     clean = _intensity("t1", _sample(template.t1, coords), gm, proximity, lesion, weighted, thinning, anatomy)
-    t1_values, t1_noise = _acquire(rng, clean, _world(t1_grid, flat), "t1", session.scanner, anatomy)
+    t1_values, t1_noise = _acquire(rng, clean, _world(t1_grid, flat), "t1", session.scanner, anatomy, settings)
     ventricles = _sample(template.ventricles.astype(np.float32), coords)
     # tissue fractions after thinning and lesions -> hard labels
     thinned = thinning * proximity * gm
@@ -905,19 +936,26 @@ def _image_session(
     owners = np.rint(_sample(owner, coords[:, lesion_values], order=0)).astype(np.int64)
     mask_voxels = np.bincount(owners, minlength=len(session.lesions) + 1)[1:]
 
-    flat2, coords2, _ = _head_points(t2_grid, head, anatomy)
-    lesion2, weighted2 = _lesion_samples(fraction, contrast_t2, coords2)
-    clean = _intensity(
-        "t2",
-        _sample(template.t2, coords2),
-        _sample(template.gm, coords2),
-        _sample(anatomy.cortex_proximity, coords2),
-        lesion2,
-        weighted2,
-        thinning,
-        anatomy,
-    )
-    t2_values, t2_noise = _acquire(rng, clean, _world(t2_grid, flat2), "t2", session.scanner, anatomy)
+    def clean_t2(grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
+        where, points, _ = _head_points(grid, head, anatomy)
+        lesion2, weighted2 = _lesion_samples(fraction, contrast_t2, points)
+        values = _intensity(
+            "t2",
+            _sample(template.t2, points),
+            _sample(template.gm, points),
+            _sample(anatomy.cortex_proximity, points),
+            lesion2,
+            weighted2,
+            thinning,
+            anatomy,
+        )
+        return where, values
+
+    if scan.t2_slice_samples == 1:
+        flat2, clean = clean_t2(t2_grid)
+    else:
+        flat2, clean = _slice_profile(t2_grid, scan.t2_slice_samples, clean_t2)
+    t2_values, t2_noise = _acquire(rng, clean, _world(t2_grid, flat2), "t2", session.scanner, anatomy, settings)
 
     def scatter(grid: _Grid, where: np.ndarray, values: np.ndarray, dtype: type) -> np.ndarray:
         volume = np.zeros(grid.shape, dtype=dtype)
@@ -962,10 +1000,32 @@ def _image_session(
     )
 
 
+def _slice_profile(
+    grid: _Grid, samples: int, render: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Thick-slice sampling: the mean of ``samples`` sub-slices evenly spread across each slice (third axis).
+
+    A voxel belongs to the brain when most of its sub-slices do; its value is the mean over those inside.
+
+    Args:
+        render: ``grid -> (flat indices, clean values)`` of the brain voxels of a grid.
+    """
+    total = np.zeros(int(np.prod(grid.shape)), dtype=np.float64)
+    count = np.zeros(total.size, dtype=np.int32)
+    for j in range(samples):
+        shift = np.eye(4)
+        shift[2, 3] = (j + 0.5) / samples - 0.5  # voxel units along the slice axis
+        where, values = render(_Grid(grid.shape, grid.affine @ shift))
+        total[where] += values
+        count[where] += 1
+    flat = np.flatnonzero(2 * count > samples)
+    return flat, (total[flat] / count[flat]).astype(np.float32)
+
+
 def _generate_subject(task: _Task) -> list[dict[str, Any]]:
-    anatomy = _anatomy()
-    plan, rng = _subject_plan(task.seed, task.index, task.tiny)
-    deformation = _deformation_field(rng, anatomy.template.shape)
+    anatomy = _anatomy(task.settings)
+    plan, rng = _subject_plan(task.seed, task.index, task.tiny, task.settings)
+    deformation = _deformation_field(rng, anatomy.template.shape, task.settings)
     # the subject's shape, on the 2 mm template grid; shared by its sessions
     warped = anatomy.coarse_points + np.stack(
         [_sample(c, anatomy.coarse_points / 8.0, mode="nearest") for c in deformation]
@@ -975,7 +1035,7 @@ def _generate_subject(task: _Task) -> list[dict[str, Any]]:
     records = []
     baseline: tuple[_Session, _SessionImages] | None = None
     for session in plan.sessions:
-        images = _image_session(rng, plan, session, warped, task.spacing, anatomy)
+        images = _image_session(rng, plan, session, warped, task.spacing, anatomy, task.settings)
         ids = _ids(plan, session, task.width)
         baseline = baseline or (session, images)
         paths = _paths(task.layout, ids)
@@ -1065,7 +1125,8 @@ class CohortSummary:
         out_dir: the cohort folder.
         layout: ``"seed"`` or ``"bids"``.
         seed: random seed.
-        spacing: T1 voxel size in mm (the T2 has ``spacing x spacing x 1.5 spacing``).
+        spacing: T1 voxel size in mm (``spacing x settings.acquisition.t1_voxel_factor``; the default T2 has
+            ``spacing x spacing x 1.5 spacing``).
         tiny: whether the tiny test settings were used.
         subjects: number of subjects (patients).
         sessions: number of scan sessions.
@@ -1120,6 +1181,16 @@ def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _check_settings(settings: Any) -> SynthSettings:
+    if settings is None:
+        return _DEFAULT
+    if not isinstance(settings, SynthSettings):
+        raise ValueError(
+            f"settings must be a SynthSettings (see SynthSettings.from_dict for a dict), got {type(settings).__name__}"
+        )
+    return settings
 
 
 def _check_seed(seed: Any) -> int:
@@ -1187,14 +1258,17 @@ def generate_cohort(
     workers: int | None = None,
     preview: bool = False,
     overwrite: bool = False,
+    settings: SynthSettings | None = None,
 ) -> CohortSummary:
     """Write a synthetic MS cohort (T1, T2, lesion masks, tissue labels, metadata) built on MNI ICBM152 2009c.
 
-    About 30% of subjects get a second session 1-3 years later. Per session: T1 ``float32`` on an
-    isotropic RAS grid of ``spacing`` mm (``216 x 248 x 224`` mm field of view), T2 ``float32`` on a
-    ``spacing x spacing x 1.5 spacing`` mm LPS grid with another field of view (align them through the
-    affines), lesion mask and tissue labels (``uint8``; 0 background, 1 CSF, 2 GM, 3 WM, 4 lesion) on the
-    T1 grid. The cohort is built in a hidden sibling folder and renamed into place at the end.
+    With the default settings: about 30% of subjects get a second session 1-3 years later. Per session: T1
+    ``float32`` on an isotropic RAS grid of ``spacing`` mm (``216 x 248 x 224`` mm field of view), T2
+    ``float32`` on a ``spacing x spacing x 1.5 spacing`` mm LPS grid with another field of view (align them
+    through the affines), lesion mask and tissue labels (``uint8``; 0 background, 1 CSF, 2 GM, 3 WM, 4
+    lesion) on the T1 grid. The cohort is built in a hidden sibling folder and renamed into place at the end;
+    its ``cohort.json`` records the settings (``settings``) and what differs from the defaults
+    (``settings_changes``).
 
     Args:
         out_dir: output folder; must not exist or be empty (see ``overwrite``).
@@ -1206,12 +1280,14 @@ def generate_cohort(
         workers: worker processes; default ``min(2, cpu count)``. Results do not depend on it.
         preview: also write ``preview.png`` (T1, T2 on the T1 grid, T1 with the mask outlined).
         overwrite: replace ``out_dir`` if it holds a previous synthetic cohort (never another folder).
+        settings: every parameter of the generative model (:class:`SynthSettings`; ``None``: the defaults).
+            ``SynthSettings().shifted("noise")`` etc. model another scanner (see ``SHIFTS``).
 
     Returns:
         :class:`CohortSummary`.
 
     Raises:
-        ValueError: an argument is out of range.
+        ValueError: an argument is out of range, or ``settings`` is not a :class:`SynthSettings`.
         FileExistsError: ``out_dir`` is not empty (and not an older cohort with ``overwrite=True``).
         NotADirectoryError: ``out_dir`` is a file.
         monai_ms.data.templates.TemplateNotFoundError: the template data packages are missing.
@@ -1232,6 +1308,7 @@ def generate_cohort(
     spacing = float(spacing)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    settings = _check_settings(settings)
     workers = min(2, os.cpu_count() or 1) if workers is None else _check_positive_int("workers", workers)
     workers = min(workers, subjects)
     out = Path(out_dir).expanduser().absolute()
@@ -1243,7 +1320,7 @@ def generate_cohort(
     tmp.mkdir()
     try:
         width = max(2, len(str(subjects)))
-        tasks = [_Task(int(seed), i, bool(tiny), spacing, layout, str(tmp), width) for i in range(subjects)]
+        tasks = [_Task(int(seed), i, bool(tiny), spacing, layout, str(tmp), width, settings) for i in range(subjects)]
         if workers == 1:
             per_subject = [_generate_subject(task) for task in tasks]
         else:
@@ -1254,7 +1331,7 @@ def generate_cohort(
         truth = pd.DataFrame(records)
         _write_tables(tmp, truth, layout)
         write_csv(pd.DataFrame(lesion_rows, columns=LESION_TRUTH_COLUMNS), tmp / "lesion_truth.csv")
-        _write_docs(tmp, truth, layout, int(seed), spacing, bool(tiny))
+        _write_docs(tmp, truth, layout, int(seed), spacing, bool(tiny), settings)
         if preview:
             _write_preview(tmp, truth)
         truth["log_lesion"] = np.log1p(truth["lesion_volume_ml"])
@@ -1264,7 +1341,7 @@ def generate_cohort(
             out_dir=out,
             layout=layout,
             seed=int(seed),
-            spacing=spacing,
+            spacing=settings.acquisition.t1_voxel_factor * spacing,
             tiny=bool(tiny),
             subjects=subjects,
             sessions=len(truth),
@@ -1293,6 +1370,8 @@ def generate_cohort(
                 for key, value in asdict(summary).items()
                 if key not in ("out_dir", "seconds", "workers")
             },
+            "settings": settings.to_dict(),
+            "settings_changes": settings.changes(),
         }
         write_json(marker, tmp / COHORT_MARKER)
         _commit(tmp, out)
@@ -1372,8 +1451,21 @@ def _write_tables(root: Path, truth: Any, layout: str) -> None:
     write_text(f"ground_truth.csv\nlesion_truth.csv\n{COHORT_MARKER}\n{LICENCE_NAME}\npreview.png\n", root / ".bidsignore")
 
 
-def _write_docs(root: Path, truth: Any, layout: str, seed: int, spacing: float, tiny: bool) -> None:
+def _write_docs(
+    root: Path, truth: Any, layout: str, seed: int, spacing: float, tiny: bool, settings: SynthSettings
+) -> None:
     write_text(mni_copying_text(), root / LICENCE_NAME)
+    body, ageing, edss, scan = settings.anatomy, settings.atrophy, settings.edss, settings.acquisition
+    t1_mm = scan.t1_voxel_factor * spacing
+    t2_inplane, t2_slice = scan.t2_inplane_factor * spacing, scan.t2_slice_factor * spacing
+    changes = settings.changes()
+    changed = (
+        f"\nGenerator settings `{settings.name}` (not the defaults; all of them in {COHORT_MARKER}), changed: "
+        + ", ".join(f"{key} = {json.dumps(value)}" for key, value in changes.items())
+        + ".\n"
+        if changes
+        else ""
+    )
     files = (
         "T1/{MRI_ID}_T1_preprocessed.nii.gz, T2/{MRI_ID}_T2_preprocessed.nii.gz, masks/{MRI_ID}_lesion.nii.gz, "
         "tissue/{MRI_ID}_tissue.nii.gz, metadata.csv"
@@ -1384,21 +1476,25 @@ def _write_docs(root: Path, truth: Any, layout: str, seed: int, spacing: float, 
     text = f"""# Synthetic multiple-sclerosis cohort (monai-ms)
 
 Synthetic data: no real person was scanned. Made by `monai_ms.data.synthetic.generate_cohort` with seed {seed},
-T1 voxel {spacing:g} mm{" (tiny test settings)" if tiny else ""}, layout `{layout}`:
+T1 voxel {t1_mm:g} mm{" (tiny test settings)" if tiny else ""}, layout `{layout}`:
 {truth["Patient_ID"].nunique()} subjects, {len(truth)} sessions.
-
+{changed}
 Files: {files}; ground_truth.csv (the latent variables), lesion_truth.csv (one row per lesion and session:
 stable lesion id, status baseline/new/enlarged/unchanged, centre in world mm, location class), {COHORT_MARKER}
 (generator parameters).
 
 ## Generative model (details and numbers: docs/synthetic_cohort.md in monai-ms)
 
-- Each head is the MNI ICBM152 2009c template, scaled (females 0.93, males 0.985 on average, sd 0.03),
+- Each head is the MNI ICBM152 2009c template, scaled (females {body.head_scale_mean_female:g}, males \
+{body.head_scale_mean_male:g} on average, sd {body.head_scale_sd:g}),
   smoothly deformed (a few mm), rotated (a few degrees) and shifted (a few mm) in the scanner.
 - A latent disease severity drives the white-matter lesion load (lognormal, many periventricular lesions,
-  about 1 in 8 subjects lesion-free) and atrophy (ventricles enlarged by up to 5 mm, cortex thinned).
-- EDSS = 0.9 + 1.0 ln(1 + lesion mL) + 3.0 atrophy + 0.015 (age - 40) + noise, rounded to 0.5 in [0, 10].
-- T1: {spacing:g} mm isotropic, RAS. T2: {spacing:g} x {spacing:g} x {T2_SLICE_FACTOR * spacing:g} mm, LPS, another
+  about 1 in 8 subjects lesion-free) and atrophy (ventricles enlarged by up to {ageing.ventricle_expansion_mm:g} mm, \
+cortex thinned).
+- EDSS = {edss.intercept!r} + {edss.lesion!r} ln(1 + lesion mL) + {edss.atrophy!r} atrophy + {edss.age!r} (age - \
+{REFERENCE_AGE:g}) + noise, rounded to 0.5 in [0, 10].
+- T1: {t1_mm:g} mm isotropic, {scan.t1_orientation}. T2: {t2_inplane:g} x {t2_inplane:g} x {t2_slice:g} mm, \
+{scan.t2_orientation}, another
   field of view: resample T2 onto T1 through the affines. Both are skull-stripped (zero outside the brain), float32,
   with a smooth bias field, Rician noise and an arbitrary intensity scale per image.
 - Lesion masks (0/1) and tissue labels (0 background, 1 CSF, 2 GM, 3 WM, 4 lesion) are on the T1 grid.
@@ -1426,13 +1522,14 @@ def _write_preview(root: Path, truth: Any, rows: int = 4) -> None:
     axes = figure.subplots(len(picks), 3, squeeze=False)
     for row, index in enumerate(picks):
         record = truth.loc[index]
-        t1_image = nib.load(str(root / record["paths"]["t1"]))
+        # shown in RAS whatever the storage orientation (the default T1 is RAS already: used as stored)
+        t1_image = nib.as_closest_canonical(nib.load(str(root / record["paths"]["t1"])))
         t1 = t1_image.get_fdata(dtype=np.float32)
         t2_image = nib.load(str(root / record["paths"]["t2"]))
         t2 = resample_from_to(t2_image, t1_image, order=1).get_fdata(dtype=np.float32)
-        mask = np.asarray(nib.load(str(root / record["paths"]["lesion"])).dataobj)
+        mask = np.asarray(nib.as_closest_canonical(nib.load(str(root / record["paths"]["lesion"]))).dataobj)
         per_slice = mask.sum(axis=(0, 1))
-        # T1 is RAS: the third axis is inferior -> superior
+        # RAS: the third axis is inferior -> superior
         k = int(np.argmax(per_slice)) if per_slice.any() else int(np.argmax((t1 > 0).sum(axis=(0, 1))))
         # crop every column of the row to the brain on this slice
         rows_, cols_ = np.nonzero(t1[:, :, k].T > 0)

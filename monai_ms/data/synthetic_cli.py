@@ -2,13 +2,20 @@
 
 Usage:
     monai-ms synth --out DIR --subjects N [--seed S] [--spacing MM] [--layout seed|bids] [--tiny]
-                   [--workers W] [--preview] [--overwrite]
+                   [--workers W] [--preview] [--overwrite] [--settings FILE.json] [--shift NAME ...]
+    monai-ms synth --show-settings [--settings FILE.json] [--shift NAME ...]
+
+``--settings`` reads generator settings (a partial JSON object of ``SynthSettings`` groups and fields;
+the rest keep their defaults); ``--shift`` applies a named scanner shift on top (repeatable, in order).
+``--show-settings`` prints the resulting settings as JSON and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from monai_ms.data.synthetic_settings import SHIFTS
 
 __all__ = ["add_arguments", "run"]
 
@@ -19,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the sub-command's parser.
     """
-    parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    parser.add_argument("--subjects", required=True, type=int, help="number of subjects (about 1.3 sessions each)")
+    parser.add_argument("--out", help="output folder (must not exist or be empty); required unless --show-settings")
+    parser.add_argument(
+        "--subjects", type=int, help="number of subjects (about 1.3 sessions each); required unless --show-settings"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--spacing", type=float, default=None, help="T1 voxel size in mm (default 2, or 4 with --tiny)")
     parser.add_argument("--layout", choices=("seed", "bids"), default="seed", help="folder layout (default seed)")
@@ -31,6 +40,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite",
         action="store_true",
         help="replace --out if it holds an earlier synthetic cohort (never other data)",
+    )
+    parser.add_argument(
+        "--settings",
+        metavar="FILE.json",
+        help="generator settings: a JSON object of SynthSettings groups and fields (partial; the rest keep their "
+        "defaults), e.g. {\"acquisition\": {\"bias_sd\": 0.25}}",
+    )
+    parser.add_argument(
+        "--shift",
+        action="append",
+        choices=tuple(SHIFTS),
+        default=[],
+        metavar="NAME",
+        help=f"apply a named scanner shift on top of the settings (repeatable): {', '.join(SHIFTS)}",
+    )
+    parser.add_argument(
+        "--show-settings", action="store_true", help="print the resulting generator settings as JSON and exit"
     )
 
 
@@ -45,8 +71,22 @@ def run(args: argparse.Namespace) -> int:
         interrupted (Ctrl-C).
     """
     from monai_ms.data.synthetic import generate_cohort
+    from monai_ms.data.synthetic_settings import SynthSettings
     from monai_ms.data.templates import TemplateNotFoundError
 
+    try:
+        settings = SynthSettings.from_json(args.settings) if args.settings else SynthSettings()
+        settings = settings.shifted(*args.shift)
+    except (ValueError, OSError) as error:
+        print(f"monai-ms synth: error: {error}", file=sys.stderr)
+        return 1
+    if args.show_settings:
+        print(settings.to_json(), end="")
+        return 0
+    missing = [option for option, value in (("--out", args.out), ("--subjects", args.subjects)) if value is None]
+    if missing:
+        print(f"monai-ms synth: error: the following arguments are required: {', '.join(missing)}", file=sys.stderr)
+        return 2
     try:
         summary = generate_cohort(
             args.out,
@@ -58,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             preview=args.preview,
             overwrite=args.overwrite,
+            settings=settings,
         )
     except (ValueError, OSError, TemplateNotFoundError) as error:
         print(f"monai-ms synth: error: {error}", file=sys.stderr)
