@@ -246,3 +246,40 @@ def test_cohort_without_lesion_masks_trains_with_an_empty_lesion_key(tiny_manife
     assert json_null.returncode != 0 and "--lesion_key: the command line cannot set a value to null" in json_null.stderr
     check(run_bundle("edss", "training", ["train"], {**overrides, "lesion_key": ""}))
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_usage_line_from_nothing_trains_the_lesion_stage_first_and_reuses_it(tiny_manifest, tmp_path):
+    """The README's first command on a fresh clone: no lesion model anywhere, so the EDSS run trains the
+    lesion_seg bundle's defaults on its own training split first (issue 19), starts its frozen lesion
+    pathway from that checkpoint, and a second run on the same manifest reuses it."""
+    lesion_tiny = {"spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "patches_per_volume": 2, "epochs": 1, "batch_size": 2, "num_workers": 0}
+    overrides = {**TINY_OVERRIDES, "epochs": 1, "data_manifest": str(tiny_manifest), "output_dir": str(tmp_path / "eval"),
+                 "ckpt_dir": str(tmp_path / "models"), "lesion_stage": lesion_tiny}
+    result = check(run_bundle("edss", "training", ["train"], overrides))
+    stage = tmp_path / "models" / "lesion_stage" / "models" / "model.pt"
+    assert stage.is_file() and (tmp_path / "models" / "lesion_stage" / "eval" / "training_log.csv").is_file()
+    output = result.stdout + result.stderr
+    assert "lesion stage: no lesion segmenter trained on this manifest yet" in output
+    assert f"lesion pathway initialised from {stage} (frozen)" in output
+    # the stage was trained on the EDSS run's own training split, selected on its validation split
+    record = json.loads(provenance_path(stage).read_text())
+    manifest = read_manifest(tiny_manifest)
+    assert record["training_subjects"] == sorted({e["subject"] for e in manifest["training"]})
+    assert record["validation_subjects"] == sorted({e["subject"] for e in manifest["validation"]})
+    # the EDSS model carries the stage's segmenter, unchanged (frozen)
+    trained = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    for name, value in torch.load(stage, map_location="cpu", weights_only=True).items():
+        assert torch.equal(trained[f"lesion_network.{name}"], value)
+    # training used the stored per-session lesion feature (no segmenter pass per step)
+    assert "lesion-load feature of" in output
+    again = check(run_bundle("edss", "training", ["train"], {**overrides, "output_dir": str(tmp_path / "eval2"), "ckpt_dir": str(tmp_path / "models")}))
+    assert f"lesion stage: reusing {stage}" in again.stdout + again.stderr
+
+
+def test_a_missing_lesion_init_path_is_an_error(tiny_manifest, tmp_path):
+    overrides = {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "output_dir": str(tmp_path / "eval"),
+                 "ckpt_dir": str(tmp_path / "models"), "lesion_init": str(tmp_path / "missing.pt")}
+    result = run_bundle("edss", "training", ["train"], overrides)
+    assert result.returncode == 1
+    assert f"lesion_init: {tmp_path / 'missing.pt'} is not a file" in result.stderr
+    assert not (tmp_path / "models" / "model.pt").exists()

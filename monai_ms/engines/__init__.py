@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from monai_ms.engines.autocast import AutocastInferer, cpu_autocast
 from monai_ms.engines.brain_age import (
     AgeBias,
     BrainAgeReportHandler,
@@ -52,6 +53,8 @@ from monai_ms.engines.training_state import (
 )
 
 __all__ = [
+    "AutocastInferer",
+    "cpu_autocast",
     "AtomicCheckpointSaver",
     "EpochSeedHandler",
     "NonFiniteLossError",

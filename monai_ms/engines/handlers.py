@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,7 @@ class LearningCurveHandler:
     def _validation_completed(self, evaluator: Engine) -> None:
         epoch = self._trainer.state.epoch if self._trainer is not None else evaluator.state.epoch
         row = self._row(epoch)
+        row["wall_clock"] = time.time()  # unix time at the end of validation: benchmarks/time_to_accuracy.py reads it
         for name, value in evaluator.state.metrics.items():
             if np.isscalar(value):
                 row[f"val_{name}" if not name.startswith("val") else name] = float(value)

@@ -40,9 +40,14 @@ class BrainSegmenter3D(nn.Module):
         bias: whether the convolutions have a bias term.
         upsample: ``"deconv"``, ``"nontrainable"`` or ``"pixelshuffle"``
             (see :py:class:`~monai.networks.blocks.UpSample`).
+        prior_probability: start the output bias at ``logit(prior_probability)`` (as MONAI's RetinaNet
+            classification head does), so the untrained network predicts the rare foreground class with
+            that probability instead of 0.5; ``None`` keeps PyTorch's default bias. Lesions are about 1% of
+            the brain: from 0.5 the first epochs are spent learning that the background is background.
 
     Raises:
-        ValueError: ``strides`` does not have ``len(channels) - 1`` entries or a value is not positive;
+        ValueError: ``strides`` does not have ``len(channels) - 1`` entries or a value is not positive, a
+            ``prior_probability`` outside (0, 1);
             in ``forward``, a spatial size that is not a multiple of :attr:`divisible_by`.
 
     Shapes:
@@ -74,8 +79,11 @@ class BrainSegmenter3D(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         upsample: str = "deconv",
+        prior_probability: float | None = None,
     ) -> None:
         super().__init__()
+        if prior_probability is not None and not 0.0 < prior_probability < 1.0:
+            raise ValueError(f"prior_probability must be in (0, 1) or None, got {prior_probability}")
         if len(strides) != len(channels) - 1:
             raise ValueError(
                 f"strides must have len(channels) - 1 = {len(channels) - 1} entries (one per downsampling), "
@@ -116,6 +124,9 @@ class BrainSegmenter3D(nn.Module):
         self.final_conv = Convolution(
             spatial_dims, self.channels[0], out_channels, kernel_size=1, conv_only=True, bias=True
         )
+        if prior_probability is not None:
+            with torch.no_grad():
+                self.final_conv.conv.bias.fill_(math.log(prior_probability / (1.0 - prior_probability)))
         self._divisible_by: int = math.prod(self.strides)
 
     @property
