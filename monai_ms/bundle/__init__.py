@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from monai_ms.bundle.cohort import demo_manifest, validate_cohort
 from monai_ms.bundle.config import bundle_root, check_overrides, running_workflow
+from monai_ms.bundle.lesion_stage import start_lesion_pathway
 from monai_ms.bundle.provenance import evaluation_provenance, run_overrides
 from monai_ms.bundle.verify import verify_checksums
 
@@ -14,6 +15,7 @@ __all__ = [
     "evaluation_provenance",
     "run_overrides",
     "running_workflow",
+    "start_lesion_pathway",
     "validate_cohort",
     "verify_checksums",
 ]

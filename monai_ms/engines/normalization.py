@@ -57,7 +57,12 @@ def fit_normalization(
 
 
 def fit_covariate_head(
-    network: Any, entries: Sequence[Mapping[str, Any]], transform: Any, target_key: str = "edss", ridge: float = 1e-3
+    network: Any,
+    entries: Sequence[Mapping[str, Any]],
+    transform: Any,
+    target_key: str = "edss",
+    ridge: float = 1e-3,
+    lesion_features: dict[str, float] | None = None,
 ) -> None:
     """Start a :class:`~monai_ms.networks.DualStreamRegressor`'s linear covariate path at the least-squares fit.
 
@@ -74,6 +79,11 @@ def fit_covariate_head(
         transform: the evaluation chain producing ``t1``, ``t2``, ``demographics`` and ``target_key``.
         target_key: key of the target.
         ridge: L2 penalty of the fit (on standardised covariates).
+        lesion_features: filled with session id -> lesion-load feature when the network's lesion pathway
+            is a frozen segmenter (no parameter needs a gradient), for
+            :class:`~monai_ms.networks.ForwardWithLesionMap` to reuse at every training step; the feature
+            depends only on the session's images, so a frozen segmenter gives the same value each time
+            (from the images without augmentation). Left empty otherwise.
     """
     captured: list[torch.Tensor] = []
     hook = network.covariate_head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
@@ -92,6 +102,12 @@ def fit_covariate_head(
         hook.remove()
         network.train(was_training)
     x = torch.cat(captured).to(torch.float64).cpu()
+    segmenter = getattr(network, "lesion_network", None)
+    frozen = bool(getattr(network, "lesion_from_images", False)) and not any(p.requires_grad for p in segmenter.parameters())
+    if lesion_features is not None and frozen:
+        # the lesion feature is the covariates' last column (see DualStreamRegressor._predict)
+        lesion_features.update({str(entry["session"]): float(x[i, -1]) for i, entry in enumerate(entries)})
+        logger.info(f"lesion pathway frozen: its lesion-load feature of {len(entries)} training sessions is computed once, not at every step")
     y = (torch.cat(targets) - network.target_mean.double().cpu()) / network.target_std.double().cpu()
     design = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
     penalty = ridge * len(x) * torch.eye(design.shape[1], dtype=torch.float64)

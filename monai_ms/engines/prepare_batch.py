@@ -49,7 +49,12 @@ class PrepareBatchMultiInput(PrepareBatch):
         missing = [key for key in self.input_keys + self.label_keys if key not in batchdata]
         if missing:
             raise KeyError(f"batch lacks keys {missing}; it has {sorted(batchdata)}")
-        inputs = [batchdata[key].to(device=device, non_blocking=non_blocking, **kwargs) for key in self.input_keys]
+        # a non-tensor input (e.g. the batch's session ids, a list of strings) is passed as it is
+        inputs = [_to(batchdata[key], device, non_blocking, **kwargs) for key in self.input_keys]
         labels = tuple(batchdata[key].to(device=device, non_blocking=non_blocking, **kwargs) for key in self.label_keys)
         label = None if not labels else labels[0] if isinstance(self.label_key, str) else labels
         return inputs[0], label, tuple(inputs[1:]), {}
+
+
+def _to(value: Any, device: str | torch.device | None, non_blocking: bool, **kwargs: Any) -> Any:
+    return value.to(device=device, non_blocking=non_blocking, **kwargs) if isinstance(value, torch.Tensor) else value

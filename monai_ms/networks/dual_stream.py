@@ -261,21 +261,50 @@ class DualStreamRegressor(nn.Module):
             )
         t1_maps = self.t1_encoder(t1)
         t2_maps = self.t2_encoder(t2)
-        demographics = (demographics.to(self.demographics_mean.dtype) - self.demographics_mean) / self.demographics_std
-        features = [self.pool(t1_maps[-1]), self.pool(t2_maps[-1]), demographics.to(t1_maps[-1].dtype)]
         lesion_logits = torch.zeros(0, dtype=t1.dtype, device=t1.device)
         if self.lesion_from_images:
             lesion_logits = self.lesion_network(torch.cat([t1, t2], dim=1))
         elif self.has_lesion_map:
             lesion_logits = self.lesion_head(torch.cat([t1_maps[self.lesion_level], t2_maps[self.lesion_level]], dim=1))
+        lesion_feature = self.lesion_load_feature(lesion_logits) if self.has_lesion_map else lesion_logits
+        return self._predict(t1_maps[-1], t2_maps[-1], demographics, lesion_feature), lesion_logits
+
+    def lesion_load_feature(self, lesion_logits: torch.Tensor) -> torch.Tensor:
+        """``log(1 + 1000 * lesion fraction)`` of lesion logits ``(B, 1, *S)`` -> ``(B, 1)``.
+
+        Only voxels called lesion (probability > 0.5) count: the faint probability spread over the whole
+        background would otherwise outweigh lesions of a few mL.
+        """
+        probability = torch.sigmoid(lesion_logits).flatten(2)
+        load = (probability * (probability > 0.5).to(probability.dtype)).mean(2)  # (B, 1) lesion fraction
+        return torch.log1p(1000.0 * load)
+
+    def forward_with_lesion_feature(
+        self, t1: torch.Tensor, t2: torch.Tensor, demographics: torch.Tensor, lesion_feature: torch.Tensor
+    ) -> torch.Tensor:
+        """Predict from the images with a lesion-load feature ``(B, 1)`` computed beforehand.
+
+        What training uses when the lesion pathway is a frozen segmenter: its feature depends only on a
+        session's images, so it is computed once per session (see
+        :func:`~monai_ms.engines.fit_covariate_head`) instead of at every step, where the segmenter's
+        full-resolution forward pass cost more than both encoders together. :meth:`forward` (evaluation,
+        inference, the exported model) still computes it from the images.
+        """
+        if not self.has_lesion_map:
+            raise ValueError("forward_with_lesion_feature: this network has no lesion pathway")
+        return self._predict(self.t1_encoder(t1)[-1], self.t2_encoder(t2)[-1], demographics, lesion_feature.reshape(-1, 1))
+
+    def _predict(
+        self, t1_features: torch.Tensor, t2_features: torch.Tensor, demographics: torch.Tensor, lesion_feature: torch.Tensor
+    ) -> torch.Tensor:
+        """Pooled last feature maps, raw demographics and the lesion feature (empty without a pathway) -> target units."""
+        demographics = (demographics.to(self.demographics_mean.dtype) - self.demographics_mean) / self.demographics_std
+        features = [self.pool(t1_features), self.pool(t2_features), demographics.to(t1_features.dtype)]
         if self.has_lesion_map:
-            probability = torch.sigmoid(lesion_logits).flatten(2)
-            load = (probability * (probability > 0.5).to(probability.dtype)).mean(2)  # (B, 1) lesion fraction
-            features.append(torch.log1p(1000.0 * load))
+            features.append(lesion_feature.to(t1_features.dtype))
         covariates = torch.cat(features[2:], dim=1)
         output = self.head(torch.cat(features, dim=1)) + self.covariate_head(covariates)
-        prediction = self.target_mean + self.target_std * output
-        return prediction, lesion_logits
+        return self.target_mean + self.target_std * output
 
 
 class ForwardWithLesionMap(nn.Module):
@@ -285,16 +314,29 @@ class ForwardWithLesionMap(nn.Module):
     call), while evaluation, checkpoints and TorchScript use the wrapped network and its plain
     ``forward``. Both share the same parameters.
 
+    With ``lesion_features`` (session id -> lesion-load feature of a frozen segmenter, filled by
+    :func:`~monai_ms.engines.fit_covariate_head`) and the batch's session ids as the fourth input, the
+    segmenter is not run: the stored feature is used, and the lesion logits come back empty (a frozen
+    pathway has no lesion loss). A session missing from the table is computed from its images.
+
     Args:
         network: a :class:`DualStreamRegressor` (with or without the lesion pathway).
+        lesion_features: the per-session feature table, or ``None`` (always compute from the images).
 
     Shapes:
         see :meth:`DualStreamRegressor.forward_with_lesion_map`.
     """
 
-    def __init__(self, network: DualStreamRegressor) -> None:
+    def __init__(self, network: DualStreamRegressor, lesion_features: dict[str, float] | None = None) -> None:
         super().__init__()
         self.network = network
+        self.lesion_features = lesion_features
 
-    def forward(self, t1: torch.Tensor, t2: torch.Tensor, demographics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, t1: torch.Tensor, t2: torch.Tensor, demographics: torch.Tensor, session: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.lesion_features and session is not None and all(s in self.lesion_features for s in session):
+            feature = torch.tensor([self.lesion_features[s] for s in session], dtype=t1.dtype, device=t1.device)
+            prediction = self.network.forward_with_lesion_feature(t1, t2, demographics, feature)
+            return prediction, torch.zeros(0, dtype=t1.dtype, device=t1.device)
         return self.network.forward_with_lesion_map(t1, t2, demographics)
