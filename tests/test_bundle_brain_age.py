@@ -110,6 +110,10 @@ def test_inference_writes_age_and_the_corrected_gap_where_age_is_known(trained, 
     known = table.drop(new_scans[0]["session"])
     np.testing.assert_allclose(known["brain_age_gap_corrected"], known["age_pred_corrected"] - known["age"], atol=1e-5)
     assert (table["model_version"] == json.loads((REPO / "bundles/brain_age/configs/metadata.json").read_text())["version"]).all()
+    sidecar = json.loads((tmp_path / "predictions.provenance.json").read_text())  # the table's provenance
+    assert sidecar["rows"] == len(table) and sidecar["provenance"]["split"] == "testing"
+    assert sidecar["provenance"]["checkpoint_sha256"] == file_sha256(out / "models" / "model.pt")
+    assert sidecar["provenance"]["overrides"]["age_bias_file"] == str(tmp_path / "age_bias.json")
 
 
 def test_torchscript_export_matches_checkpoint(trained, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -89,6 +90,13 @@ def test_evaluate_reports_model_and_baselines(trained, tiny_manifest):
     np.testing.assert_allclose(predictions["prediction"] - predictions["edss"], predictions["error"], atol=1e-6)
     assert report["model"]["mae"] == pytest.approx(predictions["error"].abs().mean(), rel=1e-5)
     assert (out / "eval" / "scatter.png").stat().st_size > 1000
+    # EDSS is declared on [0, 10]: the metrics use the clipped prediction, the network's output is kept,
+    # and a column gives the clipped value on the EDSS scale's 0.5 steps
+    assert report["prediction_range"]["clipped_to"] == [0.0, 10.0]
+    assert predictions["prediction"].between(0.0, 10.0).all()
+    np.testing.assert_allclose(predictions["prediction"], predictions["prediction_raw"].clip(0.0, 10.0), atol=1e-9)
+    assert report["prediction_range"]["n_clipped"] == int((predictions["prediction"] != predictions["prediction_raw"]).sum())
+    np.testing.assert_allclose(predictions["prediction_rounded"], np.floor(predictions["prediction"] * 2 + 0.5) / 2, atol=1e-9)
 
 
 def test_inference_writes_one_row_per_session_with_model_version(trained, tiny_manifest, tmp_path):
@@ -105,8 +113,20 @@ def test_inference_writes_one_row_per_session_with_model_version(trained, tiny_m
     check(run_bundle("edss", "inferring", ["train", "inference"], {**overrides, "data_manifest": str(tmp_path / "new_scans.json"), "predictions_csv": str(csv)}))
     table = pd.read_csv(csv)
     assert sorted(table["session"]) == sorted(e["session"] for e in manifest["testing"])
-    assert table["edss_pred"].between(-5, 15).all()
-    assert (table["model_version"] == json.loads((REPO / "bundles/edss/configs/metadata.json").read_text())["version"]).all()
+    assert list(table.columns) == ["session", "edss_pred", "edss_pred_rounded", "edss_pred_raw", "model_version"]
+    assert table["edss_pred"].between(0.0, 10.0).all()
+    np.testing.assert_allclose(table["edss_pred"], table["edss_pred_raw"].clip(0.0, 10.0), atol=1e-9)
+    np.testing.assert_allclose(table["edss_pred_rounded"], np.floor(table["edss_pred"] * 2 + 0.5) / 2, atol=1e-9)
+    version = json.loads((REPO / "bundles/edss/configs/metadata.json").read_text())["version"]
+    assert (table["model_version"] == version).all()
+    # the table's provenance beside it: split, manifest and checkpoint SHA-256, bundle version, overrides
+    sidecar = json.loads((tmp_path / "predictions.provenance.json").read_text())
+    assert sidecar["table"] == "predictions.csv" and sidecar["rows"] == len(table) and sidecar["columns"] == list(table.columns)
+    record = sidecar["provenance"]
+    assert record["split"] == "testing" and record["bundle_version"] == version
+    assert record["manifest_sha256"] == hashlib.sha256((tmp_path / "new_scans.json").read_bytes()).hexdigest()
+    assert record["checkpoint_sha256"] == hashlib.sha256((out / "models" / "model.pt").read_bytes()).hexdigest()
+    assert record["overrides"]["predictions_csv"] == str(csv)
 
 
 def test_torchscript_export_matches_checkpoint(trained, tmp_path):

@@ -185,6 +185,15 @@ def test_zip_holds_a_documented_self_contained_bundle(exported, trained, tiny_ma
     assert f"| model | {metrics['mae']:.3f} |" in readme and "baseline: training_median" in readme
     assert "trust" in readme and "--data_manifest new_scans.json" in readme
 
+    # where the shipped figures come from: split, manifest and checkpoint SHA-256, bundle version, overrides
+    recorded = metadata["eval_provenance"]
+    assert recorded["split"] == "testing" and recorded["bundle_version"] == source["version"]
+    assert recorded["manifest_sha256"] == hashlib.sha256(tiny_manifest.read_bytes()).hexdigest()
+    assert recorded["checkpoint_sha256"] == hashlib.sha256((bundle / "models/model.pt").read_bytes()).hexdigest()
+    assert recorded["overrides"]["epochs"] == 1 and recorded["overrides"]["data_manifest"] == str(tiny_manifest)
+    assert recorded["manifest"] == tiny_manifest.name and recorded["checkpoint"] == "model.pt"  # no trainer's folders
+    assert recorded["checkpoint_sha256"] in readme and recorded["manifest_sha256"] in readme
+
 
 def _copy_bundle(source: Path, target: Path, *parts: str) -> Path:
     target.mkdir()
@@ -325,3 +334,4 @@ def test_every_bundle_exports_and_verifies(task, tmp_path):
     with zipfile.ZipFile(result.path) as archive:
         metadata = json.loads(archive.read(f"{task}/configs/metadata.json"))
     assert metadata["eval_metrics"] == {} and metadata["version"] == result.version
+    assert "eval_provenance" not in metadata  # nothing evaluated, nothing to trace

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -60,7 +61,17 @@ def test_evaluate_writes_auc_brier_confusion_matrix_and_roc(trained):
     assert (table["predicted"] == np.where(table["p_male"] >= 0.5, "M", "F")).all()
     assert report["model"]["brier"] == pytest.approx(((table["p_male"] - (table["sex"] == "M")) ** 2).mean(), rel=1e-6)
     assert np.array(report["model"]["confusion_matrix"]).sum() == len(table)
-    for name in ("roc_curve.png", "confusion_matrix.png"):
+    # calibration: MONAI's expected calibration error of P(male), with n and a patient-bootstrap interval,
+    # the reliability bins behind it and their diagram
+    from monai_ms.engines.metrics import expected_calibration_error
+
+    model = report["model"]
+    assert model["ece"] == pytest.approx(expected_calibration_error(table["p_male"], (table["sex"] == "M").astype(float)), abs=1e-9)
+    low, high = model["ci95"]["ece"]
+    assert 0.0 <= low <= high <= 1.0 and report["uncertainty"]["n_sessions"] == model["n"] == len(table)
+    assert report["uncertainty"]["unit"] == "subject"
+    assert sum(report["calibration"]["count"]) == len(table) and len(report["calibration"]["count"]) == report["calibration"]["n_bins"]
+    for name in ("roc_curve.png", "confusion_matrix.png", "reliability_diagram.png"):
         assert (out / "eval" / name).stat().st_size > 1000
 
 
@@ -74,6 +85,10 @@ def test_inference_writes_p_male_and_class_matching_evaluation(trained, tmp_path
     check(run_bundle("sex", "inferring", ["train", "inference"], infer_overrides))
     table = pd.read_csv(csv)
     assert list(table.columns) == ["session", "p_male", "sex_pred", "model_version"]
+    record = json.loads((tmp_path / "predictions.provenance.json").read_text())["provenance"]
+    assert record["split"] == "testing"
+    assert record["checkpoint_sha256"] == hashlib.sha256((out / "models" / "model.pt").read_bytes()).hexdigest()
+    assert record["manifest_sha256"] == hashlib.sha256((tmp_path / "new_scans.json").read_bytes()).hexdigest()
     assert (table["sex_pred"] == np.where(table["p_male"] >= 0.5, "M", "F")).all()
     if (out / "eval" / "predictions.csv").exists():  # the evaluate test ran: same model, same scans, same P(male)
         evaluated = pd.read_csv(out / "eval" / "predictions.csv").set_index("session")

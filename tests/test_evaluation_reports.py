@@ -146,6 +146,44 @@ def test_inference_table_clips_edss_and_keeps_the_raw_value(tmp_path):
     assert frame.columns.tolist() == ["session", "edss_pred", "edss_pred_rounded", "edss_pred_raw", "model_version"]
     assert frame["edss_pred"].tolist() == [0.0, 3.3, 10.0] and frame["edss_pred_rounded"].tolist() == [0.0, 3.5, 10.0]
     assert frame["edss_pred_raw"].tolist() == [-0.4, 3.3, 10.2]
+    assert not (tmp_path / "p.provenance.json").exists()  # no provenance given, no sidecar
+
+
+def test_inference_table_writes_its_provenance_beside_it(tmp_path):
+    manifest, checkpoint = tmp_path / "new_scans.json", tmp_path / "model.pt"
+    manifest.write_text('{"testing": []}')
+    torch.save({"w": torch.ones(2)}, checkpoint)
+    record = evaluation_provenance("testing", manifest, checkpoint)
+    table = PredictionTableHandler(tmp_path / "inference" / "predictions.csv", value_name="edss_pred", value_range=[0.0, 10.0],
+                                   round_to=0.5, provenance=record)
+    table.ids, table.preds = ["a", "b"], [1.2, 12.0]
+    frame = table.write()
+    sidecar = json.loads((tmp_path / "inference" / "predictions.provenance.json").read_text())
+    assert sidecar["table"] == "predictions.csv" and sidecar["rows"] == 2 and sidecar["columns"] == frame.columns.tolist()
+    assert sidecar["provenance"]["split"] == "testing"
+    assert sidecar["provenance"]["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert sidecar["provenance"]["manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+
+
+def test_exported_provenance_keeps_the_hashes_and_drops_the_trainers_folders(tmp_path):
+    from monai_ms.bundle.export import eval_provenance_from, trained_model_section
+
+    manifest, checkpoint = tmp_path / "cohort" / "manifest.json", tmp_path / "models" / "model.pt"
+    manifest.parent.mkdir()
+    checkpoint.parent.mkdir()
+    manifest.write_text("{}")
+    torch.save({"w": torch.ones(2)}, checkpoint)
+    report = {"split": "testing", "model": {"n": 3, "mae": 0.5}, "baselines": {},
+              "provenance": {**evaluation_provenance("testing", manifest, checkpoint), "overrides": {"epochs": 2}}}
+    recorded = eval_provenance_from(report)
+    assert recorded["manifest"] == "manifest.json" and recorded["checkpoint"] == "model.pt"
+    assert recorded["manifest_sha256"] == hashlib.sha256(b"{}").hexdigest() and recorded["overrides"] == {"epochs": 2}
+    assert str(tmp_path) not in json.dumps(recorded)
+    assert report["provenance"]["manifest"] == str(manifest.resolve())  # the report itself is not changed
+    assert eval_provenance_from({"model": {"mae": 1.0}}) == {}
+    section = trained_model_section("edss", "edss.zip", "0.3.1", {}, {}, None, None, report, {"model.pt": "00"}, 10, "Net", False)
+    assert recorded["checkpoint_sha256"] in section and recorded["manifest_sha256"] in section
+    assert "split `testing`" in section and "`epochs` = `2`" in section
 
 
 def test_a_constant_model_is_marked_as_not_beating_its_baselines(tmp_path):

@@ -4,7 +4,9 @@ The zip holds one folder, ``<name>/`` (the bundle folder's name by default)::
 
     <name>/LICENSE
     <name>/configs/        every config of the bundle; train.json with the settings the model was trained with
-    <name>/configs/metadata.json   version, changelog entry, eval_metrics, the export's library versions
+    <name>/configs/metadata.json   version, changelog entry, eval_metrics, eval_provenance (split, manifest
+                                   and checkpoint SHA-256, bundle version, overrides of the evaluation),
+                                   the export's library versions
     <name>/docs/README.md  the bundle's README with a generated "Trained model" section
     <name>/models/model.pt           the best checkpoint's state_dict (loads with weights_only=True)
     <name>/models/model.ts           TorchScript (monai.bundle.ckpt_export), runs without monai_ms
@@ -45,6 +47,7 @@ __all__ = [
     "check_metrics_checkpoint",
     "cohort_counts",
     "eval_metrics_from",
+    "eval_provenance_from",
     "export_bundle",
     "monai_only_inference_config",
     "next_version",
@@ -123,6 +126,29 @@ def eval_metrics_from(report: Mapping[str, Any]) -> dict[str, float]:
     """
     source = report.get("model") or report.get("summary") or report
     return {k: v for k, v in source.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def eval_provenance_from(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The provenance of an evaluation ``metrics.json`` as an exported bundle records it (``eval_provenance``).
+
+    The record of :func:`monai_ms.bundle.evaluation_provenance` (split, fold, manifest and checkpoint SHA-256,
+    bundle name and version, the run's overrides, library versions, time), with the trainer's local paths of
+    the manifest and the checkpoint reduced to their file names (the SHA-256 identify them; the folders mean
+    nothing on a collaborator's machine). Empty when the report records no provenance.
+
+    Examples:
+        >>> eval_provenance_from({"provenance": {"split": "testing", "manifest": "/data/c/manifest.json",
+        ...                                      "manifest_sha256": "ab", "checkpoint_sha256": "cd"}})
+        {'split': 'testing', 'manifest': 'manifest.json', 'manifest_sha256': 'ab', 'checkpoint_sha256': 'cd'}
+    """
+    provenance = report.get("provenance")
+    if not isinstance(provenance, Mapping):
+        return {}
+    record = json.loads(json.dumps(provenance))  # a deep, JSON-clean copy
+    for key in ("manifest", "checkpoint"):
+        if isinstance(record.get(key), str):
+            record[key] = Path(record[key]).name
+    return record
 
 
 def check_metrics_checkpoint(
@@ -360,6 +386,22 @@ def trained_model_section(
         lines += [f"### Evaluation ({split} split{f', n = {count}' if count is not None else ''})", ""]
         lines += _metrics_table(report) or ["(no scalar metrics)"]
         lines += ["", "The same numbers are in `configs/metadata.json` -> `eval_metrics`.", ""]
+        provenance = eval_provenance_from(report)
+        if provenance:
+            overrides = provenance.get("overrides")
+            if overrides is None:
+                shown = "unknown (not run through `python -m monai.bundle run`)"
+            else:
+                shown = ", ".join(f"`{k}` = `{json.dumps(v)}`" for k, v in overrides.items()) or "none"
+            lines += [
+                f"Provenance of these figures (`configs/metadata.json` -> `eval_provenance`): split "
+                f"`{provenance.get('split')}`, manifest SHA-256 `{provenance.get('manifest_sha256')}`, evaluated "
+                f"checkpoint SHA-256 `{provenance.get('checkpoint_sha256')}` (the trainer's `models/model.pt`; "
+                f"`monai-ms bundle export` checked that it is the exported model), bundle "
+                f"`{provenance.get('bundle')}` version `{provenance.get('bundle_version')}`, overrides of the "
+                f"evaluation run: {shown}.",
+                "",
+            ]
     else:
         lines += ["### Evaluation", "", "Not evaluated (exported with `--no-metrics`).", ""]
     lines += ["### Files", "", "| file | SHA-256 |", "|---|---|"]
@@ -693,6 +735,9 @@ def _exported_metadata(
     metadata["version"] = version
     metadata["changelog"] = {version: changelog, **(source.get("changelog") or {})}
     metadata["eval_metrics"] = metrics
+    provenance = eval_provenance_from(report) if report else {}
+    if provenance:
+        metadata["eval_provenance"] = provenance
     metadata["monai_version"] = monai.__version__
     metadata["pytorch_version"] = torch.__version__.split("+")[0]
     metadata["numpy_version"] = numpy.__version__

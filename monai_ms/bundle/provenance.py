@@ -2,7 +2,8 @@
 
 Called from each bundle's ``evaluate.json`` (``"provenance": "$monai_ms.bundle.evaluation_provenance(...)"``)
 and passed to the report handler, which writes it into ``metrics.json`` and the sidecar of the
-predictions table. ``monai-ms bundle export`` compares the recorded checkpoint SHA-256 with the model it
+predictions table; ``inference.json`` passes the same record of the inferred split to the table handler,
+which writes ``eval/inference/predictions.provenance.json`` beside ``predictions.csv``. ``monai-ms bundle export`` compares the recorded checkpoint SHA-256 with the model it
 exports and refuses metrics of another model.
 """
 
@@ -70,10 +71,10 @@ def evaluation_provenance(
     bundle_root: str | os.PathLike | None = None,
     fold: int | None = None,
 ) -> dict[str, Any]:
-    """The provenance record of one evaluation run.
+    """The provenance record of one evaluation (or inference) run.
 
     Args:
-        split: the evaluated split (``eval_split``).
+        split: the evaluated split (``eval_split``; ``infer_split`` for inference).
         data_manifest: the manifest.
         checkpoint: the evaluated checkpoint (``models/model.pt``).
         bundle_root: the bundle folder (its ``configs/metadata.json`` gives the version when the running

@@ -411,6 +411,7 @@ class BrainAgeTableHandler(PredictionTableHandler):
         bias_file: the ``age_bias.json`` saved by evaluation, or ``None``; see :func:`load_age_bias`.
         checkpoint: the checkpoint in use (the correction must belong to it).
         model_version: recorded in every row.
+        provenance: the run's provenance, written beside the table (see :class:`PredictionTableHandler`).
     """
 
     def __init__(
@@ -420,8 +421,9 @@ class BrainAgeTableHandler(PredictionTableHandler):
         bias_file: str | Path | None = None,
         checkpoint: str | Path | None = None,
         model_version: str = "",
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(output_file, value_name="age_pred", model_version=model_version)
+        super().__init__(output_file, value_name="age_pred", model_version=model_version, provenance=provenance)
         self.entries = {str(e["session"]): e for e in entries}
         self.bias_file = bias_file
         self.checkpoint = checkpoint
@@ -441,6 +443,7 @@ class BrainAgeTableHandler(PredictionTableHandler):
                 frame["brain_age_gap_corrected"] = gaps["gap_corrected"]
         frame["model_version"] = self.model_version
         write_csv(frame, self.output_file)
+        self.write_provenance(frame)
         logger.info(f"wrote {len(frame)} brain-age predictions to {self.output_file}")
         return frame
 

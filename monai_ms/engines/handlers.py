@@ -374,6 +374,9 @@ class PredictionTableHandler(PredictionCollector):
         value_range: ``[low, high]``: the ``value_name`` column is clipped to it (EDSS: [0, 10]) and the
             unclipped value is kept in ``<value_name>_raw``; ``extra`` functions get the clipped values.
         round_to: also ``<value_name>_rounded``, the (clipped) value rounded to this step (EDSS: 0.5).
+        provenance: the run's provenance (``monai_ms.bundle.evaluation_provenance`` of the inferred split, the
+            manifest and the checkpoint), written beside the table as ``<table>.provenance.json`` (see
+            :func:`monai_ms.engines.evaluation_report.write_sidecar`); ``None`` writes no sidecar.
 
     Bound to a :class:`monai_ms.engines.BatchInference` (its ``writers``), each prediction is recorded per
     session as it is made and the table is written by ``batch.finish()`` (see :meth:`bind`).
@@ -388,9 +391,11 @@ class PredictionTableHandler(PredictionCollector):
         extra: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
         value_range: Sequence[float] | None = None,
         round_to: float | None = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(id_key="session", pred_key="pred", label_key=None, pred_transform=pred_transform)
         self.output_file = Path(output_file)
+        self.provenance = provenance
         self.value_name = value_name
         self.model_version = model_version
         self.extra = dict(extra or {})
@@ -431,7 +436,15 @@ class PredictionTableHandler(PredictionCollector):
         with_errors = self.batch.add_error_rows(frame)
         if len(with_errors) != len(frame):
             write_csv(with_errors, self.output_file)
+            self.write_provenance(with_errors)
         return self.output_file
+
+    def write_provenance(self, frame: pd.DataFrame) -> Path | None:
+        """Write ``<table>.provenance.json`` (the run's provenance, the table's columns and rows) when the
+        handler was given a provenance; returns its path, or None."""
+        if self.provenance is None:
+            return None
+        return write_sidecar(self.output_file, self.provenance, frame.columns, len(frame))
 
     def write(self, engine: Engine | None = None) -> pd.DataFrame:
         raw = np.asarray(self.preds, dtype=np.float64)
@@ -445,6 +458,7 @@ class PredictionTableHandler(PredictionCollector):
             frame[name] = function(values)
         frame["model_version"] = self.model_version
         write_csv(frame, self.output_file)
+        self.write_provenance(frame)
         logger.info(f"wrote {len(frame)} predictions to {self.output_file}")
         return frame
 

@@ -165,8 +165,9 @@ def classification_metrics(probability: Sequence[float], target: Sequence[float]
 def _calibration_tensors(probability: Sequence[float], target: Sequence[float]) -> tuple[Any, Any]:
     import torch
 
-    prob = np.asarray(probability, dtype=np.float64).ravel()
-    true = np.asarray(target, dtype=np.float64).ravel()
+    # copies (np.array): torch.from_numpy refuses, with a warning, read-only views such as a pandas column's
+    prob = np.array(probability, dtype=np.float64).ravel()
+    true = np.array(target, dtype=np.float64).ravel()
     if prob.shape != true.shape or prob.size == 0:
         raise ValueError(f"probability and target must be non-empty and of equal length, got {prob.size} and {true.size}")
     # MONAI's calibration metrics take (batch, channel, spatial...): one batch, the positive class, N samples
