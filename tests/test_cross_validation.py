@@ -115,6 +115,77 @@ def _entries(subjects: int) -> list[dict]:
              "sex": "FM"[s % 2], "edss": 2.0} for s in range(subjects) for k in range(1 + s % 2)]
 
 
+def test_folds_made_from_the_pool_never_put_a_subjects_sessions_on_both_sides(tmp_path):
+    from monai_ms.bundle.cross_validation import fold_manifest, manifest_folds
+    from monai_ms.data import new_manifest
+
+    entries = _entries(15)  # every other patient has two sessions
+    pool, testing = entries[:-3], entries[-3:]
+    assert len(pool) > len({e["subject"] for e in pool})
+    path = write_manifest(new_manifest({"training": pool[:15], "validation": pool[15:], "testing": testing}), tmp_path / "m.json")
+    per_fold, info = manifest_folds(path, 3, seed=2)
+    assert "split_entries" in info["source"]
+    assert sorted(e["session"] for fold in per_fold for e in fold) == sorted(e["session"] for e in pool)  # each once
+    for k in range(3):
+        for inner_validation in (0.0, 0.3):
+            fold = fold_manifest(per_fold, k, tmp_path, tmp_path / f"fold_{k}", inner_validation=inner_validation)
+            sides = [{e["subject"] for e in fold[split]} for split in ("training", "validation", "testing")]
+            assert all(not a & b for i, a in enumerate(sides) for b in sides[i + 1:]), (k, inner_validation)
+            assert not {e["session"] for split in fold.values() if isinstance(split, list) for e in split} & {e["session"] for e in testing}
+
+
+FAKE_MONAI_BUNDLE = """
+import csv, json, sys
+from pathlib import Path
+
+args = sys.argv[1:]  # -m monai.bundle run RUN_ID --config_file FILES --key value ...
+run_id, options = args[3], dict(zip(args[6::2], args[7::2]))
+if run_id == "training":
+    models = Path(options["--ckpt_dir"])
+    models.mkdir(parents=True, exist_ok=True)
+    (models / "model.pt").write_bytes(b"weights")
+    (models / "argv.json").write_text(json.dumps(options))
+else:
+    entries = json.loads(Path(options["--data_manifest"]).read_text())[options["--eval_split"]]
+    out = Path(options["--output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["session", "edss", "prediction"])
+        writer.writerows([e["session"], e["edss"], e["edss"] + 0.5] for e in entries)
+"""
+
+
+def test_fold_placeholder_gives_each_fold_its_own_file(tmp_path):
+    """``--set lesion_init=.../fold_{fold}/...``: each fold's training gets its own fold's file (the EDSS bundle's
+    segmenter from a lesion_seg cross-validation); a stand-in for ``python -m monai.bundle`` records the arguments."""
+    import sys
+
+    from monai_ms.bundle.cross_validation import overrides_of_fold, run_cross_validation
+    from monai_ms.data import new_manifest
+
+    assert overrides_of_fold({"lesion_init": "cv/fold_{fold}/model.pt", "epochs": 2, "x": [1]}, 3) == {
+        "lesion_init": "cv/fold_3/model.pt", "epochs": 2, "x": [1]}
+    bundle = tmp_path / "edss"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "train.json").write_text(json.dumps({"task": "edss"}))
+    (bundle / "configs" / "evaluate.json").write_text("{}")
+    fake = tmp_path / "fake_python"
+    fake.write_text(f"#!{sys.executable}\n{FAKE_MONAI_BUNDLE}")
+    fake.chmod(0o755)
+    entries = [{**e, "edss": float(i % 7)} for i, e in enumerate(_entries(12))]
+    path = write_manifest(new_manifest({"training": entries[:12], "validation": entries[12:], "testing": []}), tmp_path / "m.json")
+    template = str(tmp_path / "lesion_cv" / "fold_{fold}" / "models" / "model.pt")
+    summary = run_cross_validation(bundle, path, 3, tmp_path / "out", overrides={"lesion_init": template, "epochs": 2},
+                                   python=str(fake), n_resamples=10)
+    for k in range(3):
+        used = json.loads((tmp_path / "out" / f"fold_{k}" / "models" / "argv.json").read_text())
+        assert used["--lesion_init"] == str(tmp_path / "lesion_cv" / f"fold_{k}" / "models" / "model.pt")
+        assert used["--epochs"] == "2"
+    assert summary["overrides"]["lesion_init"] == template  # the command as given is what is recorded
+    assert summary["pooled"]["mae"] == pytest.approx(0.5)
+
+
 def test_manifest_folds_are_used_as_written_and_checked(tmp_path):
     from monai_ms.bundle.cross_validation import fold_manifest, manifest_folds
     from monai_ms.data import ManifestError, new_manifest
@@ -143,3 +214,13 @@ def test_manifest_folds_are_used_as_written_and_checked(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(moved))
     with pytest.raises(ManifestError, match=f"subject {first['subject']} has sessions in folds"):
         manifest_folds(tmp_path / "bad.json", 3)
+
+
+def test_sex_folds_are_scored_with_calibration():
+    from monai_ms.bundle.cross_validation import TASK_SCORERS, score_table
+    from monai_ms.engines.metrics import expected_calibration_error
+
+    frame = pd.DataFrame({"sex": ["F", "M", "m", "F", "M", "F"], "p_male": [0.2, 0.9, 0.4, 0.6, 0.7, 0.1]})
+    metrics = score_table("sex", frame)
+    assert metrics["ece"] == pytest.approx(expected_calibration_error(frame["p_male"], [0, 1, 1, 0, 1, 0]))
+    assert "ece" in TASK_SCORERS["sex"].columns  # a column of cv.md

@@ -26,6 +26,13 @@ of the same command skips finished folds (and a trained fold whose evaluation di
 re-evaluated, as is one whose ``evaluate.json`` changed); a fold trained with other settings (``train.json``,
 overrides or folds) is refused rather than mixed in.
 
+Per-fold files: in a string override, ``{fold}`` becomes the fold number, so a fold's model can use
+another cross-validation's model of the same fold, e.g. the EDSS bundle's frozen lesion segmenter:
+``monai-ms cv bundles/lesion_seg ... --out cv/lesion_seg`` first, then ``monai-ms cv bundles/edss ...
+--set lesion_init=cv/lesion_seg/fold_{fold}/models/model.pt`` (same manifest, ``--folds``, ``--seed``
+and ``--inner_validation``, hence the same folds; the EDSS run refuses a segmenter trained on subjects it
+is scored on).
+
 Model selection: by default the bundle's early stopping and best-checkpoint choice look at the
 ``validation`` split, which is the held-out fold, so the per-fold figures are those of the best epoch on
 that fold (optimistic when the validation metric is noisy). ``inner_validation=F`` holds out F of the
@@ -58,6 +65,8 @@ __all__ = [
     "TaskScorer",
     "TASK_SCORERS",
     "RESERVED_OVERRIDES",
+    "FOLD_PLACEHOLDER",
+    "overrides_of_fold",
     "manifest_folds",
     "fold_manifest",
     "score_table",
@@ -74,6 +83,7 @@ RESERVED_OVERRIDES = (
     "data_manifest", "output_dir", "ckpt_dir", "cache_dir", "eval_split", "fold", "resume",
     "checkpoint", "age_bias_file", "predictions_csv",  # each fold evaluates its own model and writes its own files
 )
+FOLD_PLACEHOLDER = "{fold}"
 FOLD_RECORD = "fold.json"
 TRAINED_RECORD = "trained.json"
 SELECTION_NOTE = (
@@ -136,7 +146,7 @@ TASK_SCORERS: dict[str, TaskScorer] = {
     "edss": TaskScorer(
         "predictions.csv", _regression("edss", "prediction", within=1.0), ("n", "mae", "rmse", "pearson_r", "within_1")
     ),
-    "sex": TaskScorer("predictions.csv", _sex, ("n", "auc", "accuracy", "balanced_accuracy", "brier")),
+    "sex": TaskScorer("predictions.csv", _sex, ("n", "auc", "accuracy", "balanced_accuracy", "brier", "ece")),
     "lesion_seg": TaskScorer(
         "per_scan.csv", _segmentation, ("n_scans", "mean_dice", "median_dice", "lesion_tpr", "lesion_f1")
     ),
@@ -224,6 +234,16 @@ def manifest_folds(
         "subjects": [len({e["subject"] for e in f}) for f in per_fold],
     }
     return per_fold, info
+
+
+def overrides_of_fold(overrides: Mapping[str, Any], fold: int) -> dict[str, Any]:
+    """The overrides of one fold: ``{fold}`` in a string value becomes the fold number.
+
+    Examples:
+        >>> overrides_of_fold({"lesion_init": "cv/lesion_seg/fold_{fold}/models/model.pt", "epochs": 3}, 2)
+        {'lesion_init': 'cv/lesion_seg/fold_2/models/model.pt', 'epochs': 3}
+    """
+    return {k: v.replace(FOLD_PLACEHOLDER, str(fold)) if isinstance(v, str) else v for k, v in overrides.items()}
 
 
 def fold_manifest(
@@ -493,8 +513,9 @@ def run_cross_validation(
         folds: number of folds K.
         out_dir: output folder: ``fold_k/{manifest.json,models/,eval/,train.log,evaluate.log,fold.json}``,
             ``cv.json``, ``cv.md``, ``predictions.csv`` (all folds' tables, with a ``fold`` column).
-        overrides: bundle config overrides for every fold (``{"epochs": 1}``); the keys of
-            :data:`RESERVED_OVERRIDES` are set per fold and refused here.
+        overrides: bundle config overrides for every fold (``{"epochs": 1}``); ``{fold}`` in a string value
+            becomes the fold number (:func:`overrides_of_fold`); the keys of :data:`RESERVED_OVERRIDES` are set
+            per fold and refused here.
         seed: seed of the fold split when the manifest has no folds (the training seed is the bundle's).
         python: interpreter that runs ``-m monai.bundle``.
         command: the command line recorded in the outputs (default: a ``monai-ms cv`` line).
@@ -576,7 +597,7 @@ def run_cross_validation(
         fold_manifest_path = fold_dir / "manifest.json"
         write_manifest(manifest, fold_manifest_path, overwrite=True)
         fold_overrides = {
-            **overrides,
+            **overrides_of_fold(overrides, fold),
             "data_manifest": str(fold_manifest_path.absolute()),
             "output_dir": str((fold_dir / "eval").absolute()),
             "ckpt_dir": str((fold_dir / "models").absolute()),

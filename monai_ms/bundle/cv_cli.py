@@ -10,6 +10,9 @@ Examples:
     monai-ms cv bundles/brain_age --data_manifest demo_data/v2/manifest.json --folds 5 --inner_validation 0.2 \
         --out bundles/brain_age/runs/cv_5fold_inner
     monai-ms cv bundles/sex --data_manifest cohort.json --folds 5 --out bundles/sex/runs/cv_no_histogram --set histogram_bins=0
+    monai-ms cv bundles/lesion_seg --data_manifest demo_data/v2/manifest.json --folds 5 --out cv/lesion_seg
+    monai-ms cv bundles/edss --data_manifest demo_data/v2/manifest.json --folds 5 \
+        --set lesion_init=cv/lesion_seg/fold_{fold}/models/model.pt
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_setting,
         default=[],
         metavar="KEY=VALUE",
-        help="a bundle config override for every fold (VALUE in JSON, e.g. 'epochs=20'); repeat for several",
+        help="a bundle config override for every fold (VALUE in JSON, e.g. 'epochs=20'; {fold} in a string "
+        "becomes the fold number); repeat for several",
     )
 
 
