@@ -81,3 +81,22 @@ def test_inference_tiny(tmp_path: Path, cache_dir: Path) -> None:
     assert set(lesion["median_seconds"]) >= {"load_s", "preprocess_s", "sliding_window_s", "postprocess_invert_s", "write_s", "end_to_end_s"}
     assert result["bundles"]["edss"]["median_seconds"]["network_forward_s"] > 0
     assert result["summary"]["lesion_seg"]["overhead_ratio"] > 0
+
+
+def test_time_to_accuracy_tiny(tmp_path: Path, tiny_manifest: Path) -> None:
+    out = tmp_path / "time_to_accuracy.json"
+    argv = ["--tiny", "--bundles", "lesion_seg", "--variants", "default,v0.3", "--manifest", str(tiny_manifest), "--out", str(out)]
+    assert _script("time_to_accuracy").main(argv) == 0
+    result = json.loads(out.read_text())
+    _machine_ok(result)
+    assert result["targets"]["lesion_seg"] == 0.70 and result["targets"]["edss"] > 0
+    runs = {r["variant"]: r for r in result["results"]}
+    assert set(runs) == {"default", "v0.3"}
+    for run in runs.values():
+        assert run["exit_status"] == 0 and not run["stopped_at_cap"]
+        assert run["epochs"] == 2 and len(run["curve"]) == 2 and run["target"]["metric"] == "val_mean_dice"
+        # each run trained in its own copy of the bundles, so nothing trained in the checkout was used
+        assert (tmp_path / "time_to_accuracy" / f"lesion_seg_{run['variant']}" / "bundles" / "lesion_seg" / "configs" / "train.json").is_file()
+    # the previous release's settings were put back, null included, through an override file
+    overrides = json.loads((tmp_path / "time_to_accuracy" / "lesion_seg_v0.3" / "overrides.json").read_text())
+    assert overrides["autocast"] is None and overrides["network_def#prior_probability"] is None

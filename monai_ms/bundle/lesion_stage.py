@@ -126,6 +126,7 @@ def start_lesion_pathway(
     seed: int = 0,
     freeze: bool = True,
     stage_overrides: Mapping[str, Any] | None = None,
+    lesion_key: str | None = "lesion",
 ) -> bool:
     """The EDSS ``initialize`` step: choose (or train) the segmenter, then :func:`init_lesion_pathway`.
 
@@ -142,6 +143,8 @@ def start_lesion_pathway(
         seed: the run's seed.
         freeze: stop gradients into the loaded segmenter.
         stage_overrides: lesion_seg overrides for a stage trained here.
+        lesion_key: the manifest's lesion-mask key; empty (a cohort without masks): ``"auto"`` trains no
+            stage and the pathway stays untrained, with a warning.
 
     Returns:
         True when a segmenter was loaded.
@@ -149,6 +152,12 @@ def start_lesion_pathway(
     Raises:
         ValueError: as :func:`init_lesion_pathway`, or a failed stage (one line under the bundle CLI).
     """
+    if lesion_init is not None and str(lesion_init) == AUTO and not lesion_key:
+        logger.warning(
+            "lesion_init auto: no lesion masks (lesion_key is empty), so no lesion stage can be trained and the "
+            "EDSS model learns without a lesion load; pass a trained lesion_seg model.pt as --lesion_init to use one"
+        )
+        lesion_init = ""
     if lesion_init is not None and str(lesion_init) == AUTO:
         manifest_sha256 = sha256_file(data_manifest)
         sibling = Path(bundle_root).parent / "lesion_seg" / "models" / "model.pt"

@@ -19,6 +19,7 @@ Bundle configs refer to :func:`paired_transforms` by ``_target_``; nothing else 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -466,6 +467,8 @@ def paired_transforms(
         chain += augmentation(image_keys, label_key, prob=augment_prob, spatial_size=roi)
     chain.append(ZScoreNonzerod(keys=image_keys))
     if patch_based:
+        # a lesion-free session gives background patches only; MONAI warns about it at every draw
+        warnings.filterwarnings("ignore", message="Num foregrounds 0, Num backgrounds", category=UserWarning)
         chain.append(
             RandCropByPosNegLabeld(
                 keys=image_keys + [label_key],
