@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_ms.data.fields import SEX_CODES
 from monai_ms.data.manifest import ManifestError, rebase_paths, read_manifest, write_manifest
 from monai_ms.io import sha256_file, write_csv, write_json, write_text
 
@@ -127,7 +128,7 @@ def _regression(target: str, prediction: str, within: float | None = None) -> Ca
 def _sex(frame: Any) -> dict[str, Any]:
     from monai_ms.engines.metrics import classification_metrics
 
-    labels = frame["sex"].astype(str).str.upper().map({"F": 0, "M": 1})
+    labels = frame["sex"].astype(str).str.upper().map(SEX_CODES)
     if labels.isna().any():
         bad = frame.loc[labels.isna(), "sex"].iloc[0]
         raise CrossValidationError(f"predictions.csv: sex must be F or M, got {bad!r}")

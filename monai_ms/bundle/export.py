@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monai_ms.data.fields import SEX_CONFIG_CODES, SPLITS
 from monai_ms.data.transforms import RESAMPLE_RESIDUE_TOL
 from monai_ms.bundle.verify import CHECKSUM_FILE, sha256_file, verify_bundle
 from monai_ms.io import atomic_path, write_json, write_text
@@ -246,7 +247,7 @@ def cohort_counts(manifest: str | os.PathLike, fold: int | None = None) -> dict[
     from monai_ms.data.manifest import load_datalist
 
     counts = {}
-    for split in ("training", "validation", "testing"):
+    for split in SPLITS:
         entries = load_datalist(manifest, split, fold=fold, validate=False)
         subjects = {str(e.get("subject", e.get("session"))) for e in entries}
         counts[split] = {"sessions": len(entries), "subjects": len(subjects)}
@@ -835,7 +836,7 @@ def monai_only_inference_config(parser: Any, metadata: Mapping[str, Any]) -> dic
         "num_workers": 0,
         "spacing": list(spacing),
         "roi_size": list(roi),
-        "sex_codes": {"f": 0.0, "female": 0.0, "m": 1.0, "male": 1.0, "0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0},
+        "sex_codes": dict(SEX_CONFIG_CODES),
         "checksums": f"$dict(reversed(line.split()) for line in open(@ckpt_dir + '/{CHECKSUM_FILE}') if line.strip())",
         "changed_model_files": "$[name for name in sorted(set(@checksums) | {'model.ts'}) if name not in @checksums "
         "or not monai.apps.utils.check_hash(os.path.join(@ckpt_dir, name), @checksums[name], 'sha256')]",

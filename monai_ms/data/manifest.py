@@ -18,12 +18,33 @@ import copy
 import csv
 import json
 import logging
-import math
 import os
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+# the entry's fields are defined in fields.py; re-exported here, where they used to live
+from monai_ms.data.fields import (
+    AGE_RANGE,
+    AGE_RULE,
+    EDSS_RANGE,
+    EDSS_RULE,
+    EDSS_STEP,
+    ENTRY_KEY_ORDER,
+    IMAGE_KEYS,
+    MISSING_TOKENS as MISSING_TOKENS,  # re-exported, not used here
+    REQUIRED_KEYS,
+    SEX_PATTERN,
+    SEX_VALUES,
+    SPLITS,
+    TASK_KEYS,
+    check_age,
+    check_edss,
+    is_missing,
+    normalise_sex,
+    show_value,
+)
 
 __all__ = [
     "ManifestError",
@@ -51,27 +72,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-SPLITS: tuple[str, ...] = ("training", "validation", "testing")
-IMAGE_KEYS: tuple[str, ...] = ("t1", "t2", "lesion", "tissue")
-# keys an entry must carry for a task; t2/lesion present in an entry are checked whatever the task
-TASK_KEYS: dict[str, tuple[str, ...]] = {
-    "edss": ("t1", "t2", "age", "sex", "edss"),
-    "lesion_seg": ("t1", "t2", "lesion"),
-    "brain_age": ("t1", "age"),
-    "sex": ("t1", "sex"),
-    # inference on new scans: the network inputs only, no label
-    "edss_inference": ("t1", "t2", "age", "sex"),
-    "lesion_seg_inference": ("t1", "t2"),
-    "brain_age_inference": ("t1",),
-    "sex_inference": ("t1",),
-}
-REQUIRED_KEYS: tuple[str, ...] = ("subject", "session", "t1")
-AGE_RANGE = (0.0, 120.0)
-EDSS_RANGE = (0.0, 10.0)
-EDSS_STEP = 0.5
-SEX_VALUES = {"f": "F", "female": "F", "m": "M", "male": "M"}
-# table cells that mean "not recorded" (BIDS uses n/a)
-MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "none", "null"})
 DEFAULT_COLUMNS: dict[str, str] = {
     "subject": "Patient_ID",
     "session": "MRI_ID",
@@ -82,112 +82,10 @@ DEFAULT_COLUMNS: dict[str, str] = {
     "scan_date": "Scan_Date",
 }
 _REQUIRED_COLUMNS = ("subject", "session")
-_ENTRY_KEY_ORDER = ("subject", "session", *IMAGE_KEYS, "age", "sex", "edss", "scanner", "scan_date", "fold")
 
 
 class ManifestError(ValueError):
     """A manifest, metadata table or cohort folder that cannot be used; the message says why, line by line."""
-
-
-# ---------------------------------------------------------------------------------------------
-# value rules (shared by build, validation and split)
-# ---------------------------------------------------------------------------------------------
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float) and math.isfinite(value):
-        return f"{value:g}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    return repr(value)
-
-
-def _as_number(value: Any, name: str, rule: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        kind = " (text)" if isinstance(value, str) else "" if value is None else f" (a {type(value).__name__})"
-        raise ValueError(f"{name} must be {rule}, got {_show(value)}{kind}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be {rule}, got {value}")
-    return value
-
-
-def check_age(value: Any, name: str = "age") -> float:
-    """Return ``value`` as a float age in years, or raise if it is not a plausible age.
-
-    Args:
-        value: a JSON number (``int`` or ``float``; strings are refused: the manifest stores numbers).
-        name: the field name used in the message (e.g. the CSV column).
-
-    Returns:
-        the age as ``float``.
-
-    Raises:
-        ValueError: not a finite number in [0, 120].
-
-    Examples:
-        >>> check_age(32)
-        32.0
-    """
-    rule = f"a number of years in [{AGE_RANGE[0]:g}, {AGE_RANGE[1]:g}]"
-    age = _as_number(value, name, rule)
-    if not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
-        raise ValueError(f"{name} must be {rule}, got {_show(age)}")
-    return age
-
-
-def check_edss(value: Any, name: str = "edss") -> float:
-    """Return ``value`` as a float EDSS score, or raise if it is not one.
-
-    Args:
-        value: a JSON number.
-        name: the field name used in the message.
-
-    Returns:
-        the EDSS as ``float``.
-
-    Raises:
-        ValueError: not a number in [0, 10] in steps of 0.5.
-
-    Examples:
-        >>> check_edss(3.5)
-        3.5
-    """
-    rule = f"in [{EDSS_RANGE[0]:g}, {EDSS_RANGE[1]:g}] in steps of {EDSS_STEP:g}"
-    edss = _as_number(value, name, f"a number {rule}")
-    if not (EDSS_RANGE[0] <= edss <= EDSS_RANGE[1] and abs(edss / EDSS_STEP - round(edss / EDSS_STEP)) < 1e-6):
-        raise ValueError(f"{name} must be {rule}, got {_show(edss)}")
-    return edss
-
-
-def normalise_sex(value: Any, name: str = "sex") -> str:
-    """Return ``"F"`` or ``"M"`` for F/M/female/male in any case.
-
-    Args:
-        value: the recorded sex.
-        name: the field name used in the message.
-
-    Returns:
-        ``"F"`` or ``"M"``.
-
-    Raises:
-        ValueError: anything else.
-
-    Examples:
-        >>> normalise_sex("Female")
-        'F'
-    """
-    if isinstance(value, str) and value.strip().lower() in SEX_VALUES:
-        return SEX_VALUES[value.strip().lower()]
-    raise ValueError(f"{name} must be one of F, M, female, male (any case), got {_show(value)}")
-
-
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and value.strip().lower() in MISSING_TOKENS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +125,7 @@ def check_manifest_shape(manifest: Any, source: str = "<manifest>") -> dict:
     if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise ManifestError(
             f"{source}: format_version must be an integer <= {FORMAT_VERSION} (this monai-ms reads version "
-            f"{FORMAT_VERSION}), got {_show(version)}"
+            f"{FORMAT_VERSION}), got {show_value(version)}"
         )
     lines = []
     for split in SPLITS:
@@ -237,7 +135,7 @@ def check_manifest_shape(manifest: Any, source: str = "<manifest>") -> dict:
             continue
         for index, entry in enumerate(entries):
             if not isinstance(entry, dict):
-                lines.append(f"{source}: {split}[{index}] must be an object (one scan session), got {_show(entry)}")
+                lines.append(f"{source}: {split}[{index}] must be an object (one scan session), got {show_value(entry)}")
     folds = manifest.get("folds")
     if folds is not None and not (
         isinstance(folds, list) and all(isinstance(f, list) and all(isinstance(s, str) for s in f) for f in folds)
@@ -533,7 +431,7 @@ def _parse_values(raw: Mapping[str, Any], names: Mapping[str, str]) -> tuple[dic
     values: dict[str, Any] = {}
     problems = []
     for key, text in raw.items():
-        if _is_missing(text):
+        if is_missing(text):
             continue
         text = str(text).strip()
         name = names.get(key, key)
@@ -542,7 +440,7 @@ def _parse_values(raw: Mapping[str, Any], names: Mapping[str, str]) -> tuple[dic
                 try:
                     number = float(text)
                 except ValueError:
-                    rule = "a number of years in [0, 120]" if key == "age" else "a number in [0, 10] in steps of 0.5"
+                    rule = AGE_RULE if key == "age" else f"a number {EDSS_RULE}"
                     raise ValueError(f"{name} must be {rule}, got {text!r}") from None
                 values[key] = check_age(number, name) if key == "age" else check_edss(number, name)
             elif key == "sex":
@@ -555,7 +453,7 @@ def _parse_values(raw: Mapping[str, Any], names: Mapping[str, str]) -> tuple[dic
 
 
 def _ordered(entry: Mapping[str, Any]) -> dict:
-    ordered = {key: entry[key] for key in _ENTRY_KEY_ORDER if key in entry}
+    ordered = {key: entry[key] for key in ENTRY_KEY_ORDER if key in entry}
     ordered.update({key: value for key, value in entry.items() if key not in ordered})
     return ordered
 
@@ -682,7 +580,7 @@ def build_from_csv(
         where = f"{metadata_csv.name} line {line}" + (f" ({session_column} {session})" if session else "")
         raw = {key: row[column] for key, column in mapping.items()}
         values, row_problems = _parse_values(raw, mapping)
-        invalid = [key for key, text in raw.items() if not _is_missing(text) and key not in values]
+        invalid = [key for key, text in raw.items() if not is_missing(text) and key not in values]
         for key in _REQUIRED_COLUMNS:
             if key not in values:
                 row_problems.insert(0, f"{mapping[key]} is empty")
@@ -825,11 +723,11 @@ def build_from_bids(
             row = sessions.get(label, {}) if label else {}
             where = row.get("_where") or (f"{participants_tsv.name} ({subject})" if person else session_id)
             raw = {key: person.get(key) for key in ("age", "sex", "edss", "scanner")}
-            raw |= {key: row.get(key) for key in ("age", "sex", "edss", "scanner") if not _is_missing(row.get(key))}
+            raw |= {key: row.get(key) for key in ("age", "sex", "edss", "scanner") if not is_missing(row.get(key))}
             raw["scan_date"] = row.get("acq_time")
             values, row_problems = _parse_values(raw, {})
             lines.extend(f"{where} ({session_id}): {message}" for message in row_problems)
-            invalid = [key for key, text in raw.items() if not _is_missing(text) and key not in values]
+            invalid = [key for key, text in raw.items() if not is_missing(text) and key not in values]
             found_problems.extend(
                 {"line": f"{where} ({session_id}): {message}", "session": session_id, "keys": invalid}
                 for message in row_problems
@@ -902,7 +800,7 @@ def manifest_schema() -> dict:
             },
             "sex": {
                 "type": "string",
-                "pattern": "^([Ff]|[Mm]|[Ff][Ee][Mm][Aa][Ll][Ee]|[Mm][Aa][Ll][Ee])$",
+                "pattern": SEX_PATTERN,
                 "description": "F/M (female/male accepted in any case; build writes F/M)",
             },
             "edss": {

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``monai-ms manifest build``."""
     import inspect
 
-    from monai_ms.data.manifest import DEFAULT_COLUMNS, TASK_KEYS, build_from_csv
+    from monai_ms.data.fields import TASK_KEYS
+    from monai_ms.data.manifest import DEFAULT_COLUMNS, build_from_csv
 
     source = parser.add_argument_group("source (one of)").add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", metavar="TABLE", help="metadata table (.csv or .tsv), one row per scan session")
@@ -83,8 +84,8 @@ def _pattern(value: str) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Build, split, validate, write; 0 on success, 1 with the reasons otherwise (nothing written)."""
+    from monai_ms.data.fields import IMAGE_KEYS
     from monai_ms.data.manifest import (
-        IMAGE_KEYS,
         ManifestError,
         build_from_bids,
         build_from_csv,

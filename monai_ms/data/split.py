@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from monai_ms.data.manifest import ManifestError, normalise_sex
+from monai_ms.data.fields import SPLITS, normalise_sex
+from monai_ms.data.manifest import ManifestError
 
 __all__ = ["split_entries", "STRATIFY_KEYS", "DEFAULT_EDSS_BINS"]
 
@@ -108,7 +109,7 @@ def split_entries(
             notes.append(f"stratifying by {'+'.join(level)} is not possible ({reason}); using {fallback}")
             logger.info(notes[-1])
     # assignment: subject -> (split, fold or None)
-    result: dict[str, Any] = {split: [] for split in ("training", "validation", "testing")}
+    result: dict[str, Any] = {split: [] for split in SPLITS}
     fold_lists: list[list[str]] = [[] for _ in range(folds or 0)]
     for entry in entries:
         split, fold = assignment[entry["subject"]]
@@ -128,15 +129,15 @@ def split_entries(
         "edss_bins": list(edss_bins),
         "note": "; ".join(notes) or None,
         "subjects": {
-            split: len({e["subject"] for e in result[split]}) for split in ("training", "validation", "testing")
+            split: len({e["subject"] for e in result[split]}) for split in SPLITS
         },
-        "sessions": {split: len(result[split]) for split in ("training", "validation", "testing")},
+        "sessions": {split: len(result[split]) for split in SPLITS},
         "strata": {
             split: {
                 key: dict(sorted(Counter(strata[key][s] for s, (sp, _) in assignment.items() if sp == split).items()))
                 for key in STRATIFY_KEYS
             }
-            for split in ("training", "validation", "testing")
+            for split in SPLITS
         },
     }
     return result

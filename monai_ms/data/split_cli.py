@@ -45,13 +45,15 @@ def split_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def describe_split(split: Mapping[str, Any]) -> list[str]:
     """Lines describing a split result (sizes per split, stratification used, any fallback)."""
+    from monai_ms.data.fields import SPLITS
+
     info = split["split"]
     used = "+".join(info["stratified_by"]) or "none"
     lines = [
         f"split: seed {info['seed']}, stratified by {used}"
         + (f", {info['folds']} folds (validation = fold 0)" if info["folds"] else "")
     ]
-    for name in ("training", "validation", "testing"):
+    for name in SPLITS:
         strata = info["strata"][name]
         sexes = ", ".join(f"{k} {v}" for k, v in strata["sex"].items())
         sessions, subjects = info["sessions"][name], info["subjects"][name]
@@ -75,13 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Re-split; print the split; write ``--out``. Returns 0, or 1 with a message on stderr."""
+    from monai_ms.data.fields import SPLITS
     from monai_ms.data.manifest import ManifestError, new_manifest, read_manifest, rebase_paths, write_manifest
     from monai_ms.data.split import split_entries
 
     source, out = Path(args.manifest), Path(args.out)
     try:
         manifest = read_manifest(source)
-        pooled = [entry for name in ("training", "validation", "testing") for entry in manifest[name]]
+        pooled = [entry for name in SPLITS for entry in manifest[name]]
         # relative paths are relative to the manifest's folder: keep them right if --out is elsewhere
         pooled = rebase_paths(pooled, source.absolute().parent, out.absolute().parent)
         split = split_entries(pooled, **split_kwargs(args))

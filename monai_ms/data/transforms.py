@@ -52,6 +52,8 @@ from monai.transforms import (
     Transform,
 )
 
+from monai_ms.data.fields import MODALITY_KEYS, parse_sex  # parse_sex: re-exported, its home was here
+
 __all__ = [
     "STAGES",
     "parse_sex",
@@ -69,28 +71,6 @@ __all__ = [
 
 STAGES = ("train", "eval", "infer")
 RESAMPLE_RESIDUE_TOL = 1e-5  # |x| <= this * max|x| after resampling is a rounding residue, i.e. background
-_SEX_CODES = {"f": 0.0, "female": 0.0, "m": 1.0, "male": 1.0}
-
-
-def parse_sex(value: Any) -> float:
-    """Encode sex as 1.0 for male and 0.0 for female.
-
-    Args:
-        value: ``F``/``M``/``female``/``male`` in any case (surrounding spaces ignored), or 0/1.
-
-    Raises:
-        ValueError: any other value; the message names the accepted spellings and the value.
-
-    Examples:
-        >>> parse_sex(" Male ")
-        1.0
-    """
-    if isinstance(value, (int, float, np.integer, np.floating)) and float(value) in (0.0, 1.0):
-        return float(value)
-    code = _SEX_CODES.get(str(value).strip().lower())
-    if code is None:
-        raise ValueError(f"sex must be one of F/M/female/male (any case), got {value!r}")
-    return code
 
 
 class EncodeDemographics(Transform):
@@ -289,7 +269,7 @@ class RandGaussianNoise32d(RandGaussianNoised):
 
 
 def preprocessing(
-    image_keys: Sequence[str] = ("t1", "t2"),
+    image_keys: Sequence[str] = MODALITY_KEYS,
     label_key: str | None = None,
     spacing: Sequence[float] | float = 2.0,
     roi_size: Sequence[int] | None = (80, 96, 80),
@@ -348,7 +328,7 @@ def preprocessing(
 
 
 def augmentation(
-    image_keys: Sequence[str] = ("t1", "t2"),
+    image_keys: Sequence[str] = MODALITY_KEYS,
     label_key: str | None = None,
     prob: float = 0.5,
     rotate_degrees: float = 10.0,
@@ -398,7 +378,7 @@ def augmentation(
 
 def paired_transforms(
     stage: str = "train",
-    image_keys: Sequence[str] = ("t1", "t2"),
+    image_keys: Sequence[str] = MODALITY_KEYS,
     label_key: str | None = None,
     target_key: str | None = None,
     demographics: bool = False,

@@ -30,19 +30,17 @@ from typing import Any
 import numpy as np
 
 from monai_ms.data import content_checks as checks
-from monai_ms.data.manifest import (
+from monai_ms.data.fields import (
     IMAGE_KEYS,
+    MODALITY_KEYS,
     REQUIRED_KEYS,
     SPLITS,
     TASK_KEYS,
-    ManifestError,
     check_age,
     check_edss,
-    check_manifest_shape,
     normalise_sex,
-    read_manifest,
-    resolve_path,
 )
+from monai_ms.data.manifest import ManifestError, check_manifest_shape, read_manifest, resolve_path
 
 __all__ = [
     "Problem",
@@ -279,7 +277,7 @@ def _inspect(path: str, roles: set[str], check_voxels: bool) -> _ImageInfo:
         info.error = f"cannot read the voxel data, the file is truncated or corrupt ({type(err).__name__}: {err})"
         return info
     data = data.reshape(info.spatial_shape)
-    intensity = bool(roles & {"t1", "t2"})
+    intensity = bool(roles & set(MODALITY_KEYS))
     if np.issubdtype(data.dtype, np.inexact):
         finite = np.isfinite(data)
         info.nonfinite = int(data.size - np.count_nonzero(finite))
@@ -621,7 +619,7 @@ def _image_problems(
         elif info.error:
             own.append(info.error)
         else:
-            intensity = key in ("t1", "t2")
+            intensity = key in MODALITY_KEYS
             if info.orientation:
                 own.append(info.orientation)
             size = checks.voxel_size_problem(info.zooms) if intensity else None
@@ -729,7 +727,7 @@ def _contrast_problems(
     Files found wrong here leave ``usable`` (their grid and same-head checks would only repeat the cause).
     """
     looks = {
-        key: checks.contrast_modality(usable[key].contrast) for key in ("t1", "t2") if key in usable
+        key: checks.contrast_modality(usable[key].contrast) for key in MODALITY_KEYS if key in usable
     }
     wrong = [key for key, modality in looks.items() if modality is not None and modality != key]
     if not wrong:
@@ -772,7 +770,7 @@ def _copies(
     groups: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
     for (position, key), path in image_refs.items():
         info = infos.get(path)
-        if key not in ("t1", "t2") or info is None or info.error or not info.digest or not info.nonzero:
+        if key not in MODALITY_KEYS or info is None or info.error or not info.digest or not info.nonzero:
             continue
         if not info.nonfinite and not info.label_values:
             groups[info.digest].append((position, key, path))
@@ -820,7 +818,7 @@ def _cross_entry_problems(
                 subject_sex[subject][normalise_sex(entry.get("sex"))].append(position)
             except ValueError:
                 pass
-        for key in ("t1", "t2"):
+        for key in MODALITY_KEYS:
             if isinstance(entry.get(key), str) and entry[key].strip():
                 file_users[resolve_path(entry[key], base)].append((_where(split, index, entry), key, entry[key]))
     for session, positions in sessions.items():

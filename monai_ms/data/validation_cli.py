@@ -18,7 +18,7 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``monai-ms manifest validate``."""
-    from monai_ms.data.manifest import SPLITS, TASK_KEYS
+    from monai_ms.data.fields import SPLITS, TASK_KEYS
 
     parser.add_argument("manifest", metavar="MANIFEST", help="manifest JSON file")
     parser.add_argument("--task", choices=sorted(TASK_KEYS), default=None, help="also require the keys this task needs")

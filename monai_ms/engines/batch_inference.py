@@ -54,6 +54,7 @@ import pandas as pd
 from ignite.engine import Engine
 from monai.data import Dataset, list_data_collate
 
+from monai_ms.data.fields import IMAGE_KEYS
 from monai_ms.io import sha256_file, write_json
 
 __all__ = [
@@ -69,7 +70,6 @@ logger = logging.getLogger(__name__)
 FAILED_KEY = "inference_error"
 """Key of an error item (and of the list of failures in a collated batch): the failure message."""
 
-IMAGE_KEYS = ("t1", "t2", "lesion", "tissue")
 _MAX_LISTED = 20  # failed sessions named in the final message; the table has them all
 
 

@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from monai_ms.data.transforms import parse_sex
+from monai_ms.data.fields import SEX_CLASSES, parse_sex
 from monai_ms.engines.bootstrap import DEFAULT_RESAMPLES
 from monai_ms.engines.evaluation_report import finish_report, subjects_of, write_sidecar
 from monai_ms.engines.handlers import PredictionCollector
@@ -166,7 +166,7 @@ def class_from_probability(
 
 def sex_from_probability(probability: np.ndarray | Sequence[float]) -> np.ndarray:
     """``"M"`` where P(male) >= 0.5, else ``"F"`` (the ``sex_pred`` column of the sex bundle's inference)."""
-    return class_from_probability(probability, 0.5, ("F", "M"))
+    return class_from_probability(probability, 0.5, SEX_CLASSES)
 
 
 def decisions_from_logits(output: Any, threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,7 +303,7 @@ class ClassificationReportHandler(PredictionCollector):
         entries: Sequence[Mapping[str, Any]],
         train_entries: Sequence[Mapping[str, Any]],
         target_key: str = "sex",
-        class_names: Sequence[str] = ("F", "M"),
+        class_names: Sequence[str] = SEX_CLASSES,
         probability_name: str = "p_male",
         threshold: float = 0.5,
         volume_key: str | None = "t1",

@@ -171,7 +171,7 @@ def _number(value: Any, key: str, entry: Mapping[str, Any]) -> float:
 
 
 def _design(rows: Sequence[Mapping[str, Any]], entries: Sequence[Mapping[str, Any]], features: Sequence[str]) -> np.ndarray:
-    from monai_ms.data.transforms import parse_sex
+    from monai_ms.data.fields import parse_sex
 
     columns = []
     for name in features:

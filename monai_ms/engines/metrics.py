@@ -13,7 +13,7 @@ import numpy as np
 from scipy import stats
 from sklearn.linear_model import LinearRegression
 
-from monai_ms.data.transforms import parse_sex
+from monai_ms.data.fields import parse_sex
 
 __all__ = [
     "regression_metrics",

@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from monai_ms.data.fields import IMAGE_KEYS, MODALITY_KEYS
 from monai_ms.engines.segmentation import _like, _source_file, _to_numpy, input_files, output_path
 from monai_ms.io import save_figure, save_nifti, write_csv
 
@@ -446,10 +447,10 @@ class SaliencyRunner:
         checkpoint: str | Path | None = None,
         reference_key: str = "t1",
         id_key: str = "session",
-        image_keys: Sequence[str] = ("t1", "t2"),
+        image_keys: Sequence[str] = MODALITY_KEYS,
         lesion_key: str = "lesion",
         tissue_key: str = "tissue",
-        input_keys: Sequence[str] = ("t1", "t2", "lesion", "tissue"),
+        input_keys: Sequence[str] = IMAGE_KEYS,
     ) -> None:
         self.explainer, self.dataset, self.preprocessing = explainer, dataset, preprocessing
         self.output_dir = Path(output_dir)

@@ -31,12 +31,13 @@ _OVERRIDES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``explain`` arguments to ``parser``."""
+    from monai_ms.data.fields import SPLITS
     from monai_ms.engines.saliency import METHODS
 
     parser.add_argument("bundle", help="bundle folder (e.g. bundles/edss) or the name of one under ./bundles")
     parser.add_argument("--manifest", help="cohort manifest (default: the bundle's demo cohort)")
     parser.add_argument("--method", choices=METHODS, help="saliency method (default gradcam; occlusion was ~15x slower on the EDSS demo)")
-    parser.add_argument("--split", choices=("training", "validation", "testing"), help="manifest split to explain (default testing)")
+    parser.add_argument("--split", choices=SPLITS, help="manifest split to explain (default testing)")
     parser.add_argument("--output-dir", dest="output_dir", help="output folder (default BUNDLE/eval/explain)")
     parser.add_argument("--checkpoint", help="model weights (default BUNDLE/models/model.pt)")
     parser.add_argument("--level", type=int, help="encoder level of the CAM methods, 0 the finest, -1 the last (default: the bundle's, 0 for edss, -1 otherwise)")

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from monai_ms.data.fields import SPLITS
 from monai_ms.engines.batch_inference import BatchInference
 from monai_ms.io import save_figure, save_nifti, write_csv
 from monai_ms.lesions.matching import CHANGE_COLUMNS, CHANGE_CLASSES, ENLARGING_RATIO, MATCH_OVERLAP, change_map, match_lesions
@@ -132,7 +133,7 @@ def pair_sessions(
     return pairs, unpaired
 
 
-def manifest_entries(manifest: str | os.PathLike, splits: Sequence[str] = ("training", "validation", "testing")) -> list[dict]:
+def manifest_entries(manifest: str | os.PathLike, splits: Sequence[str] = SPLITS) -> list[dict]:
     """Every entry of the named splits (absolute paths; files checked to exist, voxels not read).
 
     Raises:

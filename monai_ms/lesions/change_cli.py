@@ -11,11 +11,12 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``monai-ms lesion-change``."""
+    from monai_ms.data.fields import SPLITS
     from monai_ms.lesions.matching import ENLARGING_RATIO, MATCH_OVERLAP
 
     parser.add_argument("manifest", help="manifest JSON (entries need subject, session, scan_date or age, t1, lesion)")
     parser.add_argument("--output_dir", required=True, help="folder of the change tables, maps, QC pictures and records")
-    parser.add_argument("--splits", nargs="+", default=["training", "validation", "testing"], help="manifest splits to read (default: all)")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="manifest splits to read (default: all)")
     parser.add_argument(
         "--masks_dir",
         default=None,
