@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "sha256_file", "write_json", "write_text", "write_csv", "save_nifti", "save_figure"]
+__all__ = ["atomic_path", "sha256_file", "sha256_json", "write_json", "write_text", "write_csv", "save_nifti", "save_figure"]
 
 
 @contextmanager
@@ -80,6 +80,19 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         for block in iter(lambda: stream.read(chunk_size), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_json(value: Any) -> str:
+    """Hex SHA-256 of ``value`` as canonical JSON (sorted keys; what JSON cannot hold as ``str``).
+
+    The digest of settings rather than files: run identities of cross-validation and the model signature of
+    resumable batch inference (which keeps the first 16 digits).
+
+    Examples:
+        >>> sha256_json({"b": 1, "a": [1, 2]}) == sha256_json({"a": [1, 2], "b": 1})
+        True
+    """
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _umask() -> int:

@@ -42,7 +42,6 @@ training folds' subjects for that choice instead and evaluates the held-out fold
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -59,7 +58,7 @@ import numpy as np
 
 from monai_ms.data.fields import SEX_CODES
 from monai_ms.data.manifest import ManifestError, rebase_paths, read_manifest, write_manifest
-from monai_ms.io import sha256_file, write_csv, write_json, write_text
+from monai_ms.io import sha256_file, sha256_json, write_csv, write_json, write_text
 
 __all__ = [
     "CrossValidationError",
@@ -453,7 +452,7 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
 
 
 def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return sha256_json(parts)
 
 
 def _bundle_files(bundle: Path) -> tuple[Path, Path, dict[str, Any]]:

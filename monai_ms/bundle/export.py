@@ -38,8 +38,8 @@ from typing import Any
 
 from monai_ms.data.fields import SEX_CONFIG_CODES, SPLITS
 from monai_ms.data.transforms import RESAMPLE_RESIDUE_TOL
-from monai_ms.bundle.verify import CHECKSUM_FILE, sha256_file, verify_bundle
-from monai_ms.io import atomic_path, write_json, write_text
+from monai_ms.bundle.verify import CHECKSUM_FILE, verify_bundle
+from monai_ms.io import atomic_path, sha256_file, write_json, write_text
 
 __all__ = [
     "ExportError",

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from monai_ms.io import sha256_file as io_sha256_file
+from monai_ms.io import sha256_file  # the project's one file digest; re-exported (it was defined here)
 
 __all__ = [
     "CHECKSUM_FILE",
@@ -80,16 +80,6 @@ class ChecksumError(ValueError):
 
 class UnsafeArchiveError(ValueError):
     """A zip entry that would be written outside the target folder, or is not a plain file or folder."""
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (model files can be large).
-
-    Examples:
-        >>> sha256_file("models/model.pt")  # doctest: +SKIP
-        'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
-    """
-    return io_sha256_file(path, chunk_size)  # the project's one file digest (monai_ms.io)
 
 
 def read_checksums(checksum_file: str | os.PathLike) -> dict[str, str]:

@@ -38,7 +38,6 @@ Wiring in a config (``infer#...``)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -55,7 +54,7 @@ from ignite.engine import Engine
 from monai.data import Dataset, list_data_collate
 
 from monai_ms.data.fields import IMAGE_KEYS
-from monai_ms.io import sha256_file, write_json
+from monai_ms.io import sha256_file, sha256_json, write_json
 
 __all__ = [
     "FAILED_KEY",
@@ -248,8 +247,7 @@ class BatchInference:
         """Digest of the model files and settings; stored in each record."""
         if self._signature is None:
             model = {path: sha256_file(path) if os.path.isfile(path) else None for path in self.model_files}
-            text = json.dumps({"model": model, "settings": self.settings}, sort_keys=True, default=str)
-            self._signature = hashlib.sha256(text.encode()).hexdigest()[:16]
+            self._signature = sha256_json({"model": model, "settings": self.settings})[:16]
         return self._signature
 
     def record_path(self, session: str) -> Path:

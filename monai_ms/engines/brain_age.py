@@ -198,12 +198,8 @@ def gap_summary(gap: Sequence[float] | np.ndarray, age: Sequence[float] | np.nda
     }
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file (identifies the checkpoint an age-bias correction belongs to).
-
-    Kept for compatibility: it is :func:`monai_ms.io.sha256_file`, the project's one file digest.
-    """
-    return sha256_file(path)
+file_sha256 = sha256_file
+"""Kept for compatibility: :func:`monai_ms.io.sha256_file` under its old name (the project's one file digest)."""
 
 
 def load_age_bias(path: str | Path | None, checkpoint: str | Path | None = None) -> AgeBias | None:
@@ -233,7 +229,7 @@ def load_age_bias(path: str | Path | None, checkpoint: str | Path | None = None)
         raise ValueError(f"{path}: expected a JSON object with 'intercept' and 'slope', got {type(values).__name__}")
     bias = AgeBias.from_dict(values, source=str(path))
     if checkpoint is not None and bias.checkpoint_sha256 is not None and Path(checkpoint).is_file():
-        if file_sha256(checkpoint) != bias.checkpoint_sha256:
+        if sha256_file(checkpoint) != bias.checkpoint_sha256:
             logger.warning(
                 f"{path} was fitted for another checkpoint than {checkpoint} (SHA-256 differs): not applying it; "
                 "rerun 'evaluating' to refit the age-bias correction"
@@ -317,7 +313,7 @@ class BrainAgeReportHandler(PredictionCollector):
                 "the age-bias calibration collected no predictions: run the validation-split evaluator "
                 "(evaluate#calibration#evaluator) before the evaluator this report is attached to"
             )
-        sha = file_sha256(self.checkpoint) if self.checkpoint is not None and self.checkpoint.is_file() else None
+        sha = sha256_file(self.checkpoint) if self.checkpoint is not None and self.checkpoint.is_file() else None
         try:
             bias = fit_age_bias(self.calibration.preds, self.calibration.labels, self.min_slope, "validation", sha)
         except ValueError as error:
