@@ -25,8 +25,14 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bundle", "verify"): ("monai_ms.bundle.verify_cli", "check a bundle folder or zip: metadata, checksums, network, TorchScript"),
     ("explain",): ("monai_ms.engines.saliency_cli", "saliency maps of a trained bundle (Grad-CAM, occlusion) in each scan's T1 space"),
     ("report",): ("monai_ms.report.report_cli", "one self-contained HTML page of an evaluation or inference run folder"),
-    ("lesion-change",): ("monai_ms.lesions.change_cli", "new, enlarging and resolved lesions between visits (registered pairs), with their location class"),
-    ("cv",): ("monai_ms.bundle.cv_cli", "K-fold cross-validation of a bundle on the manifest's subject-grouped folds (never the test split)"),
+    ("lesion-change",): (
+        "monai_ms.lesions.change_cli",
+        "new, enlarging and resolved lesions between visits (registered pairs), with their location class",
+    ),
+    ("cv",): (
+        "monai_ms.bundle.cv_cli",
+        "K-fold cross-validation of a bundle on the manifest's subject-grouped folds (never the test split)",
+    ),
 }
 
 GROUP_HELP = {
@@ -49,7 +55,7 @@ def _build_parser() -> argparse.ArgumentParser:
                 group_parser = top.add_parser(group, help=GROUP_HELP.get(group, ""))
                 groups[group] = group_parser.add_subparsers(dest=f"{group}_command", required=True, metavar="VERB")
             subparsers = groups[group]
-        sub = subparsers.add_parser(path[-1], help=help_text, description=help_text)
+        subparsers.add_parser(path[-1], help=help_text, description=help_text)
     return parser
 
 

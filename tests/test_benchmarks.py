@@ -43,7 +43,8 @@ def test_data_pipeline_tiny(tmp_path: Path, cache_dir: Path, capsys: pytest.Capt
     _machine_ok(result)
     assert "data_pipeline edss" in capsys.readouterr().out
     summary = result["summary"]
-    for key in ("naive_epoch_s", "monai_uncached_epoch_s", "cache_epoch1_s", "cache_later_epoch_s", "speedup_cache_later_vs_naive", "cache_mb", "cache_tensor_mb"):
+    for key in ("naive_epoch_s", "monai_uncached_epoch_s", "cache_epoch1_s", "cache_later_epoch_s", "speedup_cache_later_vs_naive",
+                "cache_mb", "cache_tensor_mb"):
         assert summary[key] is not None and summary[key] > 0, key
     # the naive loader yields the bundle's tensors: same keys and shapes in every batch
     variants = result["variants"]
@@ -78,7 +79,8 @@ def test_inference_tiny(tmp_path: Path, cache_dir: Path) -> None:
     _machine_ok(result)
     lesion = result["bundles"]["lesion_seg"]
     assert lesion["median_seconds"]["network_forward_s"] > 0 and lesion["windows"] > 0
-    assert set(lesion["median_seconds"]) >= {"load_s", "preprocess_s", "sliding_window_s", "postprocess_invert_s", "write_s", "end_to_end_s"}
+    stages = {"load_s", "preprocess_s", "sliding_window_s", "postprocess_invert_s", "write_s", "end_to_end_s"}
+    assert set(lesion["median_seconds"]) >= stages
     assert result["bundles"]["edss"]["median_seconds"]["network_forward_s"] > 0
     assert result["summary"]["lesion_seg"]["overhead_ratio"] > 0
 
@@ -96,7 +98,8 @@ def test_time_to_accuracy_tiny(tmp_path: Path, tiny_manifest: Path) -> None:
         assert run["exit_status"] == 0 and not run["stopped_at_cap"]
         assert run["epochs"] == 2 and len(run["curve"]) == 2 and run["target"]["metric"] == "val_mean_dice"
         # each run trained in its own copy of the bundles, so nothing trained in the checkout was used
-        assert (tmp_path / "time_to_accuracy" / f"lesion_seg_{run['variant']}" / "bundles" / "lesion_seg" / "configs" / "train.json").is_file()
+        copy = tmp_path / "time_to_accuracy" / f"lesion_seg_{run['variant']}" / "bundles" / "lesion_seg"
+        assert (copy / "configs" / "train.json").is_file()
     # the previous release's settings were put back, null included, through an override file
     overrides = json.loads((tmp_path / "time_to_accuracy" / "lesion_seg_v0.3" / "overrides.json").read_text())
     assert overrides["autocast"] is None and overrides["network_def#prior_probability"] is None

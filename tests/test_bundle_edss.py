@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from bundle_runner import REPO, TINY_OVERRIDES, check, run_bundle
+from monai.bundle import ConfigParser
 
 from monai_ms.data import load_datalist, read_manifest, write_manifest
 from monai_ms.engines.lesion_pathway import provenance_path, training_provenance
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 def _network():
     """The bundle's network_def, built as MONAI builds it."""
-    return ConfigParser({"network_def": json.loads((REPO / "bundles/edss/configs/train.json").read_text())["network_def"]}).get_parsed_content("network_def")
+    network_def = json.loads((REPO / "bundles/edss/configs/train.json").read_text())["network_def"]
+    return ConfigParser({"network_def": network_def}).get_parsed_content("network_def")
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,8 @@ def test_inference_writes_one_row_per_session_with_model_version(trained, tiny_m
                 entry[key] = str((tiny_manifest.parent / entry[key]).resolve())
     write_manifest(new_scans, tmp_path / "new_scans.json")
     csv = tmp_path / "predictions.csv"
-    check(run_bundle("edss", "inferring", ["train", "inference"], {**overrides, "data_manifest": str(tmp_path / "new_scans.json"), "predictions_csv": str(csv)}))
+    check(run_bundle("edss", "inferring", ["train", "inference"],
+                     {**overrides, "data_manifest": str(tmp_path / "new_scans.json"), "predictions_csv": str(csv)}))
     table = pd.read_csv(csv)
     assert sorted(table["session"]) == sorted(e["session"] for e in manifest["testing"])
     assert list(table.columns) == ["session", "edss_pred", "edss_pred_rounded", "edss_pred_raw", "model_version"]
@@ -132,8 +134,9 @@ def test_inference_writes_one_row_per_session_with_model_version(trained, tiny_m
 def test_torchscript_export_matches_checkpoint(trained, tmp_path):
     overrides, out, _ = trained
     ts = tmp_path / "model.ts"
-    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(out / "models" / "model.pt"),
-               "--meta_file", str(REPO / "bundles/edss/configs/metadata.json"), "--config_file", str(REPO / "bundles/edss/configs/train.json")]
+    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
+               "--ckpt_file", str(out / "models" / "model.pt"), "--meta_file", str(REPO / "bundles/edss/configs/metadata.json"),
+               "--config_file", str(REPO / "bundles/edss/configs/train.json")]
     import subprocess
 
     check(subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300))
@@ -174,7 +177,8 @@ def _break(manifest_path, tmp_path, how):
 @pytest.mark.parametrize("how", ["missing file", "T2 of another head", "missing age"])
 def test_bad_cohort_stops_before_training_with_the_problem(tiny_manifest, tmp_path, how):
     bad, session, expected = _break(tiny_manifest, tmp_path, how)
-    result = run_bundle("edss", "training", ["train"], {**TINY_OVERRIDES, "data_manifest": str(bad), "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")})
+    result = run_bundle("edss", "training", ["train"], {**TINY_OVERRIDES, "data_manifest": str(bad), "output_dir": str(tmp_path / "eval"),
+                                                        "ckpt_dir": str(tmp_path / "models")})
     assert result.returncode == 1
     problem_lines = [line for line in result.stderr.splitlines() if session in line]
     assert problem_lines and any(expected in line for line in problem_lines), result.stderr[-3000:]
@@ -183,14 +187,16 @@ def test_bad_cohort_stops_before_training_with_the_problem(tiny_manifest, tmp_pa
 
 
 def test_mistyped_override_is_refused(tiny_manifest, tmp_path):
-    result = run_bundle("edss", "training", ["train"], {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "epoch": 3, "ckpt_dir": str(tmp_path / "models")})
+    result = run_bundle("edss", "training", ["train"],
+                        {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "epoch": 3, "ckpt_dir": str(tmp_path / "models")})
     assert result.returncode != 0
     assert "unknown override --epoch" in result.stderr and "--epochs" in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_process_ddp_training_gathers_validation_over_all_samples(tiny_manifest, tmp_path):
-    overrides = {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models"),
+    overrides = {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "output_dir": str(tmp_path / "eval"),
+                 "ckpt_dir": str(tmp_path / "models"),
                  "lesion_init": ""}  # the lesion pathway learns through the auxiliary loss, across both ranks
     launcher = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle"]
     check(run_bundle("edss", "training", ["train", "multi_gpu_train"], overrides, launcher=launcher))
@@ -238,7 +244,8 @@ def test_summary_counts_every_parameter_of_the_bundle_network(capsys):
 
 def test_lowercase_boolean_override_is_refused(tiny_manifest, tmp_path):
     # python-fire passes "false" as a (truthy) string: refuse it instead of silently switching AMP on
-    result = run_bundle("edss", "training", ["train"], {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "amp": "false", "ckpt_dir": str(tmp_path / "models")})
+    result = run_bundle("edss", "training", ["train"],
+                        {**TINY_OVERRIDES, "data_manifest": str(tiny_manifest), "amp": "false", "ckpt_dir": str(tmp_path / "models")})
     assert result.returncode != 0
     assert "--amp must be True or False" in result.stderr
 
@@ -257,8 +264,8 @@ def _without_lesion_masks(manifest_path, tmp_path):
 
 def test_cohort_without_lesion_masks_trains_with_an_empty_lesion_key(tiny_manifest, tmp_path):
     cohort = _without_lesion_masks(tiny_manifest, tmp_path)
-    overrides = {**TINY_OVERRIDES, "epochs": 1, "data_manifest": str(cohort), "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models"),
-                 "lesion_init": ""}
+    overrides = {**TINY_OVERRIDES, "epochs": 1, "data_manifest": str(cohort), "output_dir": str(tmp_path / "eval"),
+                 "ckpt_dir": str(tmp_path / "models"), "lesion_init": ""}
     refused = run_bundle("edss", "training", ["train"], overrides)
     assert refused.returncode == 1 and "lesion" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "models").exists()
@@ -272,7 +279,8 @@ def test_usage_line_from_nothing_trains_the_lesion_stage_first_and_reuses_it(tin
     """The README's first command on a fresh clone: no lesion model anywhere, so the EDSS run trains the
     lesion_seg bundle's defaults on its own training split first (issue 19), starts its frozen lesion
     pathway from that checkpoint, and a second run on the same manifest reuses it."""
-    lesion_tiny = {"spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "patches_per_volume": 2, "epochs": 1, "batch_size": 2, "num_workers": 0}
+    lesion_tiny = {"spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "patches_per_volume": 2, "epochs": 1, "batch_size": 2,
+                   "num_workers": 0}
     overrides = {**TINY_OVERRIDES, "epochs": 1, "data_manifest": str(tiny_manifest), "output_dir": str(tmp_path / "eval"),
                  "ckpt_dir": str(tmp_path / "models"), "lesion_stage": lesion_tiny}
     result = check(run_bundle("edss", "training", ["train"], overrides))
@@ -292,7 +300,8 @@ def test_usage_line_from_nothing_trains_the_lesion_stage_first_and_reuses_it(tin
         assert torch.equal(trained[f"lesion_network.{name}"], value)
     # training used the stored per-session lesion feature (no segmenter pass per step)
     assert "lesion-load feature of" in output
-    again = check(run_bundle("edss", "training", ["train"], {**overrides, "output_dir": str(tmp_path / "eval2"), "ckpt_dir": str(tmp_path / "models")}))
+    again = check(run_bundle("edss", "training", ["train"],
+                             {**overrides, "output_dir": str(tmp_path / "eval2"), "ckpt_dir": str(tmp_path / "models")}))
     assert f"lesion stage: reusing {stage}" in again.stdout + again.stderr
 
 

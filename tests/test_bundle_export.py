@@ -31,13 +31,16 @@ pytestmark = pytest.mark.slow
 TRAINED_WITH = {"spacing": TINY_OVERRIDES["spacing"], "roi_size": TINY_OVERRIDES["roi_size"]}
 
 
-def monai_run(run_id: str, config_files: list[str], overrides: dict, cwd: Path, block_monai_ms: bool = False) -> subprocess.CompletedProcess:
+def monai_run(
+    run_id: str, config_files: list[str], overrides: dict, cwd: Path, block_monai_ms: bool = False
+) -> subprocess.CompletedProcess:
     """``python -m monai.bundle run RUN_ID --config_file ...`` from ``cwd``; optionally with monai_ms unimportable."""
     config = config_files[0] if len(config_files) == 1 else "[" + ",".join(f"'{f}'" for f in config_files) + "]"
     argv = ["run", run_id, "--config_file", config, *override_args(overrides)]
     if block_monai_ms:
         # the documented command, in a process where any "import monai_ms" fails
-        code = "import runpy, sys; sys.modules['monai_ms'] = None; sys.argv = ['monai.bundle', *sys.argv[1:]]; runpy.run_module('monai.bundle', run_name='__main__')"
+        code = ("import runpy, sys; sys.modules['monai_ms'] = None; sys.argv = ['monai.bundle', *sys.argv[1:]]; "
+                "runpy.run_module('monai.bundle', run_name='__main__')")
         command = [sys.executable, "-c", code, *argv]
     else:
         command = [sys.executable, "-m", "monai.bundle", *argv]
@@ -108,7 +111,8 @@ def test_round_trip_collaborator_predictions_equal_the_original(unpacked, export
     check(monai_run("inferring", config, {"data_manifest": str(new_scans), "num_workers": 0}, cwd=unpacked))
     theirs = pd.read_csv(unpacked / "edss/eval/inference/predictions.csv")
     assert theirs["session"].tolist() == original_predictions["session"].tolist()
-    torch.testing.assert_close(torch.tensor(theirs["edss_pred"].values), torch.tensor(original_predictions["edss_pred"].values), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(theirs["edss_pred"].values), torch.tensor(original_predictions["edss_pred"].values),
+                               rtol=1e-5, atol=1e-5)
     assert (theirs["model_version"].astype(str) == exported.version).all()
 
 

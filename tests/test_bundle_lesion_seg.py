@@ -123,7 +123,8 @@ def test_inference_maps_masks_back_to_oblique_lps_input_without_masks(trained, t
     write_manifest({**manifest, "testing": scans}, tmp_path / "new_scans.json")
     before = {e["session"]: (_digest(e["t1"]), _digest(e["t2"])) for e in scans}
     infer_dir = tmp_path / "inference"
-    check(run_bundle("lesion_seg", "inferring", ["train", "inference"], {**overrides, "data_manifest": str(tmp_path / "new_scans.json"), "inference_dir": str(infer_dir)}))
+    check(run_bundle("lesion_seg", "inferring", ["train", "inference"],
+                     {**overrides, "data_manifest": str(tmp_path / "new_scans.json"), "inference_dir": str(infer_dir)}))
 
     for entry in scans:
         t1 = nib.load(entry["t1"])
@@ -165,7 +166,8 @@ def test_inference_refuses_to_write_over_an_input(trained, tiny_manifest, tmp_pa
     entry["t1"] = str(trap)
     digest = _digest(trap)
     write_manifest({**manifest, "testing": [entry]}, tmp_path / "scans.json")
-    result = run_bundle("lesion_seg", "inferring", ["train", "inference"], {**overrides, "data_manifest": str(tmp_path / "scans.json"), "inference_dir": str(tmp_path)})
+    result = run_bundle("lesion_seg", "inferring", ["train", "inference"],
+                        {**overrides, "data_manifest": str(tmp_path / "scans.json"), "inference_dir": str(tmp_path)})
     assert result.returncode != 0
     assert "refusing to write" in result.stderr and trap.name in result.stderr
     assert _digest(trap) == digest
@@ -176,11 +178,13 @@ def test_metadata_is_valid_and_torchscript_export_matches_checkpoint(trained, tm
     schema = json.loads((REPO / "monai_ms/bundle/schemas/meta_schema_20240725.json").read_text())
     jsonschema.validate(json.loads((BUNDLE / "configs/metadata.json").read_text()), schema)
     ts = tmp_path / "model.ts"
-    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(out / "models" / "model.pt"),
-               "--meta_file", str(BUNDLE / "configs/metadata.json"), "--config_file", str(BUNDLE / "configs/train.json")]
+    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
+               "--ckpt_file", str(out / "models" / "model.pt"), "--meta_file", str(BUNDLE / "configs/metadata.json"),
+               "--config_file", str(BUNDLE / "configs/train.json")]
     check(subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300))
     scripted = torch.jit.load(str(ts))
-    eager = BrainSegmenter3D(**{k: v for k, v in json.loads((BUNDLE / "configs/train.json").read_text())["network_def"].items() if k != "_target_"})
+    network_def = json.loads((BUNDLE / "configs/train.json").read_text())["network_def"]
+    eager = BrainSegmenter3D(**{k: v for k, v in network_def.items() if k != "_target_"})
     eager.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True))
     eager.eval()
     image = torch.randn(1, 2, 32, 40, 24)
@@ -188,7 +192,8 @@ def test_metadata_is_valid_and_torchscript_export_matches_checkpoint(trained, tm
 
 
 def test_mistyped_override_is_refused(tiny_manifest, tmp_path):
-    result = run_bundle("lesion_seg", "training", ["train"], {**LESION_TINY, "data_manifest": str(tiny_manifest), "patchsize": [32, 32, 32], "ckpt_dir": str(tmp_path / "models")})
+    overrides = {**LESION_TINY, "data_manifest": str(tiny_manifest), "patchsize": [32, 32, 32], "ckpt_dir": str(tmp_path / "models")}
+    result = run_bundle("lesion_seg", "training", ["train"], overrides)
     assert result.returncode != 0
     assert "unknown override --patchsize" in result.stderr and "--patch_size" in result.stderr
 
@@ -198,7 +203,8 @@ def test_cohort_without_masks_stops_training_with_the_session(tiny_manifest, tmp
     session = manifest["training"][0]["session"]
     del manifest["training"][0]["lesion"]
     write_manifest(manifest, tmp_path / "bad.json")
-    result = run_bundle("lesion_seg", "training", ["train"], {**LESION_TINY, "data_manifest": str(tmp_path / "bad.json"), "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")})
+    result = run_bundle("lesion_seg", "training", ["train"], {**LESION_TINY, "data_manifest": str(tmp_path / "bad.json"),
+                                                              "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")})
     assert result.returncode == 1
     assert any(session in line and "lesion" in line for line in result.stderr.splitlines()), result.stderr[-3000:]
     assert "Traceback" not in result.stderr and not (tmp_path / "models").exists()
@@ -206,7 +212,8 @@ def test_cohort_without_masks_stops_training_with_the_session(tiny_manifest, tmp
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_process_ddp_training(tiny_manifest, tmp_path):
-    overrides = {**LESION_TINY, "epochs": 1, "data_manifest": str(tiny_manifest), "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")}
+    overrides = {**LESION_TINY, "epochs": 1, "data_manifest": str(tiny_manifest), "output_dir": str(tmp_path / "eval"),
+                 "ckpt_dir": str(tmp_path / "models")}
     launcher = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle"]
     check(run_bundle("lesion_seg", "training", ["train", "multi_gpu_train"], overrides, launcher=launcher))
     log = pd.read_csv(tmp_path / "eval" / "training_log.csv")  # written once, by rank 0

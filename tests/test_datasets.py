@@ -97,7 +97,7 @@ def test_workers_fill_the_cache_in_the_first_epoch_and_settle_moves_it_here(data
     assert dataset.settle() == 0
     assert not os.path.exists(folder) and dataset._cache.folder is None
     upfront = cohort_dataset(datalist, chain, fill="upfront", progress=False)
-    for index, entry in enumerate(datalist):
+    for index in range(len(datalist)):
         assert torch.equal(dataset._cache.local[index]["t1"], upfront._cache[index]["t1"])
     second = _epoch(dataset, num_workers=2)  # served from this process's memory
     for session in first:

@@ -67,8 +67,8 @@ def test_subject_bootstrap_interval_is_wider_than_a_session_bootstrap_on_correla
     assert (high_s - low_s) > 1.2 * (high_e - low_e)
     assert by_subject["n_subjects"] == 12 and by_subject["n_sessions"] == 24 and by_subject["unit"] == "subject"
     # seeded: the same seed gives the same interval, another seed another one
-    assert bootstrap_metrics(compute, subjects, n_resamples=300, seed=5)["intervals"] == bootstrap_metrics(compute, subjects, n_resamples=300, seed=5)["intervals"]
-    assert bootstrap_metrics(compute, subjects, n_resamples=300, seed=6)["intervals"] != bootstrap_metrics(compute, subjects, n_resamples=300, seed=5)["intervals"]
+    first, again, other = (bootstrap_metrics(compute, subjects, n_resamples=300, seed=s)["intervals"] for s in (5, 5, 6))
+    assert first == again and other != first
 
 
 def test_hd95_counts_a_missed_scan_instead_of_dropping_it():
@@ -193,7 +193,8 @@ def test_a_constant_model_is_marked_as_not_beating_its_baselines(tmp_path):
     assert report["beats_baselines"] is False
     comparison = report["baseline_comparison"]
     assert comparison["metric"] == "mae" and comparison["lower_is_better"] is True
-    assert comparison["baseline"] in report["baselines"] and comparison["baselines"]["training_median"] == pytest.approx(report["model"]["mae"])
+    assert comparison["baseline"] in report["baselines"]
+    assert comparison["baselines"]["training_median"] == pytest.approx(report["model"]["mae"])
     good = _regression_report(tmp_path / "good", [e["edss"] + 0.1 for e in test], test, train)
     assert good["beats_baselines"] is True and good["baseline_comparison"]["difference_ci95"][1] < 0
 
@@ -244,9 +245,9 @@ class _Constant(torch.nn.Module):
 
 
 def _train_and_validate(network, train, val, caplog):
+    from ignite.metrics import MeanAbsoluteError
     from monai.engines import SupervisedEvaluator, SupervisedTrainer
     from monai.handlers import ValidationHandler, from_engine
-    from ignite.metrics import MeanAbsoluteError
 
     from monai_ms.engines.handlers import lower_is_better
 

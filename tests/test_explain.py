@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from monai.bundle import ConfigParser
 import torch.nn as nn
 from bundle_runner import REPO, TINY_OVERRIDES, check, run_bundle
+from monai.bundle import ConfigParser
 
 from monai_ms.data import read_manifest
 from monai_ms.data.transforms import paired_transforms

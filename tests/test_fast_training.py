@@ -29,7 +29,9 @@ def test_autocast_inferer_runs_bf16_and_returns_float32_close_to_full_precision(
 
 
 def test_autocast_inferer_casts_tuples_and_leaves_integers() -> None:
-    out = AutocastInferer(SimpleInferer())(torch.ones(2, 3), lambda x: (torch.nn.functional.linear(x, torch.ones(1, 3)), torch.ones(2, dtype=torch.long)))
+    out = AutocastInferer(SimpleInferer())(
+        torch.ones(2, 3), lambda x: (torch.nn.functional.linear(x, torch.ones(1, 3)), torch.ones(2, dtype=torch.long))
+    )
     assert out[0].dtype == torch.float32 and out[1].dtype == torch.long
 
 
@@ -54,7 +56,8 @@ def test_segmenter_prior_probability_sets_the_untrained_foreground_probability()
 
 def _regressor() -> DualStreamRegressor:
     torch.manual_seed(0)
-    return DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_network=BrainSegmenter3D(in_channels=2, channels=TINY, strides=(2, 2, 2)))
+    segmenter = BrainSegmenter3D(in_channels=2, channels=TINY, strides=(2, 2, 2))
+    return DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_network=segmenter)
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

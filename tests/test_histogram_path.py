@@ -76,7 +76,8 @@ def test_networks_without_a_histogram_path_are_left_unchanged() -> None:
     assert fit_histogram_head(network, _cohort(4), transform=lambda d: d, target_key="age") == {}
     assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
     with pytest.raises(ValueError, match="fits one output, the network has 2"):
-        fit_histogram_head(BrainRegressor3D(out_channels=2, channels=TINY, strides=(2, 2), histogram_bins=4), _cohort(4), lambda d: d, "age")
+        network = BrainRegressor3D(out_channels=2, channels=TINY, strides=(2, 2), histogram_bins=4)
+        fit_histogram_head(network, _cohort(4), lambda d: d, "age")
     with pytest.raises(ValueError, match="empty training split"):
         fit_histogram_head(BrainRegressor3D(channels=TINY, strides=(2, 2), histogram_bins=4), [], lambda d: d, "age")
 

@@ -63,7 +63,8 @@ def _cohort(tmp_path, subjects: int = 12):
             volume = mask.sum() * 8 / 1000.0
             entries.append({"subject": f"S{s:02d}", "session": name, "t1": str(tmp_path / f"{name}_T1.nii.gz"),
                             "lesion": str(tmp_path / f"{name}_lesion.nii.gz"), "age": float(rng.uniform(20, 60)),
-                            "sex": "F" if s % 3 else "M", "edss": float(np.clip(round(2 * (1 + 8 * volume + 0.3 * rng.standard_normal())) / 2, 0, 10)),
+                            "sex": "F" if s % 3 else "M",
+                            "edss": float(np.clip(round(2 * (1 + 8 * volume + 0.3 * rng.standard_normal())) / 2, 0, 10)),
                             "true_volume_ml": volume})
     return entries
 

@@ -199,7 +199,8 @@ def test_change_pipeline_outputs_unpaired_and_naive_baseline(tmp_path):
     assert np.allclose([new.centroid_x_mm, new.centroid_y_mm, new.centroid_z_mm], (-8, 16, -8), atol=1.5)
     change_map_image = nib.load(str(out / "pairs" / "P1-a__P1-b_change_map.nii.gz"))
     assert np.allclose(change_map_image.affine, AFFINE) and change_map_image.shape == SHAPE
-    assert np.asanyarray(change_map_image.dataobj)[tuple(np.linalg.solve(AFFINE, [-8, 16, -8, 1])[:3].round().astype(int))] == CHANGE_CODES["new"]
+    voxel = tuple(np.linalg.solve(AFFINE, [-8, 16, -8, 1])[:3].round().astype(int))
+    assert np.asanyarray(change_map_image.dataobj)[voxel] == CHANGE_CODES["new"]
     assert (out / "qc" / "P1-a__P1-b_qc.png").stat().st_size > 1000
     assert len(pd.read_csv(out / "lesion_change_table.csv")) == len(table)
     assert not _temporary_files(out)

@@ -16,7 +16,8 @@ TINY = (4, 8, 8, 8)
 
 
 def _regressor() -> DualStreamRegressor:
-    return DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_network=BrainSegmenter3D(in_channels=2, channels=TINY, strides=(2, 2, 2)))
+    segmenter = BrainSegmenter3D(in_channels=2, channels=TINY, strides=(2, 2, 2))
+    return DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_network=segmenter)
 
 
 def _entries(*subjects: str) -> list[dict]:

@@ -81,7 +81,8 @@ def test_tracking_patches_every_engine_of_every_bundle(bundle, tmp_path):
     configs = REPO / "bundles" / bundle / "configs"
     for second, lists in ((None, ("train#handlers", "validate#handlers")), ("evaluate.json", ("handlers",))):
         files = [str(configs / "train.json")] + ([str(configs / second)] if second else [])
-        workflow = ConfigWorkflow(config_file=files, meta_file=str(configs / "metadata.json"), workflow_type="train" if second is None else "infer", output_dir=str(tmp_path))
+        workflow = ConfigWorkflow(config_file=files, meta_file=str(configs / "metadata.json"),
+                                  workflow_type="train" if second is None else "infer", output_dir=str(tmp_path))
         workflow.patch_bundle_tracking(workflow.parser, DEFAULT_MLFLOW_SETTINGS)
         for handlers_id in lists:
             targets = [h.get("_target_") for h in workflow.parser[handlers_id] if isinstance(h, dict)]

@@ -23,7 +23,8 @@ from monai_ms.bundle.verify import SCHEMA_DIR
 
 BUNDLES = ("edss", "lesion_seg", "brain_age", "sex")
 SCHEMA = SCHEMA_DIR / "meta_schema_20240725.json"
-SCHEMA_SHA256 = "486ba371e85c5c001c0dc3f94fa796d16ecd7ca64bceafc4145c58a2254c2ccf"  # of MONAI-extra-test-data 0.8.1 meta_schema_20240725.json
+# of MONAI-extra-test-data 0.8.1 meta_schema_20240725.json
+SCHEMA_SHA256 = "486ba371e85c5c001c0dc3f94fa796d16ecd7ca64bceafc4145c58a2254c2ccf"
 
 
 def configs(bundle: str) -> Path:

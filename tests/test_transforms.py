@@ -87,7 +87,8 @@ def test_train_chain_augments_identically(pair):
 
 def test_patch_sampling_returns_patches_with_lesions(pair):
     item, _ = pair
-    chain = paired_transforms("train", label_key="lesion", spacing=2.0, roi_size=None, patch_size=(16, 16, 16), patches_per_volume=4, augment=False, noise_std=0.0)
+    chain = paired_transforms("train", label_key="lesion", spacing=2.0, roi_size=None, patch_size=(16, 16, 16), patches_per_volume=4,
+                              augment=False, noise_std=0.0)
     patches = chain(dict(item))
     assert isinstance(patches, list) and len(patches) == 4
     assert all(p["t1"].shape == (1, 16, 16, 16) for p in patches)

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from monai_ms.data.fields import SEX_CODES
-from monai_ms.data.manifest import ManifestError, rebase_paths, read_manifest, write_manifest
+from monai_ms.data.manifest import ManifestError, read_manifest, rebase_paths, write_manifest
 from monai_ms.io import sha256_file, sha256_json, write_csv, write_json, write_text
 
 __all__ = [

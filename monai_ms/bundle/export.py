@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monai_ms.bundle.verify import CHECKSUM_FILE, verify_bundle
 from monai_ms.data.fields import SEX_CONFIG_CODES, SPLITS
 from monai_ms.data.transforms import RESAMPLE_RESIDUE_TOL
-from monai_ms.bundle.verify import CHECKSUM_FILE, verify_bundle
 from monai_ms.io import atomic_path, sha256_file, write_json, write_text
 
 __all__ = [
@@ -171,7 +171,8 @@ def check_metrics_checkpoint(
             another checkpoint's; the message names the split the metrics came from.
 
     Examples:
-        >>> check_metrics_checkpoint({"split": "testing", "provenance": {"checkpoint_sha256": "ab"}}, "m.pt", "metrics.json")  # doctest: +SKIP
+        >>> metrics = {"split": "testing", "provenance": {"checkpoint_sha256": "ab"}}
+        >>> check_metrics_checkpoint(metrics, "m.pt", "metrics.json")  # doctest: +SKIP
         'testing'
     """
     provenance = report.get("provenance") if isinstance(report.get("provenance"), Mapping) else {}

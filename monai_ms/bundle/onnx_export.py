@@ -2,11 +2,11 @@
 
 :func:`export_onnx` builds ``network_def`` from ``configs/train.json``, loads ``models/model.pt``
 (``weights_only=True``) and writes ``models/model.onnx`` with ``monai.networks.utils.convert_to_onnx``
-(``torch.onnx.export`` traced, ``dynamo=False``, opset 17; MONAI's own ONNX Runtime verification on). Every input of ``network_data_format.inputs`` is an ONNX input
-of the same name (EDSS: ``t1``, ``t2``, ``demographics``; the image-only bundles: their one image
-input), the output is ``pred``; the batch axis is dynamic, and so are the spatial axes of patch
-inputs (lesion_seg's ``"8*n"`` patches). The bundle's metadata version is stored in the ONNX model's
-``metadata_props`` so a stale export is detected.
+(``torch.onnx.export`` traced, ``dynamo=False``, opset 17; MONAI's own ONNX Runtime verification on).
+Every input of ``network_data_format.inputs`` is an ONNX input of the same name (EDSS: ``t1``, ``t2``,
+``demographics``; the image-only bundles: their one image input), the output is ``pred``; the batch axis is
+dynamic, and so are the spatial axes of patch inputs (lesion_seg's ``"8*n"`` patches). The bundle's metadata
+version is stored in the ONNX model's ``metadata_props`` so a stale export is detected.
 
 :func:`check_onnx` runs the ONNX model with ONNX Runtime (CPU) and the checkpoint with PyTorch on the
 same random inputs at the configured ROI and compares them with ``torch.testing.assert_close``
@@ -151,7 +151,7 @@ def export_onnx(
     network, tensors, metadata = _network_and_inputs(bundle, config, Path(checkpoint) if checkpoint else None, seed)
     declared = metadata["network_data_format"]["inputs"]
     dynamic_axes: dict[str, dict[int, str]] = {}
-    for name, tensor in tensors.items():
+    for name in tensors:
         axes = {0: "batch"}
         spatial = declared[name].get("spatial_shape", [])
         for axis, size in enumerate(spatial):

@@ -3,8 +3,8 @@
 Called from each bundle's ``evaluate.json`` (``"provenance": "$monai_ms.bundle.evaluation_provenance(...)"``)
 and passed to the report handler, which writes it into ``metrics.json`` and the sidecar of the
 predictions table; ``inference.json`` passes the same record of the inferred split to the table handler,
-which writes ``eval/inference/predictions.provenance.json`` beside ``predictions.csv``. ``monai-ms bundle export`` compares the recorded checkpoint SHA-256 with the model it
-exports and refuses metrics of another model.
+which writes ``eval/inference/predictions.provenance.json`` beside ``predictions.csv``. ``monai-ms bundle export``
+compares the recorded checkpoint SHA-256 with the model it exports and refuses metrics of another model.
 """
 
 from __future__ import annotations

@@ -340,8 +340,8 @@ def load_datalist(
 
     This is what a bundle config calls (``"imports": ["$from monai_ms.data.manifest import
     load_datalist"]``, then ``"$load_datalist(@data_manifest, 'training', task='edss')"``): a bad
-    cohort fails here, before training, with one line per problem. Unlike ``monai.data.load_decathlon_datalist`` every image key (``t1``, ``t2``,
-    ``lesion``, ``tissue``) is resolved, never left silently relative.
+    cohort fails here, before training, with one line per problem. Unlike ``monai.data.load_decathlon_datalist``
+    every image key (``t1``, ``t2``, ``lesion``, ``tissue``) is resolved, never left silently relative.
 
     Args:
         manifest_path: the manifest JSON file.

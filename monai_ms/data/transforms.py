@@ -264,7 +264,9 @@ class RandGaussianNoise32d(RandGaussianNoised):
         allow_missing_keys: bool = False,
         sample_std: bool = True,
     ) -> None:
-        super().__init__(keys, prob=prob, mean=mean, std=std, dtype=np.float32, allow_missing_keys=allow_missing_keys, sample_std=sample_std)
+        super().__init__(
+            keys, prob=prob, mean=mean, std=std, dtype=np.float32, allow_missing_keys=allow_missing_keys, sample_std=sample_std
+        )
         self.rand_gaussian_noise = _GaussianNoise32(mean=mean, std=std, prob=1.0, dtype=np.float32, sample_std=sample_std)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from monai_ms.engines.autocast import AutocastInferer, cpu_autocast
+from monai_ms.engines.baseline_guard import BaselineGuard, compare_with_baselines, trivial_validation_baseline
+from monai_ms.engines.bootstrap import bootstrap_metrics, percentile_interval, resample_indices
 from monai_ms.engines.brain_age import (
     AgeBias,
     BrainAgeReportHandler,
@@ -19,6 +21,7 @@ from monai_ms.engines.classification import (
     probability_from_logit,
     sex_from_probability,
 )
+from monai_ms.engines.evaluation_report import finish_report, write_sidecar
 from monai_ms.engines.handlers import (
     BroadcastBuffersHandler,
     LearningCurveHandler,
@@ -33,9 +36,6 @@ from monai_ms.engines.handlers import (
 )
 from monai_ms.engines.lesion_pathway import init_lesion_pathway, read_provenance, training_provenance
 from monai_ms.engines.losses import LesionAuxiliaryLoss
-from monai_ms.engines.baseline_guard import BaselineGuard, compare_with_baselines, trivial_validation_baseline
-from monai_ms.engines.bootstrap import bootstrap_metrics, percentile_interval, resample_indices
-from monai_ms.engines.evaluation_report import finish_report, write_sidecar
 from monai_ms.engines.metrics import classification_metrics, regression_baselines, regression_metrics
 from monai_ms.engines.normalization import fit_covariate_head, fit_histogram_head, fit_normalization
 from monai_ms.engines.prepare_batch import PrepareBatchMultiInput

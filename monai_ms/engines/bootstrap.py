@@ -154,7 +154,12 @@ def bootstrap_metrics(
         for p, metrics in values.items()
     }
     out: dict[str, Any] = {
-        "method": "percentile bootstrap" + (", resampling subjects with replacement (all sessions of a drawn subject)" if groups is not None else ", resampling sessions"),
+        "method": "percentile bootstrap"
+        + (
+            ", resampling subjects with replacement (all sessions of a drawn subject)"
+            if groups is not None
+            else ", resampling sessions"
+        ),
         "unit": "subject" if groups is not None else "session",
         "n_subjects": len(set(map(str, groups))) if groups is not None else None,
         "n_sessions": n_sessions,

@@ -338,7 +338,10 @@ class RegressionReportHandler(PredictionCollector):
         summary = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if isinstance(v, float))
         interval = model.get("ci95", {}).get("mae")
         ci = f" (95% CI {interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
-        logger.info(f"evaluated {model['n']} sessions: {summary}; MAE{ci}; beats baselines: {report['beats_baselines']}; written to {self.output_dir}")
+        logger.info(
+            f"evaluated {model['n']} sessions: {summary}; MAE{ci}; beats baselines: {report['beats_baselines']}; "
+            f"written to {self.output_dir}"
+        )
         return report
 
     def _plot(self, frame: pd.DataFrame, model: Mapping[str, float]) -> None:

@@ -22,13 +22,12 @@ the grey/white ones as intensity classes, not as volumetry.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-
-import logging
 
 import nibabel as nib
 import numpy as np
@@ -219,10 +218,10 @@ def fit_feature_model(
     """
     from sklearn.linear_model import LogisticRegression, RidgeCV
     from sklearn.model_selection import GridSearchCV
-
-    from monai_ms.engines.normalization import subject_folds
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from monai_ms.engines.normalization import subject_folds
 
     if task not in TASK_FEATURES:
         raise ValueError(f"task must be one of {', '.join(TASK_FEATURES)}, got {task!r}")

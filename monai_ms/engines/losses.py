@@ -58,6 +58,8 @@ class LesionAuxiliaryLoss(nn.Module):
             # per-session feature computed beforehand (empty logits, see ForwardWithLesionMap)
             return loss
         if logits is None or logits.numel() == 0:
-            raise ValueError("LesionAuxiliaryLoss: lesion masks were given but the network has no lesion pathway (lesion_level or lesion_network)")
+            raise ValueError(
+                "LesionAuxiliaryLoss: lesion masks were given but the network has no lesion pathway (lesion_level or lesion_network)"
+            )
         soft = F.adaptive_avg_pool3d(mask.to(logits.dtype), logits.shape[2:])
         return loss + self.lesion_weight * self.lesion_loss(logits, soft)

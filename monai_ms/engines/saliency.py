@@ -317,7 +317,9 @@ def region_saliency(
     return row
 
 
-def summarize_regions(frame: pd.DataFrame, session_key: str = "session", group_keys: Sequence[str] = ("modality", "method")) -> pd.DataFrame:
+def summarize_regions(
+    frame: pd.DataFrame, session_key: str = "session", group_keys: Sequence[str] = ("modality", "method")
+) -> pd.DataFrame:
     """Append one ``mean`` row per modality (and method): the mean of every numeric column over the sessions.
 
     Means skip undefined (NaN) cells, so ``lesion_above_nawm`` becomes the share of sessions where lesion

@@ -40,7 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=SPLITS, help="manifest split to explain (default testing)")
     parser.add_argument("--output-dir", dest="output_dir", help="output folder (default BUNDLE/eval/explain)")
     parser.add_argument("--checkpoint", help="model weights (default BUNDLE/models/model.pt)")
-    parser.add_argument("--level", type=int, help="encoder level of the CAM methods, 0 the finest, -1 the last (default: the bundle's, 0 for edss, -1 otherwise)")
+    parser.add_argument(
+        "--level",
+        type=int,
+        help="encoder level of the CAM methods, 0 the finest, -1 the last (default: the bundle's, 0 for edss, -1 otherwise)",
+    )
     parser.add_argument("--mask-size", dest="mask_size", type=int, help="occlusion: occluder size in voxels (default 24)")
     parser.add_argument("--overlap", type=float, help="occlusion: overlap of occluder positions in [0, 1) (default 0.5)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda:0 when available)")

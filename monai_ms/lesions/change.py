@@ -43,7 +43,7 @@ import pandas as pd
 from monai_ms.data.fields import SPLITS
 from monai_ms.engines.batch_inference import BatchInference
 from monai_ms.io import save_figure, save_nifti, write_csv
-from monai_ms.lesions.matching import CHANGE_COLUMNS, CHANGE_CLASSES, ENLARGING_RATIO, MATCH_OVERLAP, change_map, match_lesions
+from monai_ms.lesions.matching import CHANGE_CLASSES, CHANGE_COLUMNS, ENLARGING_RATIO, MATCH_OVERLAP, change_map, match_lesions
 
 __all__ = ["PAIR_INPUT_KEYS", "pair_sessions", "manifest_entries", "PairRecords", "LesionChangePipeline"]
 

@@ -26,8 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_registration", action="store_true", help="naive baseline: compare the masks in scanner space")
     parser.add_argument("--no_location", action="store_true", help="skip the location class (saves one atlas registration per pair)")
     parser.add_argument("--no_qc", action="store_true", help="do not write the QC pictures")
-    parser.add_argument("--overlap", type=float, default=MATCH_OVERLAP, help=f"link rule: shared share of the smaller lesion (default {MATCH_OVERLAP})")
-    parser.add_argument("--enlarging_ratio", type=float, default=ENLARGING_RATIO, help=f"volume factor for enlarging/shrinking (default {ENLARGING_RATIO})")
+    parser.add_argument(
+        "--overlap", type=float, default=MATCH_OVERLAP, help=f"link rule: shared share of the smaller lesion (default {MATCH_OVERLAP})"
+    )
+    parser.add_argument(
+        "--enlarging_ratio",
+        type=float,
+        default=ENLARGING_RATIO,
+        help=f"volume factor for enlarging/shrinking (default {ENLARGING_RATIO})",
+    )
     parser.add_argument("--min_change_mm3", type=float, default=None, help="smallest volume change that counts (default: two voxels)")
     parser.add_argument("--mask_resampling", choices=["nearest", "linear"], default="nearest", help="follow-up mask onto the baseline grid")
     parser.add_argument("--threads", type=int, default=None, help="registration threads (default: all cores)")

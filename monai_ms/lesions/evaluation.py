@@ -164,7 +164,11 @@ def score_change(
         predicted = change_table[change_table["pair"] == row.pair]
         counts = _pair_counts(predicted, followup_truth, baseline_truth, enlarging_ratio, definition)
         per_pair.append({"pair": row.pair, "subject": row.subject, **counts})
-    result: dict[str, Any] = {"definition": definition, "n_pairs": len(per_pair), "n_truth_positives": sum(c["positives"] for c in per_pair)}
+    result: dict[str, Any] = {
+        "definition": definition,
+        "n_pairs": len(per_pair),
+        "n_truth_positives": sum(c["positives"] for c in per_pair),
+    }
     for key in ("tp", "fn", "fd", "neutral_found"):
         result[key] = sum(c[key] for c in per_pair)
     point = _detection(per_pair)

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-
 from monai.networks.blocks import Convolution, ResidualUnit, UpSample
 from monai.networks.layers.utils import get_act_layer
 

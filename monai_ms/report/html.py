@@ -168,7 +168,8 @@ def _sessions_html(run_dir: Path, table: Path, frame: Any) -> tuple[str, int, in
     # show the count/volume/prediction columns first, then the rest; file paths are left out
     hidden = {"subject", "model_version"}
     columns = [c for c in frame.columns if c != "session" and c not in hidden and not str(c).endswith(("_file", "_path", "file", "path"))]
-    preferred = [c for c in ("error", "status", "lesion_count", "n_lesions", "total_volume_ml", "lesion_volume_ml", "volume_ml") if c in columns]
+    first = ("error", "status", "lesion_count", "n_lesions", "total_volume_ml", "lesion_volume_ml", "volume_ml")
+    preferred = [c for c in first if c in columns]
     columns = preferred + [c for c in columns if c not in preferred]
     records = frame.to_dict(orient="records")
     records.sort(key=lambda r: not _is_error(r))  # failures first
@@ -191,8 +192,13 @@ def _sessions_html(run_dir: Path, table: Path, frame: Any) -> tuple[str, int, in
         cls = ' class="error"' if failed else ""
         body.append(f"<tr{cls}><td>{html.escape(session)}</td><td>{picture}</td>{''.join(cells)}</tr>")
     rows_html = "".join(body)
-    caption = f"{len(records)} sessions from {html.escape(table.name)}" + (f", <b>{errors} with errors</b> (highlighted, listed first)" if errors else "") + "; click a column header to sort."
-    return f"<p>{caption}</p><table id=sessions class=sortable><thead><tr>{head}</tr></thead><tbody>{rows_html}</tbody></table>", errors, pictures
+    caption = (
+        f"{len(records)} sessions from {html.escape(table.name)}"
+        + (f", <b>{errors} with errors</b> (highlighted, listed first)" if errors else "")
+        + "; click a column header to sort."
+    )
+    table_html = f"<table id=sessions class=sortable><thead><tr>{head}</tr></thead><tbody>{rows_html}</tbody></table>"
+    return f"<p>{caption}</p>{table_html}", errors, pictures
 
 
 _CSS = """
@@ -203,7 +209,7 @@ thead th{background:#f0f0f0;cursor:pointer;position:sticky;top:0}td:first-child,
 .ci{color:#666;font-size:.85em}.note{color:#555;font-size:.85em}
 tr.error td{background:#fde2e2}tr.error td:first-child{border-left:4px solid #c62828}
 img.qc{height:150px;cursor:zoom-in}img.qc.big{height:auto;max-width:900px;cursor:zoom-out}img.plot{max-height:300px;max-width:48%;margin:.3em;border:1px solid #ddd;vertical-align:top}.none{color:#999}
-"""
+"""  # noqa: E501 (one CSS rule per line)
 
 # click a header: sort the rows by that column (numbers by data-sort, else text); click again: reverse
 _JS = """

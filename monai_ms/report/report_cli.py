@@ -16,7 +16,9 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``monai-ms report``."""
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="folder an evaluation or inference run wrote (metrics.json, CSV tables, PNGs, qc/)")
+    parser.add_argument(
+        "run_dir", metavar="RUN_DIR", help="folder an evaluation or inference run wrote (metrics.json, CSV tables, PNGs, qc/)"
+    )
     parser.add_argument("--out", default=None, metavar="FILE.html", help="the page to write (default RUN_DIR/report.html)")
     parser.add_argument("--title", default=None, help="page title (default: RUN_DIR)")
     parser.add_argument("--no-overwrite", action="store_true", help="refuse to replace an existing page")
