@@ -66,7 +66,7 @@ def resample_indices(
     if not labels:
         raise ValueError("nothing to resample: no items")
     names = list(dict.fromkeys(labels))  # first-appearance order, so results do not depend on hashing
-    members = {name: [] for name in names}
+    members: dict[str, list[int]] = {name: [] for name in names}
     for index, name in enumerate(labels):
         members[name].append(index)
     blocks = [np.asarray(members[name], dtype=np.int64) for name in names]

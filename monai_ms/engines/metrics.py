@@ -7,13 +7,16 @@ MONAI's ``RMSEMetric`` averages per-sample RMSE, which for a scalar output equal
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from scipy import stats
 from sklearn.linear_model import LinearRegression
 
 from monai_ms.data.fields import parse_sex
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "regression_metrics",
@@ -28,7 +31,9 @@ __all__ = [
 ECE_BINS = 10
 
 
-def regression_metrics(prediction: Sequence[float], target: Sequence[float], within: float | None = None) -> dict[str, float]:
+def regression_metrics(
+    prediction: Sequence[float] | np.ndarray, target: Sequence[float] | np.ndarray, within: float | None = None
+) -> dict[str, float]:
     """MAE, dataset-level RMSE, Pearson r and R^2 (and the share of errors <= ``within``).
 
     Args:
@@ -122,7 +127,9 @@ def regression_baselines(
     return baselines
 
 
-def classification_metrics(probability: Sequence[float], target: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
+def classification_metrics(
+    probability: Sequence[float] | np.ndarray, target: Sequence[float] | np.ndarray, threshold: float = 0.5
+) -> dict[str, Any]:
     """AUC, accuracy, balanced accuracy, Brier score and confusion matrix of a binary classifier.
 
     Args:
@@ -162,7 +169,7 @@ def classification_metrics(probability: Sequence[float], target: Sequence[float]
     }
 
 
-def _calibration_tensors(probability: Sequence[float], target: Sequence[float]) -> tuple[Any, Any]:
+def _calibration_tensors(probability: Sequence[float] | np.ndarray, target: Sequence[float] | np.ndarray) -> tuple[Any, Any]:
     import torch
 
     # copies (np.array): torch.from_numpy refuses, with a warning, read-only views such as a pandas column's
@@ -174,7 +181,9 @@ def _calibration_tensors(probability: Sequence[float], target: Sequence[float]) 
     return torch.from_numpy(prob)[None, None], torch.from_numpy(true)[None, None]
 
 
-def expected_calibration_error(probability: Sequence[float], target: Sequence[float], n_bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    probability: Sequence[float] | np.ndarray, target: Sequence[float] | np.ndarray, n_bins: int = ECE_BINS
+) -> float:
     """Expected calibration error of P(positive): ``sum_b (n_b / N) |mean p_b - positive fraction_b|``.
 
     Computed with MONAI's ``monai.metrics.CalibrationErrorMetric`` (``calibration_reduction="expected"``)
@@ -197,10 +206,13 @@ def expected_calibration_error(probability: Sequence[float], target: Sequence[fl
     prob, true = _calibration_tensors(probability, target)
     metric = CalibrationErrorMetric(num_bins=n_bins, include_background=True, calibration_reduction="expected")
     metric(y_pred=prob, y=true)
-    return float(metric.aggregate().item())
+    aggregate = cast("torch.Tensor", metric.aggregate())  # one tensor for calibration_reduction="expected"
+    return float(aggregate.item())
 
 
-def reliability_bins(probability: Sequence[float], target: Sequence[float], n_bins: int = ECE_BINS) -> dict[str, list[float]]:
+def reliability_bins(
+    probability: Sequence[float] | np.ndarray, target: Sequence[float] | np.ndarray, n_bins: int = ECE_BINS
+) -> dict[str, list[float]]:
     """Per-bin mean predicted probability, observed positive fraction and count (a reliability diagram's points).
 
     Uses MONAI's ``monai.metrics.calibration.calibration_binning`` (the binning of
