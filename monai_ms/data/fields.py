@@ -11,7 +11,7 @@ An entry is one scan session::
     {"subject": "P01", "session": "sub-01-01", "t1": "T1/sub-01-01_T1.nii.gz", "t2": "T2/sub-01-01_T2.nii.gz",
      "lesion": "masks/sub-01-01_lesion.nii.gz", "age": 32.0, "sex": "F", "edss": 2.0, "scanner": "1.5T"}
 
-This module imports only numpy (no torch, no MONAI), so anything may import it.
+This module imports no other monai_ms module (numpy only), so any module can use it without an import cycle.
 """
 
 from __future__ import annotations
