@@ -132,6 +132,7 @@ def edss(entry: dict, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]
     parser["data_manifest"] = "unused"  # the benchmark feeds one scan directly
     parser["device"] = "$torch.device('cpu')"
     parser["output_dir"] = str(out_dir)
+    parser["infer#provenance"] = None  # no manifest or checkpoint file to record: one scan is fed directly
     network = parser.get_parsed_content("network")
     weights = _load_weights(network, _checkpoint("edss", args))
     network.eval()

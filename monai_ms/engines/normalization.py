@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import logging
 
 import numpy as np
 import torch
@@ -95,7 +94,9 @@ def fit_covariate_head(
         with torch.no_grad():
             for entry in entries:
                 item = transform(dict(entry))
-                t1, t2, demographics = (torch.as_tensor(item[key]).as_subclass(torch.Tensor)[None].to(device) for key in ("t1", "t2", "demographics"))
+                t1, t2, demographics = (
+                    torch.as_tensor(item[key]).as_subclass(torch.Tensor)[None].to(device) for key in ("t1", "t2", "demographics")
+                )
                 network(t1, t2, demographics.float())
                 targets.append(torch.as_tensor(item[target_key], dtype=torch.float64).reshape(1, -1))
     finally:
@@ -107,7 +108,9 @@ def fit_covariate_head(
     if lesion_features is not None and frozen:
         # the lesion feature is the covariates' last column (see DualStreamRegressor._predict)
         lesion_features.update({str(entry["session"]): float(x[i, -1]) for i, entry in enumerate(entries)})
-        logger.info(f"lesion pathway frozen: its lesion-load feature of {len(entries)} training sessions is computed once, not at every step")
+        logger.info(
+            f"lesion pathway frozen: its lesion-load feature of {len(entries)} training sessions is computed once, not at every step"
+        )
     y = (torch.cat(targets) - network.target_mean.double().cpu()) / network.target_std.double().cpu()
     design = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
     penalty = ridge * len(x) * torch.eye(design.shape[1], dtype=torch.float64)

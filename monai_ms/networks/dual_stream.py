@@ -10,9 +10,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.jit import Final
-
 from monai.networks.blocks import Convolution
+from torch.jit import Final
 
 from monai_ms.networks.blocks import Conv3DBlock, GlobalPool, MLPHead
 from monai_ms.networks.encoder import FeatureExtractor3D

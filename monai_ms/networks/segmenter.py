@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-
 from monai.networks.blocks import Convolution
+
 from monai_ms.networks.blocks import UpBlock
 from monai_ms.networks.encoder import FeatureExtractor3D
 
