@@ -87,7 +87,8 @@ def test_inference_tiny(tmp_path: Path, cache_dir: Path) -> None:
 
 def test_time_to_accuracy_tiny(tmp_path: Path, tiny_manifest: Path) -> None:
     out = tmp_path / "time_to_accuracy.json"
-    argv = ["--tiny", "--bundles", "lesion_seg", "--variants", "default,v0.3", "--manifest", str(tiny_manifest), "--out", str(out)]
+    argv = ["--tiny", "--bundles", "lesion_seg", "--variants", "default,v0.3", "--evaluate",
+            "--manifest", str(tiny_manifest), "--out", str(out)]
     assert _script("time_to_accuracy").main(argv) == 0
     result = json.loads(out.read_text())
     _machine_ok(result)
@@ -100,6 +101,10 @@ def test_time_to_accuracy_tiny(tmp_path: Path, tiny_manifest: Path) -> None:
         # each run trained in its own copy of the bundles, so nothing trained in the checkout was used
         copy = tmp_path / "time_to_accuracy" / f"lesion_seg_{run['variant']}" / "bundles" / "lesion_seg"
         assert (copy / "configs" / "train.json").is_file()
+    # --evaluate scores the default once on the test split, with the trivial baseline beside it; not the others
+    assert runs["default"]["evaluate"]["exit_status"] == 0 and runs["default"]["evaluate"]["split"] == "testing"
+    assert "mean_dice" in runs["default"]["evaluate"]["model"] and runs["default"]["evaluate"]["baselines"]
+    assert "evaluate" not in runs["v0.3"]
     # the previous release's settings were put back, null included, through an override file
     overrides = json.loads((tmp_path / "time_to_accuracy" / "lesion_seg_v0.3" / "overrides.json").read_text())
     assert overrides["autocast"] is None and overrides["network_def#prior_probability"] is None

@@ -78,7 +78,7 @@ def test_stored_lesion_feature_gives_the_prediction_forward_computes_and_skips_t
     with torch.no_grad():
         prediction, empty = view(t1, t2, demographics, ["s1", "s2"])
     assert not calls, "the segmenter ran although the feature was stored"
-    assert empty.numel() == 0
+    assert empty.shape == (2, 1, 0, 0, 0)
     torch.testing.assert_close(prediction, expected)
     # a session missing from the table: computed from the images, as forward does
     with torch.no_grad():
@@ -106,5 +106,8 @@ def test_fit_covariate_head_stores_the_feature_only_for_a_frozen_segmenter() -> 
 def test_loss_with_a_stored_feature_is_the_regression_loss_alone() -> None:
     loss = LesionAuxiliaryLoss(torch.nn.L1Loss())
     prediction = torch.zeros(2, 1, requires_grad=True)
-    value = loss((prediction, torch.zeros(0)), (torch.ones(2, 1), torch.ones(2, 1, 8, 8, 8)))
-    assert float(value) == pytest.approx(1.0)
+    target = (torch.ones(2, 1), torch.ones(2, 1, 8, 8, 8))
+    assert float(loss((prediction, torch.zeros(2, 1, 0, 0, 0)), target)) == pytest.approx(1.0)
+    # masks given to a network without any lesion pathway stay an error, in training too
+    with pytest.raises(ValueError, match="the network has no lesion pathway"):
+        loss((prediction, torch.zeros(0)), target)

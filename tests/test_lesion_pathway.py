@@ -114,3 +114,45 @@ def test_early_stopping_ignores_a_spike_during_the_warm_up() -> None:
     assert run(warmup=2) == 9
     with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
         WarmupEarlyStopHandler(patience=3, score_function=lambda e: 0.0, warmup_epochs=-1)
+
+
+def test_lesion_stage_is_reused_only_when_it_finished_with_the_same_inputs(segmenter, tmp_path) -> None:
+    """``lesion_init auto`` reuses ``<ckpt_dir>/lesion_stage`` only with its ``stage.json`` (written when the stage's
+    training exited 0) matching the manifest, subjects, lesion_seg config and settings of this run."""
+    from monai_ms.bundle import lesion_stage as stage_module
+
+    lesion_bundle = tmp_path / "bundles" / "lesion_seg"
+    (lesion_bundle / "configs").mkdir(parents=True)
+    (lesion_bundle / "configs" / "train.json").write_text('{"epochs": 40}')
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
+    training = _entries("P1", "P2")
+    ckpt_dir = tmp_path / "edss_models"
+    checkpoint = stage_module.lesion_stage_checkpoint(ckpt_dir)
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(segmenter.read_bytes())
+    finished = lambda **changes: stage_module._stage_finished(  # noqa: E731
+        ckpt_dir, manifest, changes.get("training", training), lesion_bundle, None, 0, changes.get("overrides", {"epochs": 24})
+    )
+    assert not finished(), "a stage without stage.json (interrupted) must be trained again"
+    settings = stage_module._stage_settings(manifest, ckpt_dir, None, 0, {"epochs": 24})
+    record = stage_module._stage_record(manifest, training, lesion_bundle / "configs" / "train.json", settings)
+    write_json(record, checkpoint.parents[1] / stage_module.STAGE_RECORD)
+    assert finished()
+    assert not finished(overrides={"epochs": 40})  # other stage settings
+    assert not finished(training=_entries("P1", "P3"))  # other training subjects
+    (lesion_bundle / "configs" / "train.json").write_text('{"epochs": 80}')
+    assert not finished()  # the lesion_seg defaults changed since
+
+
+def test_sibling_lesion_model_that_saw_held_out_subjects_is_passed_over(segmenter, tmp_path) -> None:
+    from monai_ms.bundle.lesion_stage import _sibling_usable
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
+    write_json(training_provenance(_entries("P1", "P7"), manifest=manifest), provenance_path(segmenter))
+    sha = json.loads(provenance_path(segmenter).read_text())["manifest_sha256"]
+    assert _sibling_usable(segmenter, sha, {"validation": _entries("P5")})
+    # trained on a subject of this run's test split (another fold, say): not used, and not an error either
+    assert not _sibling_usable(segmenter, sha, {"validation": _entries("P5"), "testing": _entries("P7")})
+    assert not _sibling_usable(segmenter, "another manifest", {"validation": _entries("P5")})

@@ -7,7 +7,8 @@ can: with ``lesion_init: "auto"`` (the default) the EDSS run starts its lesion p
 1. the sibling lesion_seg bundle's ``models/model.pt``, when it was trained on this very manifest (its
    provenance record names the manifest's SHA-256) and passes the held-out check;
 2. else this run's own lesion stage, ``<ckpt_dir>/lesion_stage/models/model.pt``, when an earlier run
-   trained it on the same manifest and the same training subjects;
+   finished it with the same manifest, training subjects, lesion_seg ``train.json`` and stage settings
+   (``stage.json``, written only when the stage's training exited 0: an interrupted stage is trained again);
 3. else it trains that stage now: the lesion_seg bundle's defaults on this manifest's training split (and
    fold), its checkpoint chosen on this run's validation split, in a subprocess whose progress is shown.
 
@@ -27,18 +28,31 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_ms.engines.lesion_pathway import AUTO, init_lesion_pathway, read_provenance
-from monai_ms.io import sha256_file
+from monai_ms.engines.lesion_pathway import AUTO, check_lesion_provenance, init_lesion_pathway, read_provenance
+from monai_ms.io import sha256_file, write_json
 
 __all__ = ["LESION_STAGE_DIR", "lesion_stage_checkpoint", "start_lesion_pathway", "train_lesion_stage"]
 
 logger = logging.getLogger(__name__)
 
 LESION_STAGE_DIR = "lesion_stage"  # under the EDSS run's ckpt_dir: models/ and eval/ of the stage
+STAGE_RECORD = "stage.json"  # written when the stage's training exited 0: what it was trained with
 
 
 def _subjects(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     return sorted({str(entry["subject"]) for entry in entries if entry.get("subject") is not None})
+
+
+def _stage_record(
+    data_manifest: str | os.PathLike, training: Sequence[Mapping[str, Any]], config: Path, settings: Mapping[str, Any]
+) -> dict:
+    """What a finished lesion stage was trained with; a stage is reused only when all of it matches."""
+    return {
+        "manifest_sha256": sha256_file(data_manifest),
+        "training_subjects": _subjects(training),
+        "lesion_seg_train_json_sha256": sha256_file(config),
+        "settings": {k: v for k, v in settings.items() if k not in ("data_manifest", "ckpt_dir", "output_dir")},
+    }
 
 
 def _trained_here(checkpoint: Path, manifest_sha256: str, training: Sequence[Mapping[str, Any]] | None) -> bool:
@@ -54,9 +68,39 @@ def _trained_here(checkpoint: Path, manifest_sha256: str, training: Sequence[Map
     return training is None or sorted(map(str, record["training_subjects"])) == _subjects(training)
 
 
+def _sibling_usable(sibling: Path, manifest_sha256: str, held_out: Mapping[str, Sequence[Mapping[str, Any]]]) -> bool:
+    """The lesion_seg bundle's own model, when trained on this manifest and unseen by this run's held-out splits."""
+    if not _trained_here(sibling, manifest_sha256, None):
+        if sibling.is_file():
+            logger.info(f"lesion stage: {sibling} was not trained on this manifest, so it is not used")
+        return False
+    try:
+        check_lesion_provenance(sibling, held_out)
+    except ValueError as error:
+        logger.info(f"lesion stage: {sibling} is not used: {error}")
+        return False
+    return True
+
+
 def lesion_stage_checkpoint(ckpt_dir: str | os.PathLike) -> Path:
     """``<ckpt_dir>/lesion_stage/models/model.pt``: where the EDSS run keeps the segmenter it trained."""
     return Path(ckpt_dir) / LESION_STAGE_DIR / "models" / "model.pt"
+
+
+def _stage_settings(
+    data_manifest: str | os.PathLike, ckpt_dir: str | os.PathLike, fold: int | None, seed: int, overrides: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    stage = Path(ckpt_dir) / LESION_STAGE_DIR
+    settings: dict[str, Any] = {
+        "data_manifest": str(Path(data_manifest).resolve()),
+        "ckpt_dir": str((stage / "models").resolve()),
+        "output_dir": str((stage / "eval").resolve()),
+        "seed": seed,
+        **({"fold": fold} if fold is not None else {}),
+        **dict(overrides or {}),
+    }
+    # the command line cannot carry null: a None setting keeps the lesion_seg default
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 def train_lesion_stage(
@@ -66,6 +110,7 @@ def train_lesion_stage(
     fold: int | None = None,
     seed: int = 0,
     overrides: Mapping[str, Any] | None = None,
+    training: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Train the lesion_seg bundle's defaults on ``data_manifest`` into ``<ckpt_dir>/lesion_stage``.
 
@@ -79,23 +124,24 @@ def train_lesion_stage(
         fold: the EDSS run's fold (``None``: the manifest's own split).
         seed: the run's seed.
         overrides: further lesion_seg overrides (e.g. ``{"epochs": 20}``).
+        training: the run's training entries (recorded in ``stage.json`` with the settings).
 
     Returns:
         the stage's best checkpoint.
 
     Raises:
-        ValueError: the stage failed (its exit status and where its output went).
+        ValueError: no lesion_seg bundle beside this one, or the stage failed (its exit status and where
+            its output went).
     """
     stage = Path(ckpt_dir) / LESION_STAGE_DIR
     config = Path(lesion_bundle) / "configs" / "train.json"
-    settings: dict[str, Any] = {
-        "data_manifest": str(Path(data_manifest).resolve()),
-        "ckpt_dir": str((stage / "models").resolve()),
-        "output_dir": str((stage / "eval").resolve()),
-        "seed": seed,
-        **({"fold": fold} if fold is not None else {}),
-        **dict(overrides or {}),
-    }
+    if not config.is_file():
+        raise ValueError(
+            f"lesion stage: {config} not found, so no lesion segmenter can be trained here (a copy of the EDSS bundle "
+            "without its lesion_seg sibling?); pass a trained lesion_seg model.pt as --lesion_init, or --lesion_init ''"
+        )
+    settings = _stage_settings(data_manifest, ckpt_dir, fold, seed, overrides)
+    (stage / STAGE_RECORD).unlink(missing_ok=True)  # an interrupted stage is never taken for a finished one
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(config)]
     for key, value in settings.items():
         command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
@@ -111,7 +157,30 @@ def train_lesion_stage(
             f"and its files are in {stage}. Fix it, pass a trained lesion_seg model.pt as --lesion_init, or "
             "train without the lesion pathway's start (--lesion_init '')"
         )
+    write_json(_stage_record(data_manifest, training, config, settings), stage / STAGE_RECORD)
     return checkpoint
+
+
+def _stage_finished(
+    ckpt_dir: str | os.PathLike,
+    data_manifest: str | os.PathLike,
+    training: Sequence[Mapping[str, Any]],
+    lesion_bundle: Path,
+    fold: int | None,
+    seed: int,
+    overrides: Mapping[str, Any] | None,
+) -> bool:
+    """Whether ``<ckpt_dir>/lesion_stage`` holds a stage that finished with exactly these inputs and settings."""
+    record_path = Path(ckpt_dir) / LESION_STAGE_DIR / STAGE_RECORD
+    config = lesion_bundle / "configs" / "train.json"
+    if not record_path.is_file() or not lesion_stage_checkpoint(ckpt_dir).is_file() or not config.is_file():
+        return False
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return False
+    settings = _stage_settings(data_manifest, ckpt_dir, fold, seed, overrides)
+    return bool(record == json.loads(json.dumps(_stage_record(data_manifest, training, config, settings))))
 
 
 def start_lesion_pathway(
@@ -127,6 +196,7 @@ def start_lesion_pathway(
     freeze: bool = True,
     stage_overrides: Mapping[str, Any] | None = None,
     lesion_key: str | None = "lesion",
+    stage_inherited: Mapping[str, Any] | None = None,
 ) -> bool:
     """The EDSS ``initialize`` step: choose (or train) the segmenter, then :func:`init_lesion_pathway`.
 
@@ -145,6 +215,8 @@ def start_lesion_pathway(
         stage_overrides: lesion_seg overrides for a stage trained here.
         lesion_key: the manifest's lesion-mask key; empty (a cohort without masks): ``"auto"`` trains no
             stage and the pathway stays untrained, with a warning.
+        stage_inherited: the EDSS run's settings the stage takes over (``spacing``, ``label_key``, workers and
+            cache settings), so an EDSS run at 1 mm gets a 1 mm segmenter; ``stage_overrides`` win over them.
 
     Returns:
         True when a segmenter was loaded.
@@ -158,22 +230,19 @@ def start_lesion_pathway(
             "EDSS model learns without a lesion load; pass a trained lesion_seg model.pt as --lesion_init to use one"
         )
         lesion_init = ""
+    stage_overrides = {**dict(stage_inherited or {}), **dict(stage_overrides or {})}
     if lesion_init is not None and str(lesion_init) == AUTO:
-        manifest_sha256 = sha256_file(data_manifest)
-        sibling = Path(bundle_root).parent / "lesion_seg" / "models" / "model.pt"
+        lesion_bundle = Path(bundle_root).parent / "lesion_seg"
+        sibling = lesion_bundle / "models" / "model.pt"
         own = lesion_stage_checkpoint(ckpt_dir)
-        if _trained_here(sibling, manifest_sha256, None):
+        if _sibling_usable(sibling, sha256_file(data_manifest), held_out):
             lesion_init = str(sibling)
-        elif _trained_here(own, manifest_sha256, training):
-            logger.info(f"lesion stage: reusing {own}, trained on this manifest's training subjects by an earlier run")
+        elif _stage_finished(ckpt_dir, data_manifest, training, lesion_bundle, fold, seed, stage_overrides):
+            logger.info(f"lesion stage: reusing {own}, trained by an earlier run with the same manifest, subjects and settings")
             lesion_init = str(own)
         else:
-            if sibling.is_file():
-                logger.info(f"lesion stage: {sibling} was not trained on this manifest, so it is not used")
             try:
-                lesion_init = str(
-                    train_lesion_stage(data_manifest, ckpt_dir, Path(bundle_root).parent / "lesion_seg", fold, seed, stage_overrides)
-                )
+                lesion_init = str(train_lesion_stage(data_manifest, ckpt_dir, lesion_bundle, fold, seed, stage_overrides, training))
             except ValueError as error:
                 from monai_ms.bundle.config import running_workflow
 

@@ -10,13 +10,16 @@ autocast, and its outputs are returned in float32.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from monai.inferers import Inferer
 
-__all__ = ["AutocastInferer", "cpu_autocast"]
+__all__ = ["AutocastInferer", "cpu_autocast", "cpu_supports_bf16"]
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -27,7 +30,8 @@ def cpu_autocast(setting: Any, device: torch.device | str) -> str | None:
     Args:
         setting: ``"bf16"`` / ``"bfloat16"``, or ``None`` / ``False`` / ``""`` for full precision.
         device: the training device. On CUDA the bundles use MONAI's own ``amp`` (fp16 with a gradient
-            scaler) instead, so this returns ``None`` there.
+            scaler) instead, so this returns ``None`` there; so it does on a CPU without bfloat16
+            instructions (:func:`cpu_supports_bf16`), where bf16 autocast is slower than full precision.
 
     Raises:
         ValueError: an unknown setting (the rule and the value).
@@ -36,7 +40,20 @@ def cpu_autocast(setting: Any, device: torch.device | str) -> str | None:
         return None
     if str(setting) not in _DTYPES:
         raise ValueError(f"autocast must be 'bf16' or None (full precision), got {setting!r}")
-    return None if torch.device(device).type == "cuda" else str(setting)
+    if torch.device(device).type == "cuda":
+        return None
+    if _DTYPES[str(setting)] == torch.bfloat16 and not cpu_supports_bf16():
+        logger.info("autocast bf16: this CPU has no bfloat16 instructions (AVX-512 BF16 / AMX), where bf16 is slower: full precision")
+        return None
+    return str(setting)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 BF16 or AMX); elsewhere bf16 autocast is slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _to_float32(output: Any) -> Any:

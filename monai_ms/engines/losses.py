@@ -53,13 +53,13 @@ class LesionAuxiliaryLoss(nn.Module):
         loss = self.regression_loss(prediction, value)
         if mask is None or self.lesion_weight == 0:
             return loss
-        if logits is not None and prediction.requires_grad and not logits.requires_grad:
-            # a frozen lesion pathway (pre-trained, see DualStreamRegressor.load_lesion_network), or its
-            # per-session feature computed beforehand (empty logits, see ForwardWithLesionMap)
-            return loss
+        if logits is not None and logits.dim() == 5 and logits.numel() == 0:
+            return loss  # a frozen pathway's per-session feature stood in for the segmenter (see ForwardWithLesionMap)
         if logits is None or logits.numel() == 0:
             raise ValueError(
                 "LesionAuxiliaryLoss: lesion masks were given but the network has no lesion pathway (lesion_level or lesion_network)"
             )
+        if prediction.requires_grad and not logits.requires_grad:
+            return loss  # a frozen lesion pathway (pre-trained, see DualStreamRegressor.load_lesion_network)
         soft = F.adaptive_avg_pool3d(mask.to(logits.dtype), logits.shape[2:])
         return loss + self.lesion_weight * self.lesion_loss(logits, soft)

@@ -316,7 +316,8 @@ class ForwardWithLesionMap(nn.Module):
     With ``lesion_features`` (session id -> lesion-load feature of a frozen segmenter, filled by
     :func:`~monai_ms.engines.fit_covariate_head`) and the batch's session ids as the fourth input, the
     segmenter is not run: the stored feature is used, and the lesion logits come back empty (a frozen
-    pathway has no lesion loss). A session missing from the table is computed from its images.
+    pathway has no lesion loss; their shape ``(B, 1, 0, 0, 0)`` tells
+    :class:`~monai_ms.engines.LesionAuxiliaryLoss` so). A session missing from the table is computed from its images.
 
     Args:
         network: a :class:`DualStreamRegressor` (with or without the lesion pathway).
@@ -337,5 +338,7 @@ class ForwardWithLesionMap(nn.Module):
         if self.lesion_features and session is not None and all(s in self.lesion_features for s in session):
             feature = torch.tensor([self.lesion_features[s] for s in session], dtype=t1.dtype, device=t1.device)
             prediction = self.network.forward_with_lesion_feature(t1, t2, demographics, feature)
-            return prediction, torch.zeros(0, dtype=t1.dtype, device=t1.device)
+            # a lesion map of no voxels, (B, 1, 0, 0, 0): the stored feature stood in for the segmenter (no lesion
+            # loss), unlike the (0,) tensor of a network without a lesion pathway
+            return prediction, torch.zeros(t1.shape[0], 1, 0, 0, 0, dtype=t1.dtype, device=t1.device)
         return self.network.forward_with_lesion_map(t1, t2, demographics)
