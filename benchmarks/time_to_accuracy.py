@@ -174,12 +174,13 @@ def evaluate_run(run_dir: Path, bundle: str, cap_s: float) -> dict[str, Any]:
 def _test_summary(path: Path) -> dict[str, Any]:
     """The model's and baselines' scalar metrics with intervals, as ``metrics.json`` holds them."""
     report = json.loads(path.read_text())
-    keep = ("n", "n_subjects", "mae", "rmse", "pearson_r", "auc", "mean_dice", "lesion_f1", "ci95")
+    keep = ("n", "n_scans", "n_subjects", "mae", "rmse", "pearson_r", "auc", "ece", "mean_dice", "lesion_f1", "ci95")
     pick = lambda block: {k: v for k, v in block.items() if k in keep}  # noqa: E731
     return {
         "split": report.get("provenance", {}).get("split", report.get("split")),
-        "model": pick(report.get("model", {})),
+        "model": pick(report.get("model", report.get("summary", {}))),  # lesion_seg's report calls it summary
         "baselines": {name: pick(block) for name, block in report.get("baselines", {}).items()},
+        "n_subjects": report.get("uncertainty", {}).get("n_subjects"),
         "beats_baselines": report.get("beats_baselines"),
         "beats_imaging_features": report.get("beats_imaging_features"),
     }
