@@ -258,3 +258,27 @@ def ru_maxrss_mb() -> dict[str, float]:
 
 def timer() -> float:
     return time.perf_counter()
+
+
+def run_capped(command: list[str], log: Path, cap_s: float | None) -> tuple[int, bool]:
+    """Run ``command`` from the repository root (output to ``log``) for at most ``cap_s`` seconds (``None``: no cap).
+
+    Returns:
+        (exit status, whether it was stopped at the cap); a stopped run gets SIGTERM, then SIGKILL after 30 s,
+        its whole process group (the bundle's DataLoader workers too).
+    """
+    import signal
+    import subprocess
+
+    with open(log, "w") as stream:
+        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        try:
+            return process.wait(timeout=cap_s), False
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            return -signal.SIGTERM, True

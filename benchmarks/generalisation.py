@@ -45,17 +45,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import CACHE, REPO, RESULTS, command_line, machine_info  # noqa: E402
+from _shared import CACHE, REPO, RESULTS, command_line, machine_info, run_capped  # noqa: E402
 
 BUNDLES = ("lesion_seg", "edss", "brain_age", "sex")  # lesion_seg first: EDSS case a starts from its model
 REFERENCE = "none"  # the demo (default) settings: where the shared bundle is trained
@@ -148,20 +145,6 @@ def _split_subjects(manifest: str) -> dict[str, list[str]]:
 # ----------------------------------------------------------------------------------------------- runs
 
 
-def _run(command: list[str], log: Path, cap_s: float | None) -> tuple[int, bool]:
-    """Run ``command`` (output to ``log``) for at most ``cap_s`` seconds; (exit status, stopped at the cap)."""
-    with open(log, "w") as stream:
-        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-        try:
-            return process.wait(timeout=cap_s), False
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            return -signal.SIGTERM, True
 
 
 def _bundle_command(run_id: str, files: list[str]) -> list[str]:
@@ -241,7 +224,7 @@ class Suite:
             (run_dir / "overrides.json").write_text(json.dumps(settings, indent=1))
             files = [str(_configs(bundle) / "train.json"), str(run_dir / "overrides.json")]
             start = time.time()
-            status, capped = _run(_bundle_command("training", files), run_dir / "training.log", self.cap_s)
+            status, capped = run_capped(_bundle_command("training", files), run_dir / "training.log", self.cap_s)
             trained = (status == 0 or capped) and (run_dir / "models" / "model.pt").is_file()
             record = {"bundle": bundle, "shift": shift, "case": "a", "digest": digest, "manifest": cohort["manifest"], "overrides": overrides,
                       "trained": trained, "training_exit_status": status, "stopped_at_cap": capped, "training_wall_s": round(time.time() - start, 1),
@@ -277,7 +260,7 @@ class Suite:
         files = [str(_configs(bundle) / "train.json"), str(_configs(bundle) / "evaluate.json"), str(run_dir / "evaluate_overrides.json")]
         (run_dir / "eval" / "metrics.json").unlink(missing_ok=True)
         start = time.time()
-        status, _ = _run(_bundle_command("evaluating", files), run_dir / "evaluate.log", None)
+        status, _ = run_capped(_bundle_command("evaluating", files), run_dir / "evaluate.log", None)
         ok = status == 0 and (run_dir / "eval" / "metrics.json").is_file()
         record = {**record, "evaluated": ok, "evaluate_exit_status": status, "evaluate_wall_s": round(time.time() - start, 1)}
         (run_dir / "run.json").write_text(json.dumps(record, indent=1))

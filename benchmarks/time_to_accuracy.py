@@ -28,17 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import REPO, RESULTS, command_line, machine_info  # noqa: E402
+from _shared import REPO, RESULTS, command_line, machine_info, run_capped  # noqa: E402
 
 # bundle -> (validation column of training_log.csv, higher is better)
 METRICS = {"lesion_seg": ("val_mean_dice", True), "edss": ("val_mae", False), "brain_age": ("val_mae", False), "sex": ("val_auc", True)}
@@ -99,20 +96,6 @@ def _first_reaching(log: Path, column: str, higher: bool, target: float, start: 
     }
 
 
-def _run(command: list[str], log: Path, cap_s: float) -> tuple[int, bool]:
-    """Run ``command`` (output to ``log``) for at most ``cap_s`` seconds; (exit status, stopped at the cap)."""
-    with open(log, "w") as stream:
-        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-        try:
-            return process.wait(timeout=cap_s), False
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            return -signal.SIGTERM, True
 
 
 def _override_file(overrides: dict[str, Any], path: Path) -> list[str]:
@@ -134,7 +117,7 @@ def run_variant(
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "[" + ",".join(f"'{f}'" for f in files) + "]"]
     column, higher = METRICS[bundle]
     start = time.time()
-    status, capped = _run(command, run_dir / "training.log", cap_s)
+    status, capped = run_capped(command, run_dir / "training.log", cap_s)
     wall = time.time() - start
     result: dict[str, Any] = {
         "bundle": bundle,
@@ -166,7 +149,7 @@ def evaluate_run(run_dir: Path, bundle: str, cap_s: float) -> dict[str, Any]:
     config = run_dir / "bundles" / bundle / "configs" / "train.json"
     files = [str(config), str(config.with_name("evaluate.json")), str(run_dir / "overrides.json")]
     command = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", "[" + ",".join(f"'{f}'" for f in files) + "]"]
-    status, _ = _run(command, run_dir / "evaluate.log", cap_s)
+    status, _ = run_capped(command, run_dir / "evaluate.log", cap_s)
     metrics = run_dir / "eval" / "metrics.json"
     return {"exit_status": status, **_test_summary(metrics)} if status == 0 and metrics.is_file() else {"exit_status": status}
 
