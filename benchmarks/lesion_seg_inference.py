@@ -70,6 +70,7 @@ def _bundle(args: argparse.Namespace, out_dir: Path) -> Any:
     parser.read_meta(str(configs / "metadata.json"))
     parser["bundle_root"] = str(REPO / "bundles" / "lesion_seg")
     parser["data_manifest"] = "unused"  # the benchmark feeds one scan directly
+    parser["infer#provenance"] = None  # so no manifest or checkpoint file to record
     parser["device"] = "$torch.device('cpu')"
     parser["inference_dir"] = str(out_dir)
     parser["flip_tta"] = bool(args.flip_tta)

@@ -145,6 +145,10 @@ def test_inference_maps_masks_back_to_oblique_lps_input_without_masks(trained, t
         assert before[entry["session"]] == (_digest(entry["t1"]), _digest(entry["t2"]))  # inputs untouched
 
     scans_table = pd.read_csv(infer_dir / "lesions.csv")
+    # both tables record where they came from: the inferred split, the manifest and the checkpoint (SHA-256)
+    for table in ("lesions", "lesion_table"):
+        sidecar = json.loads((infer_dir / f"{table}.provenance.json").read_text())
+        assert sidecar["provenance"]["split"] == "testing" and len(sidecar["provenance"]["checkpoint_sha256"]) == 64
     assert sorted(scans_table["session"]) == sorted(e["session"] for e in scans)
     assert {"lesion_count", "total_volume_ml", "mask_file", "model_version"} <= set(scans_table.columns)
     lesions = pd.read_csv(infer_dir / "lesion_table.csv")

@@ -559,6 +559,9 @@ def run_cross_validation(
     metadata_path = bundle / "configs" / "metadata.json"
     version = (_read_record(metadata_path) or {}).get("version")
     config_sha = {p.name: sha256_file(p) for p in (train_json, evaluate_json)}
+    # an EDSS fold trains its lesion stage from the sibling lesion_seg bundle's defaults: they are a setting too
+    lesion_stage_json = train_json.parents[2] / "lesion_seg" / "configs" / "train.json"
+    stage_sha = sha256_file(lesion_stage_json) if task == "edss" and lesion_stage_json.is_file() else None
     if command is None:
         sets = " ".join(f"--set {k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items())
         inner = f" --inner_validation {inner_validation:g}" if inner_validation else ""
@@ -577,6 +580,7 @@ def run_cross_validation(
             "overrides": overrides,
             "fold manifest": _digest(manifest),
             "task": task,
+            **({"lesion_seg train.json sha256": stage_sha} if stage_sha else {}),
         }
         settings = {**training_settings, "evaluate.json sha256": config_sha["evaluate.json"]}
         record = _read_record(fold_dir / FOLD_RECORD)

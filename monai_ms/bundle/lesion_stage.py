@@ -229,7 +229,10 @@ def start_lesion_pathway(
             "lesion_init auto: no lesion masks (lesion_key is empty), so no lesion stage can be trained and the "
             "EDSS model learns without a lesion load; pass a trained lesion_seg model.pt as --lesion_init to use one"
         )
-        lesion_init = ""
+        if getattr(network, "lesion_from_images", False):
+            # nothing can teach it without masks: frozen, its (constant) feature is stored once, not run every step
+            network.lesion_network.requires_grad_(False)
+        return False
     stage_overrides = {**dict(stage_inherited or {}), **dict(stage_overrides or {})}
     if lesion_init is not None and str(lesion_init) == AUTO:
         lesion_bundle = Path(bundle_root).parent / "lesion_seg"

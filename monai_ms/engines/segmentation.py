@@ -767,6 +767,9 @@ class LesionMaskWriter:
         location: give every lesion of ``lesion_table.csv`` its McDonald location class and its distances
             to the ventricles and the cortex, from the CerebrA atlas registered affinely to the scan's T1
             (:func:`monai_ms.lesions.location.atlas_on_scan`; about 10-20 s per scan on 2 CPU cores).
+        provenance: the run's provenance (``monai_ms.bundle.evaluation_provenance`` of the inferred split, the
+            manifest and the checkpoint), written beside both tables as ``<table>.provenance.json``
+            (:func:`monai_ms.engines.evaluation_report.write_sidecar`); ``None`` writes no sidecar.
 
     Raises:
         ValueError: an output path that is one of the scan's input files, or a mask whose shape differs
@@ -793,9 +796,11 @@ class LesionMaskWriter:
         model_version: str = "",
         input_keys: Sequence[str] = IMAGE_KEYS,
         location: bool = False,
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.location = bool(location)
+        self.provenance = provenance
         self.mask_key, self.prob_key, self.reference_key, self.id_key = mask_key, prob_key, reference_key, id_key
         self.qc_keys, self.qc_mask_key = list(qc_keys), qc_mask_key
         self.min_volume_mm3, self.connectivity = float(min_volume_mm3), int(connectivity)
@@ -901,8 +906,12 @@ class LesionMaskWriter:
             from monai_ms.lesions.location import LOCATION_COLUMNS
 
             columns += list(LOCATION_COLUMNS)
+        table = lesions[columns] if lesions is not None else pd.DataFrame(columns=columns)
         write_csv(scans, self.output_dir / "lesions.csv")
-        write_csv(lesions[columns] if lesions is not None else pd.DataFrame(columns=columns), self.output_dir / "lesion_table.csv")
+        write_csv(table, self.output_dir / "lesion_table.csv")
+        if self.provenance is not None:
+            write_sidecar(self.output_dir / "lesions.csv", self.provenance, scans.columns, len(scans))
+            write_sidecar(self.output_dir / "lesion_table.csv", self.provenance, table.columns, len(table))
         logger.info(f"wrote masks and lesion tables of {len(scans)} scans to {self.output_dir}")
         return scans
 
