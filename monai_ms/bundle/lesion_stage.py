@@ -28,7 +28,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_ms.engines.lesion_pathway import AUTO, check_lesion_provenance, init_lesion_pathway, read_provenance
+from monai_ms.engines.lesion_pathway import (
+    AUTO,
+    check_lesion_provenance,
+    init_lesion_pathway,
+    read_provenance,
+    training_provenance,
+)
 from monai_ms.io import sha256_file, write_json
 
 __all__ = ["LESION_STAGE_DIR", "lesion_stage_checkpoint", "start_lesion_pathway", "train_lesion_stage"]
@@ -39,38 +45,32 @@ LESION_STAGE_DIR = "lesion_stage"  # under the EDSS run's ckpt_dir: models/ and 
 STAGE_RECORD = "stage.json"  # written when the stage's training exited 0: what it was trained with
 
 
-def _subjects(entries: Sequence[Mapping[str, Any]]) -> list[str]:
-    return sorted({str(entry["subject"]) for entry in entries if entry.get("subject") is not None})
-
-
 def _stage_record(
     data_manifest: str | os.PathLike, training: Sequence[Mapping[str, Any]], config: Path, settings: Mapping[str, Any]
 ) -> dict:
     """What a finished lesion stage was trained with; a stage is reused only when all of it matches."""
     return {
         "manifest_sha256": sha256_file(data_manifest),
-        "training_subjects": _subjects(training),
+        "training_subjects": training_provenance(training)["training_subjects"],
         "lesion_seg_train_json_sha256": sha256_file(config),
         "settings": {k: v for k, v in settings.items() if k not in ("data_manifest", "ckpt_dir", "output_dir")},
     }
 
 
-def _trained_here(checkpoint: Path, manifest_sha256: str, training: Sequence[Mapping[str, Any]] | None) -> bool:
-    """Whether ``checkpoint``'s provenance names this manifest (and, if given, these training subjects)."""
+def _trained_on(checkpoint: Path, manifest_sha256: str) -> bool:
+    """Whether ``checkpoint``'s provenance record names this manifest."""
     if not checkpoint.is_file():
         return False
     try:
         record = read_provenance(checkpoint)
     except ValueError:
         return False
-    if record is None or record.get("manifest_sha256") != manifest_sha256:
-        return False
-    return training is None or sorted(map(str, record["training_subjects"])) == _subjects(training)
+    return record is not None and record.get("manifest_sha256") == manifest_sha256
 
 
 def _sibling_usable(sibling: Path, manifest_sha256: str, held_out: Mapping[str, Sequence[Mapping[str, Any]]]) -> bool:
     """The lesion_seg bundle's own model, when trained on this manifest and unseen by this run's held-out splits."""
-    if not _trained_here(sibling, manifest_sha256, None):
+    if not _trained_on(sibling, manifest_sha256):
         if sibling.is_file():
             logger.info(f"lesion stage: {sibling} was not trained on this manifest, so it is not used")
         return False
