@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from scipy import ndimage
 
 from monai_ms.engines.batch_inference import BatchInferenceError
+from monai_ms.io import sha256_file
 from monai_ms.lesions.change import LesionChangePipeline, pair_sessions
 from monai_ms.lesions.matching import CHANGE_CODES, change_map, link_lesions, match_lesions
 from monai_ms.lesions.registration import resample_to, rigid_register, rotation_angle_deg
@@ -265,6 +267,39 @@ def test_longitudinal_bundle_config_runs_the_change_pipeline(tmp_path):
     summary = parser.get_parsed_content("change#pipeline").run()
     assert summary["status"].tolist() == ["ok", "unpaired"]
     assert (tmp_path / "eval" / "lesion_change" / "lesion_change.csv").is_file()
+    # both tables carry the manifest's SHA-256, the splits and the settings they were made with
+    for table in ("lesion_change", "lesion_change_table"):
+        sidecar = json.loads((tmp_path / "eval" / "lesion_change" / f"{table}.provenance.json").read_text())
+        assert sidecar["rows"] == len(pd.read_csv(tmp_path / "eval" / "lesion_change" / f"{table}.csv"))
+        record = sidecar["provenance"]
+        assert record["manifest_sha256"] == sha256_file(manifest) and record["splits"] == ["training", "validation", "testing"]
+        assert record["masks"] == "manifest" and record["mask_model"] is None
+        assert record["settings"]["location"] is False and record["settings"]["register"] is True
+
+
+def test_cli_records_the_mask_models_provenance(tmp_path):
+    """Masks of a lesion_seg inference: the change tables name that model's checkpoint."""
+    import shutil
+
+    from monai_ms.cli import main
+    from monai_ms.data.manifest import write_manifest
+
+    entries, _ = _cohort(tmp_path / "data")
+    masks = tmp_path / "inference"
+    masks.mkdir()
+    for entry in entries:
+        shutil.copy(entry["lesion"], masks / f"{entry['session']}_lesion_mask.nii.gz")
+        entry.pop("lesion")
+        entry.update(age=40.0, sex="F")
+    (masks / "lesions.provenance.json").write_text(json.dumps({"table": "lesions.csv", "provenance": {"checkpoint_sha256": "ab" * 32}}))
+    manifest = tmp_path / "manifest.json"
+    write_manifest({"training": entries, "validation": [], "testing": []}, manifest)
+    out = tmp_path / "change"
+    args = ["lesion-change", str(manifest), "--output_dir", str(out), "--masks_dir", str(masks), "--no_location", "--no_qc"]
+    assert main(args) == 0
+    record = json.loads((out / "lesion_change.provenance.json").read_text())["provenance"]
+    assert record["mask_model"] == {"checkpoint_sha256": "ab" * 32} and record["masks"] == str(masks.resolve())
+    assert record["manifest_sha256"] == sha256_file(manifest) and record["settings"]["masks"] == str(masks.resolve())
 
 
 def test_cli_bad_manifest_is_one_line_and_exit_1(tmp_path, capsys):

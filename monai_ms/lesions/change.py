@@ -22,7 +22,8 @@ For every subject of a manifest with two or more sessions, consecutive sessions 
 
 After all pairs: ``lesion_change.csv`` (one summary row per pair, plus one ``unpaired`` row per subject
 with a single session and an error row per failed pair) and ``lesion_change_table.csv`` (every pair's
-rows). Reruns skip pairs whose record says complete, exactly as
+rows), each with its ``<table>.provenance.json`` (manifest SHA-256, splits, the masks' model, settings;
+:func:`change_provenance`). Reruns skip pairs whose record says complete, exactly as
 :class:`~monai_ms.engines.batch_inference.BatchInference` does for sessions (same inputs by path, size
 and modification time; same settings; every file present); ``overwrite=True`` redoes all.
 """
@@ -42,10 +43,11 @@ import pandas as pd
 
 from monai_ms.data.fields import SPLITS
 from monai_ms.engines.batch_inference import BatchInference
+from monai_ms.engines.evaluation_report import write_sidecar
 from monai_ms.io import save_figure, save_nifti, write_csv
 from monai_ms.lesions.matching import CHANGE_CLASSES, CHANGE_COLUMNS, ENLARGING_RATIO, MATCH_OVERLAP, change_map, match_lesions
 
-__all__ = ["PAIR_INPUT_KEYS", "pair_sessions", "manifest_entries", "PairRecords", "LesionChangePipeline"]
+__all__ = ["PAIR_INPUT_KEYS", "pair_sessions", "manifest_entries", "change_provenance", "PairRecords", "LesionChangePipeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +151,51 @@ def manifest_entries(manifest: str | os.PathLike, splits: Sequence[str] = SPLITS
     return entries
 
 
+def change_provenance(
+    manifest: str | os.PathLike, splits: Sequence[str] = SPLITS, masks_dir: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """Where a change analysis comes from: the manifest (path and SHA-256), its splits and the masks' source.
+
+    Args:
+        manifest: the manifest the entries were read from.
+        splits: the splits read.
+        masks_dir: the folder of a trained ``lesion_seg`` model's masks, or None (the manifest's masks). When it
+            holds that inference's ``lesions.provenance.json``, its record (the model's checkpoint SHA-256, the
+            manifest and split it was run on) is kept as ``mask_model``.
+
+    Returns:
+        ``{"analysis", "manifest", "manifest_sha256", "splits", "masks", "mask_model", "monai_ms_version",
+        "created_utc"}``, written by :class:`LesionChangePipeline` beside both tables as
+        ``<table>.provenance.json``.
+
+    Raises:
+        FileNotFoundError: the manifest does not exist.
+    """
+    import json
+
+    from monai_ms import __version__
+    from monai_ms.io import sha256_file
+
+    path = Path(manifest)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the manifest does not exist")
+    mask_model = None
+    if masks_dir not in (None, ""):
+        sidecar = Path(str(masks_dir)) / "lesions.provenance.json"
+        if sidecar.is_file():
+            mask_model = json.loads(sidecar.read_text()).get("provenance")
+    return {
+        "analysis": "lesion_change",
+        "manifest": str(path.resolve()),
+        "manifest_sha256": sha256_file(path),
+        "splits": list(splits),
+        "masks": "manifest" if masks_dir in (None, "") else str(Path(str(masks_dir)).resolve()),
+        "mask_model": mask_model,
+        "monai_ms_version": __version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 class PairRecords(BatchInference):
     """:class:`~monai_ms.engines.batch_inference.BatchInference` records keyed by pair: the same resume
     rule, with a pair's four input files (both T1s and both masks) in place of a session's images."""
@@ -174,6 +221,9 @@ class LesionChangePipeline:
         threads: SimpleITK threads (default: all cores).
         progress: show a progress bar over the pairs.
         mask_resampling: ``"nearest"`` (default) or ``"linear"`` (then ``>= 0.5``) for the follow-up mask.
+        provenance: where the entries come from (:func:`change_provenance`); written, with the settings, beside
+            ``lesion_change.csv`` and ``lesion_change_table.csv`` as ``<table>.provenance.json`` (None: the
+            source is recorded as unknown).
 
     Raises:
         ValueError: see :func:`pair_sessions`; an entry lacks ``t1``, or ``lesion`` when ``masks_dir`` is None.
@@ -200,6 +250,7 @@ class LesionChangePipeline:
         threads: int | None = None,
         progress: bool = True,
         mask_resampling: str = "nearest",
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
         from monai_ms.engines.segmentation import MIN_LESION_MM3
 
@@ -234,6 +285,10 @@ class LesionChangePipeline:
             "masks": "manifest" if self.masks_dir is None else str(self.masks_dir.resolve()),
             "seed": self.seed,
             "mask_resampling": self.mask_resampling,
+        }
+        self.provenance = {
+            **(dict(provenance) if provenance is not None else {"analysis": "lesion_change", "manifest": None}),
+            "settings": settings,
         }
         self.records = PairRecords(
             [self._record_entry(pair) for pair in self.pairs],
@@ -455,10 +510,13 @@ class LesionChangePipeline:
 
     def write_tables(self) -> Path:
         """Write ``lesion_change.csv`` and ``lesion_change_table.csv`` from the records; returns the first."""
-        path = write_csv(self.summary(), self.output_dir / "lesion_change.csv")
+        summary = self.summary()
+        path = write_csv(summary, self.output_dir / "lesion_change.csv")
         rows = self.records.part("lesions")
         columns = ["pair", "subject", *CHANGE_COLUMNS]
         lesions = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
-        write_csv(lesions, self.output_dir / "lesion_change_table.csv")
+        table = write_csv(lesions, self.output_dir / "lesion_change_table.csv")
+        write_sidecar(path, self.provenance, summary.columns, len(summary))
+        write_sidecar(table, self.provenance, lesions.columns, len(lesions))
         return path
 

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the change pipeline; bad input or failed pairs: one line each on stderr and exit status 1."""
     from monai_ms.data.manifest import ManifestError
     from monai_ms.engines.batch_inference import BatchInferenceError
-    from monai_ms.lesions.change import LesionChangePipeline, manifest_entries
+    from monai_ms.lesions.change import LesionChangePipeline, change_provenance, manifest_entries
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             mask_resampling=args.mask_resampling,
             overwrite=args.overwrite,
+            provenance=change_provenance(args.manifest, args.splits, args.masks_dir),
         )
         summary = pipeline.run()
     except (ManifestError, ValueError, FileNotFoundError, BatchInferenceError) as error:
