@@ -20,7 +20,7 @@ from monai_ms.data.synthetic_settings import SCANNER_SHIFTS, SHIFTS, SynthSettin
 # SHA-256 of SynthSettings().to_json() per generator version. A changed default changes every cohort, so it
 # needs a new GENERATOR_VERSION (cached demo cohorts are then not reused) and a new entry here; a new field
 # whose default keeps today's bytes (check against the previous commit's cohort) only updates the entry.
-DEFAULTS_SHA256 = {2: "ffbfd9d300a41a820361cdcc392fee9c713938f34333bb55a90eb17aa002aef3"}
+DEFAULTS_SHA256 = {2: "7de12eff4c70eb15bc076a6e68101d3647efa854fc3726fd7c503e4fa3aa6786"}  # + the FLAIR fields (no byte changed)
 
 
 def _files(folder):

@@ -185,3 +185,31 @@ def test_float32_noise_has_the_asked_distribution_and_is_reproducible():
     assert not torch.equal(noise(dict(image))["t1"], first)  # a new draw per call
     untouched = RandGaussianNoise32d(keys="t1", prob=0.0, std=0.2)(dict(image))["t1"]
     assert torch.equal(untouched, image["t1"])
+
+
+def test_three_modalities_each_on_the_t1_grid_normalised_alone_and_augmented_together(pair, tmp_path):
+    """A FLAIR on a third grid (LPS, 2.2 x 2.2 x 4 mm, another intensity scale) joins T1 and T2: one spatial
+    draw for all of them and the mask, a z-score per modality, one channel each under ``concat_key``."""
+    item, _ = pair
+    centre = WORLD_CENTRE + np.array([3.0, -2.0, 1.0])
+    _ellipsoid_image((44, 48, 20), (2.2, 2.2, 4.0), True, centre, (24, 28, 20), 900.0, tmp_path / "flair.nii.gz")
+    item = {**item, "flair": str(tmp_path / "flair.nii.gz")}
+    keys = ["t1", "t2", "flair"]
+    out = paired_transforms("eval", image_keys=keys, label_key="lesion", spacing=2.0, roi_size=(48, 48, 48), concat_key="image")(item)
+    assert out["image"].shape == (3, 48, 48, 48)
+    centroids = [np.argwhere(out[key][0].numpy() != 0).mean(0) for key in keys]
+    np.testing.assert_allclose(centroids[0], centroids[2], atol=0.75)  # voxels: the FLAIR sits on the T1's
+    for key in keys:
+        brain = out[key][out[key] != 0]
+        assert abs(float(brain.mean())) < 1e-3 and abs(float(brain.std()) - 1) < 0.05
+    chain = paired_transforms(
+        "train", image_keys=keys, label_key="lesion", spacing=2.0, roi_size=(48, 48, 48), augment_prob=1.0, noise_std=0.0
+    )
+    chain.set_random_state(seed=5)
+    moved = chain(dict(item))
+    brain = (moved["t1"][0] != 0) & (moved["flair"][0] != 0)
+    lesion = moved["lesion"][0] > 0
+    assert lesion.sum() > 0 and (lesion & brain).sum() / lesion.sum() > 0.95
+    overlap = ((moved["t1"][0] != 0) & (moved["flair"][0] != 0)).sum() / (moved["t1"][0] != 0).sum()
+    assert overlap > 0.9  # the same rotation, scaling and flip moved both
+

@@ -25,8 +25,12 @@ __all__ = [
     "SPLITS",
     "IMAGE_KEYS",
     "MODALITY_KEYS",
+    "MODALITY_NAMES",
+    "DEFAULT_MODALITIES",
     "REQUIRED_KEYS",
     "TASK_KEYS",
+    "task_keys",
+    "check_modalities",
     "ENTRY_KEY_ORDER",
     "AGE_RANGE",
     "AGE_RULE",
@@ -55,11 +59,19 @@ __all__ = [
 SPLITS: tuple[str, ...] = ("training", "validation", "testing")
 """The manifest's top-level lists of entries (MONAI decathlon datalist keys)."""
 
-IMAGE_KEYS: tuple[str, ...] = ("t1", "t2", "lesion", "tissue")
-"""Entry keys holding image paths (relative to the manifest's folder, or absolute)."""
+MODALITY_KEYS: tuple[str, ...] = ("t1", "t2", "flair", "pd", "t1ce")
+"""The intensity images an entry may hold, reference grid (T1) first: T1-, T2-, FLAIR-, proton-density- and
+contrast-enhanced T1-weighted. Each is resampled onto the T1 grid; ``lesion`` and ``tissue`` are label maps on
+the T1 grid."""
 
-MODALITY_KEYS: tuple[str, ...] = ("t1", "t2")
-"""The intensity images, reference grid (T1) first; ``lesion`` and ``tissue`` are label maps on the T1 grid."""
+MODALITY_NAMES: dict[str, str] = {"t1": "T1", "t2": "T2", "flair": "FLAIR", "pd": "PD", "t1ce": "contrast-enhanced T1"}
+"""How messages and docs name each modality key."""
+
+DEFAULT_MODALITIES: tuple[str, ...] = ("t1", "t2")
+"""The modalities a bundle uses when its ``modalities`` setting is not changed (T1 + T2; brain_age and sex: T1)."""
+
+IMAGE_KEYS: tuple[str, ...] = (*MODALITY_KEYS, "lesion", "tissue")
+"""Entry keys holding image paths (relative to the manifest's folder, or absolute)."""
 
 REQUIRED_KEYS: tuple[str, ...] = ("subject", "session", "t1")
 """Keys every entry carries, whatever the task."""
@@ -76,6 +88,61 @@ TASK_KEYS: dict[str, tuple[str, ...]] = {
     "brain_age_inference": ("t1",),
     "sex_inference": ("t1",),
 }
+
+
+
+def check_modalities(modalities: Any) -> tuple[str, ...]:
+    """Return ``modalities`` as a tuple of known modality keys, T1 first (the reference grid).
+
+    Args:
+        modalities: a list such as ``["t1", "flair"]`` (a bundle's ``modalities`` setting).
+
+    Raises:
+        ValueError: not a non-empty list of distinct keys of :data:`MODALITY_KEYS` starting with ``t1``.
+
+    Examples:
+        >>> check_modalities(["t1", "flair"])
+        ('t1', 'flair')
+    """
+    if isinstance(modalities, str) or not isinstance(modalities, (list, tuple)) or not modalities:
+        raise ValueError(f"modalities must be a non-empty list such as ['t1', 'flair'], got {modalities!r}")
+    unknown = [m for m in modalities if m not in MODALITY_KEYS]
+    if unknown:
+        raise ValueError(f"modalities must be among {', '.join(MODALITY_KEYS)}, got {', '.join(map(repr, unknown))}")
+    if len(set(modalities)) != len(modalities):
+        raise ValueError(f"modalities must be distinct, got {list(modalities)}")
+    if modalities[0] != "t1":
+        raise ValueError(f"modalities must start with t1 (the reference grid the others are resampled onto), got {list(modalities)}")
+    return tuple(modalities)
+
+
+def task_keys(task: str | None, modalities: Any = None) -> tuple[str, ...]:
+    """The keys every entry needs for ``task`` when its bundle reads ``modalities``.
+
+    Args:
+        task: a key of :data:`TASK_KEYS`, or None (only :data:`REQUIRED_KEYS`).
+        modalities: the bundle's ``modalities`` (:func:`check_modalities`); None: the task's default images.
+
+    Returns:
+        :data:`REQUIRED_KEYS` plus the task's keys, its image keys replaced by ``modalities``.
+
+    Raises:
+        ValueError: an unknown task, or bad ``modalities``.
+
+    Examples:
+        >>> task_keys("lesion_seg", ["t1", "flair"])
+        ('subject', 'session', 't1', 'flair', 'lesion')
+    """
+    if task is None:
+        return REQUIRED_KEYS
+    if task not in TASK_KEYS:
+        raise ValueError(f"task must be one of {', '.join(TASK_KEYS)}, got {task!r}")
+    keys = TASK_KEYS[task]
+    if modalities is not None:
+        chosen = check_modalities(modalities)
+        keys = chosen + tuple(k for k in keys if k not in MODALITY_KEYS)
+    return tuple(dict.fromkeys((*REQUIRED_KEYS, *keys)))
+
 
 ENTRY_KEY_ORDER: tuple[str, ...] = ("subject", "session", *IMAGE_KEYS, "age", "sex", "edss", "scanner", "scan_date", "fold")
 """The order in which a written entry lists its keys (unknown keys follow)."""

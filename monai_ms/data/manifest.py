@@ -34,6 +34,8 @@ from monai_ms.data.fields import (
     ENTRY_KEY_ORDER,
     IMAGE_KEYS,
     MISSING_TOKENS as MISSING_TOKENS,  # re-exported, not used here
+    MODALITY_KEYS,
+    MODALITY_NAMES,
     REQUIRED_KEYS,
     SEX_PATTERN,
     SEX_VALUES,
@@ -44,6 +46,7 @@ from monai_ms.data.fields import (
     is_missing,
     normalise_sex,
     show_value,
+    task_keys,
 )
 
 __all__ = [
@@ -335,6 +338,7 @@ def load_datalist(
     validate: bool = True,
     check_voxels: bool = True,
     workers: int = 4,
+    modalities: Sequence[str] | None = None,
 ) -> list[dict]:
     """Return the entries of one split with absolute image paths, after checking them.
 
@@ -352,6 +356,8 @@ def load_datalist(
         validate: run the field and file checks of ``validate_manifest`` on these entries.
         check_voxels: also read the voxel data (truncated files, NaN, empty images, T1/T2 alignment).
         workers: threads reading files.
+        modalities: the images the run reads (T1 first); they replace the task's image keys among the
+            keys every entry needs.
 
     Returns:
         list of entry dicts (copies): image paths absolute, ``sex`` as ``"F"``/``"M"``, ``age`` and
@@ -368,8 +374,10 @@ def load_datalist(
     """
     if split not in SPLITS:
         raise ManifestError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if task is not None and task not in TASK_KEYS:
-        raise ManifestError(f"task must be one of {', '.join(TASK_KEYS)}, got {task!r}")
+    try:
+        task_keys(task, modalities)
+    except ValueError as error:
+        raise ManifestError(str(error)) from None
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
     base_dir = manifest_path.absolute().parent
@@ -390,6 +398,7 @@ def load_datalist(
             check_voxels=check_voxels,
             workers=workers,
             source=str(manifest_path),
+            modalities=modalities,
         )
         if not report.ok:
             raise ManifestError("\n".join(report.problem_lines() + [report.final_line()]))
@@ -469,14 +478,18 @@ def build_from_csv(
     t2_pattern: str | None = "T2/{session}_T2_preprocessed.nii.gz",
     lesion_pattern: str | None = "masks/{session}_lesion.nii.gz",
     tissue_pattern: str | None = "tissue/{session}_tissue.nii.gz",
+    flair_pattern: str | None = None,
+    pd_pattern: str | None = None,
+    t1ce_pattern: str | None = None,
     columns: Mapping[str, str | None] | None = None,
     relative_to: str | os.PathLike | None = None,
     problems: list[dict] | None = None,
 ) -> list[dict]:
     """Build manifest entries (one per table row) from a metadata CSV/TSV and image folders.
 
-    Every row becomes an entry, none is dropped: ``t1`` and ``t2`` paths are written whether or not
-    the file exists (validation then reports a missing one); ``lesion`` and ``tissue`` are optional
+    Every row becomes an entry, none is dropped: the paths of the modalities with a pattern (``t1``, ``t2``,
+    ``flair``, ``pd``, ``t1ce``) are written whether or not the file exists (validation then reports a
+    missing one); ``lesion`` and ``tissue`` are optional
     and added only where the file exists (the number of sessions without a mask is logged). Empty
     cells (or ``NA``/``n/a``) leave the key out; invalid values are errors.
 
@@ -488,6 +501,8 @@ def build_from_csv(
         t2_pattern: T2 path pattern, or None for a cohort without T2.
         lesion_pattern: lesion mask pattern (optional files), or None.
         tissue_pattern: tissue label map pattern (optional files), or None.
+        flair_pattern, pd_pattern, t1ce_pattern: FLAIR, proton-density and contrast-enhanced T1 patterns, or
+            None (default) for a cohort without them.
         columns: manifest key -> table column, merged over ``DEFAULT_COLUMNS``. Columns named here
             must exist; of the defaults only ``subject`` and ``session`` must. Map a key to None or
             "" to ignore it.
@@ -553,7 +568,15 @@ def build_from_csv(
             f"{metadata_csv}: column {', '.join(missing)} not found; available columns: {', '.join(available)}"
         )
 
-    patterns = {"t1": t1_pattern, "t2": t2_pattern, "lesion": lesion_pattern, "tissue": tissue_pattern}
+    patterns = {
+        "t1": t1_pattern,
+        "t2": t2_pattern,
+        "flair": flair_pattern,
+        "pd": pd_pattern,
+        "t1ce": t1ce_pattern,
+        "lesion": lesion_pattern,
+        "tissue": tissue_pattern,
+    }
     patterns = {key: value for key, value in patterns.items() if value}
     fields_available = set(available) | {"subject", "session"}
     for key, pattern in patterns.items():
@@ -599,7 +622,7 @@ def build_from_csv(
         entry = {"subject": values["subject"], "session": session}
         for key, pattern in patterns.items():
             path = Path(image_root) / pattern.format_map(fields)
-            if key in ("t1", "t2") or path.exists():
+            if key in MODALITY_KEYS or path.exists():
                 entry[key] = _relative(str(path), relative_to)
         entry.update({key: value for key, value in values.items() if key not in entry})
         entries.append(_ordered(entry))
@@ -639,11 +662,20 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
     return table.to_dict(orient="records")
 
 
-def _one_file(folder: Path, suffixes: Sequence[str], problems: list[str], what: str) -> Path | None:
-    """The single file in ``folder`` ending with one of ``suffixes`` (None if none; a problem if several)."""
+# BIDS anat suffix of each modality key; a T1w with a ``ce-`` entity (contrast agent) is ``t1ce``, not ``t1``
+BIDS_SUFFIXES: dict[str, str] = {"t1": "_T1w", "t2": "_T2w", "flair": "_FLAIR", "pd": "_PDw", "t1ce": "_T1w"}
+
+
+def _one_file(folder: Path, suffixes: Sequence[str], problems: list[str], what: str, ce: bool | None = None) -> Path | None:
+    """The single file in ``folder`` ending with one of ``suffixes`` (None if none; a problem if several).
+
+    ``ce``: keep only files with a BIDS ``ce-`` entity (True), only files without one (False), or any (None).
+    """
     if not folder.is_dir():
         return None
     found = sorted(p for p in folder.iterdir() if p.is_file() and any(p.name.endswith(s) for s in suffixes))
+    if ce is not None:
+        found = [p for p in found if ("_ce-" in p.name) == ce]
     if len(found) > 1:
         problems.append(f"{folder}: {len(found)} {what} files ({', '.join(p.name for p in found)}); expected one")
         return None
@@ -657,7 +689,8 @@ def build_from_bids(
 
     Reads ``participants.tsv`` (``participant_id``, ``sex``; ``age``/``edss``/``scanner`` if present),
     ``sub-*/sub-*_sessions.tsv`` (``session_id``, ``acq_time``, ``age``, ``edss``, ``scanner``), images
-    ``sub-*/ses-*/anat/*_T1w.nii[.gz]`` and ``*_T2w.nii[.gz]``, lesion masks
+    ``sub-*/ses-*/anat/*_T1w.nii[.gz]`` (``t1``; with a ``ce-`` entity, e.g. ``_ce-gadolinium_T1w``: ``t1ce``),
+    ``*_T2w`` (``t2``), ``*_FLAIR`` (``flair``) and ``*_PDw`` (``pd``), lesion masks
     ``derivatives/*/sub-*/ses-*/anat/*_label-lesion_mask.nii[.gz]`` and tissue maps ``*_dseg.nii[.gz]``
     there. A session listed in a sessions table without a folder still gets an entry (with the
     expected T1 path, so validation reports it); a subject without sessions uses ``sub-*/anat``.
@@ -733,8 +766,9 @@ def build_from_bids(
                 for message in row_problems
             )
             entry: dict[str, Any] = {"subject": subject, "session": session_id}
-            for key, suffix in (("t1", "_T1w"), ("t2", "_T2w")):
-                found = _one_file(anat, (f"{suffix}.nii.gz", f"{suffix}.nii"), lines, suffix[1:])
+            for key, suffix in BIDS_SUFFIXES.items():
+                what = "ce-*_T1w" if key == "t1ce" else suffix[1:]
+                found = _one_file(anat, (f"{suffix}.nii.gz", f"{suffix}.nii"), lines, what, ce=key == "t1ce")
                 if found is not None:
                     entry[key] = _relative(str(found), relative_to)
                 elif key == "t1":  # never drop a session: point at the expected file so validation says it is missing
@@ -789,7 +823,10 @@ def manifest_schema() -> dict:
             "subject": {"type": "string", "minLength": 1, "description": "patient id; splits never share a subject"},
             "session": {"type": "string", "minLength": 1, "description": "scan session id, unique in the manifest"},
             "t1": path_schema | {"description": "T1-weighted NIfTI, relative to the manifest's folder or absolute"},
-            "t2": path_schema | {"description": "T2-weighted NIfTI (any grid; it is resampled onto the T1)"},
+            **{
+                key: path_schema | {"description": f"{MODALITY_NAMES[key]}-weighted NIfTI (any grid; it is resampled onto the T1)"}
+                for key in MODALITY_KEYS[1:]
+            },
             "lesion": path_schema | {"description": "binary (0/1) lesion mask on the T1 grid"},
             "tissue": path_schema | {"description": "integer tissue label map on the T1 grid"},
             "age": {

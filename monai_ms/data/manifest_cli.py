@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("t2", "; 'none' for none"),
         ("lesion", " (where the file exists); 'none' for none"),
         ("tissue", " (where the file exists); 'none' for none"),
+        ("flair", " (FLAIR); none by default"),
+        ("pd", " (proton density); none by default"),
+        ("t1ce", " (contrast-enhanced T1); none by default"),
     ):
         default = defaults[f"{key}_pattern"].default
         table.add_argument(f"--{key}-pattern", default=default, help=f"{key} path pattern{note} (default {default})")
@@ -78,8 +81,8 @@ def _columns(pairs: list[str]) -> dict[str, str | None]:
     return columns
 
 
-def _pattern(value: str) -> str | None:
-    return None if value.strip().lower() in ("", "none") else value
+def _pattern(value: str | None) -> str | None:
+    return None if value is None or value.strip().lower() in ("", "none") else value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
                 t2_pattern=_pattern(args.t2_pattern),
                 lesion_pattern=_pattern(args.lesion_pattern),
                 tissue_pattern=_pattern(args.tissue_pattern),
+                flair_pattern=_pattern(args.flair_pattern),
+                pd_pattern=_pattern(args.pd_pattern),
+                t1ce_pattern=_pattern(args.t1ce_pattern),
                 columns=_columns(args.column),
                 relative_to=out_dir,
                 problems=table_problems,

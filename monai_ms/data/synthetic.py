@@ -54,6 +54,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("seed", "bids")
+SYNTH_MODALITIES = ("t1", "t2", "flair")  # what the generator can write; T1 and T2 are always rendered
 METADATA_COLUMNS = [
     "Patient_ID",
     "MRI_ID",
@@ -774,12 +775,25 @@ def _intensity(
     contrast: np.ndarray,
     thinning: float,
     anatomy: _Anatomy,
+    ref: dict[str, float] | None = None,
 ) -> np.ndarray:
-    ref = anatomy.reference[modality]
+    ref = ref or anatomy.reference[modality]
     # cortical thinning: part of the GM next to sulcal CSF becomes CSF (partial-volume mix)
     value = base + (thinning * proximity * gm) * (ref["csf"] - ref["gm"])
-    # lesions replace tissue by a mix of WM and CSF intensity, one contrast per lesion
-    return value * (1.0 - lesion) + lesion * ref["wm"] + contrast * (ref["csf"] - ref["wm"])
+    # lesions replace tissue by a mix of WM and CSF intensity (FLAIR: of WM and its brightest lesion), one
+    # contrast per lesion
+    bright = ref.get("lesion", ref["csf"])
+    return value * (1.0 - lesion) + lesion * ref["wm"] + contrast * (bright - ref["wm"])
+
+
+def _reference(anatomy: _Anatomy, modality: str, settings: SynthSettings) -> dict[str, float]:
+    """Mean intensity per tissue of ``modality``: the template's for T1/T2; the FLAIR's from its settings (on the
+    T2's white-matter scale), with ``lesion`` its brightest lesion."""
+    if modality != "flair":
+        return anatomy.reference[modality]
+    wm, scan = anatomy.reference["t2"]["wm"], settings.acquisition
+    ratios = {"gm": scan.flair_gm_wm_ratio, "csf": scan.flair_csf_wm_ratio, "lesion": scan.flair_lesion_wm_ratio}
+    return {"wm": wm, **{tissue: ratio * wm for tissue, ratio in ratios.items()}}
 
 
 def _acquire(
@@ -793,7 +807,7 @@ def _acquire(
 ) -> tuple[np.ndarray, float]:
     """Scanner effects on the clean intensities: tissue contrast profile, gamma, bias field, Rician noise, scale."""
     scan = settings.acquisition
-    wm = anatomy.reference[modality]["wm"]
+    wm = _reference(anatomy, modality, settings)["wm"]
     ratios = scan.tissue_ratios(modality)
     if ratios is not None:
         value = _contrast_profile(value, anatomy.reference[modality], ratios)
@@ -837,25 +851,30 @@ class _Task:
     root: str
     width: int
     settings: SynthSettings
+    modalities: tuple[str, ...] = ("t1", "t2")
 
 
-def _paths(layout: str, ids: dict[str, str]) -> dict[str, str]:
+def _paths(layout: str, ids: dict[str, str], modalities: Sequence[str] = ("t1", "t2")) -> dict[str, str]:
     if layout == "seed":
         mri = ids["MRI_ID"]
-        return {
+        paths = {
             "t1": f"T1/{mri}_T1_preprocessed.nii.gz",
             "t2": f"T2/{mri}_T2_preprocessed.nii.gz",
+            "flair": f"FLAIR/{mri}_FLAIR_preprocessed.nii.gz",
             "lesion": f"masks/{mri}_lesion.nii.gz",
             "tissue": f"tissue/{mri}_tissue.nii.gz",
         }
-    stem = f"{ids['participant_id']}_{ids['session_id']}"
-    anat = f"{ids['participant_id']}/{ids['session_id']}/anat"
-    return {
-        "t1": f"{anat}/{stem}_T1w.nii.gz",
-        "t2": f"{anat}/{stem}_T2w.nii.gz",
-        "lesion": f"derivatives/lesions/{anat}/{stem}_label-lesion_mask.nii.gz",
-        "tissue": f"derivatives/lesions/{anat}/{stem}_dseg.nii.gz",
-    }
+    else:
+        stem = f"{ids['participant_id']}_{ids['session_id']}"
+        anat = f"{ids['participant_id']}/{ids['session_id']}/anat"
+        paths = {
+            "t1": f"{anat}/{stem}_T1w.nii.gz",
+            "t2": f"{anat}/{stem}_T2w.nii.gz",
+            "flair": f"{anat}/{stem}_FLAIR.nii.gz",
+            "lesion": f"derivatives/lesions/{anat}/{stem}_label-lesion_mask.nii.gz",
+            "tissue": f"derivatives/lesions/{anat}/{stem}_dseg.nii.gz",
+        }
+    return {key: path for key, path in paths.items() if key in modalities or key in ("lesion", "tissue")}
 
 
 def _lesion_samples(
@@ -880,6 +899,8 @@ class _SessionImages:
     head: _Head | None = None
     lesion_locations: tuple[dict[str, Any], ...] = ()
     lesion_mask_voxels: tuple[int, ...] = ()
+    flair: np.ndarray | None = None
+    flair_grid: _Grid | None = None
 
 
 def _image_session(
@@ -890,8 +911,13 @@ def _image_session(
     spacing: float,
     anatomy: _Anatomy,
     settings: SynthSettings,
+    flair_rng: np.random.Generator | None = None,
 ) -> _SessionImages:
-    """Pose the subject's head in the scanner, render T1/T2/mask/tissue, and measure volumes."""
+    """Pose the subject's head in the scanner, render T1/T2/mask/tissue, and measure volumes.
+
+    With ``flair_rng``, also a FLAIR on its own thick-slice grid, drawn from that generator only, so the T1,
+    T2, masks and measures are the same with or without it.
+    """
     from scipy import ndimage
 
     template = anatomy.template
@@ -956,6 +982,11 @@ def _image_session(
     else:
         flat2, clean = _slice_profile(t2_grid, scan.t2_slice_samples, clean_t2)
     t2_values, t2_noise = _acquire(rng, clean, _world(t2_grid, flat2), "t2", session.scanner, anatomy, settings)
+    flair = None
+    if flair_rng is not None:
+        flair = _render_flair(
+            flair_rng, head, head_centre, t1_fov, fraction, contrast_t2, thinning, session.scanner, spacing, anatomy, settings
+        )
 
     def scatter(grid: _Grid, where: np.ndarray, values: np.ndarray, dtype: type) -> np.ndarray:
         volume = np.zeros(grid.shape, dtype=dtype)
@@ -997,7 +1028,54 @@ def _image_session(
         head=head,
         lesion_locations=tuple(locations),
         lesion_mask_voxels=tuple(int(v) for v in mask_voxels),
+        flair=None if flair is None else scatter(flair[0], flair[1], flair[2], np.float32),
+        flair_grid=None if flair is None else flair[0],
     )
+
+
+def _render_flair(
+    rng: np.random.Generator,
+    head: _Head,
+    head_centre: np.ndarray,
+    t1_fov: np.ndarray,
+    fraction: np.ndarray,
+    contrast_t2: np.ndarray,
+    thinning: float,
+    scanner: str,
+    spacing: float,
+    anatomy: _Anatomy,
+    settings: SynthSettings,
+) -> tuple[_Grid, np.ndarray, np.ndarray]:
+    """A FLAIR of the session's head: CSF suppressed, grey above white matter, lesions bright (their T2
+    contrast), on its own thick-slice grid and orientation; the scanner effects of :func:`_acquire`.
+
+    Returns:
+        ``(grid, flat brain voxel indices, values)``.
+    """
+    scan = settings.acquisition
+    offset = np.clip(rng.normal(0, scan.fov_offset_sd_mm, 3), -scan.fov_offset_max_mm, scan.fov_offset_max_mm)
+    fov = t1_fov + rng.uniform(*scan.t2_fov_extra_mm, 3)
+    inplane = scan.flair_inplane_factor * spacing
+    voxel = np.array([inplane, inplane, scan.flair_slice_factor * spacing])
+    grid = _fov_grid(head_centre + offset, fov, voxel, scan.flips(scan.flair_orientation))
+    template = anatomy.template
+    ref = _reference(anatomy, "flair", settings)
+
+    def clean_flair(target: _Grid) -> tuple[np.ndarray, np.ndarray]:
+        where, points, brain = _head_points(target, head, anatomy)
+        gm, wm = _sample(template.gm, points), _sample(template.wm, points)
+        csf = np.clip(brain - gm - wm, 0.0, 1.0)
+        base = (wm * ref["wm"] + gm * ref["gm"] + csf * ref["csf"]).astype(np.float32)
+        lesion, weighted = _lesion_samples(fraction, contrast_t2, points)
+        proximity = _sample(anatomy.cortex_proximity, points)
+        return where, _intensity("flair", base, gm, proximity, lesion, weighted, thinning, anatomy, ref)
+
+    if scan.flair_slice_samples == 1:
+        flat, clean = clean_flair(grid)
+    else:
+        flat, clean = _slice_profile(grid, scan.flair_slice_samples, clean_flair)
+    values, _ = _acquire(rng, clean, _world(grid, flat), "flair", scanner, anatomy, settings)
+    return grid, flat, values
 
 
 def _slice_profile(
@@ -1035,12 +1113,17 @@ def _generate_subject(task: _Task) -> list[dict[str, Any]]:
     records = []
     baseline: tuple[_Session, _SessionImages] | None = None
     for session in plan.sessions:
-        images = _image_session(rng, plan, session, warped, task.spacing, anatomy, task.settings)
+        # the FLAIR has its own stream, so adding it leaves every other file of the cohort unchanged
+        flair_rng = np.random.default_rng([task.seed, task.index, session.number, 0xF1A1]) if "flair" in task.modalities else None
+        images = _image_session(rng, plan, session, warped, task.spacing, anatomy, task.settings, flair_rng)
         ids = _ids(plan, session, task.width)
         baseline = baseline or (session, images)
-        paths = _paths(task.layout, ids)
+        paths = _paths(task.layout, ids, task.modalities)
         save_nifti(_nifti(images.t1, images.t1_grid, note), root / paths["t1"])
-        save_nifti(_nifti(images.t2, images.t2_grid, note), root / paths["t2"])
+        if "t2" in paths:
+            save_nifti(_nifti(images.t2, images.t2_grid, note), root / paths["t2"])
+        if images.flair is not None and images.flair_grid is not None:
+            save_nifti(_nifti(images.flair, images.flair_grid, note), root / paths["flair"])
         save_nifti(_nifti(images.lesion_mask, images.t1_grid, note + " lesion mask"), root / paths["lesion"])
         save_nifti(_nifti(images.tissue, images.t1_grid, note + " tissue labels"), root / paths["tissue"])
         records.append(
@@ -1259,6 +1342,7 @@ def generate_cohort(
     preview: bool = False,
     overwrite: bool = False,
     settings: SynthSettings | None = None,
+    modalities: Sequence[str] = ("t1", "t2"),
 ) -> CohortSummary:
     """Write a synthetic MS cohort (T1, T2, lesion masks, tissue labels, metadata) built on MNI ICBM152 2009c.
 
@@ -1282,6 +1366,10 @@ def generate_cohort(
         overwrite: replace ``out_dir`` if it holds a previous synthetic cohort (never another folder).
         settings: every parameter of the generative model (:class:`SynthSettings`; ``None``: the defaults).
             ``SynthSettings().shifted("noise")`` etc. model another scanner (see ``SHIFTS``).
+        modalities: the intensity images written, T1 first: any of ``t1``, ``t2``, ``flair``
+            (``FLAIR/{MRI_ID}_FLAIR_preprocessed.nii.gz``; BIDS ``*_FLAIR.nii.gz``). The FLAIR suppresses CSF,
+            shows lesions bright and lies on its own thick-slice grid (``settings.acquisition.flair_*``); the
+            other files are the same bytes whatever the list.
 
     Returns:
         :class:`CohortSummary`.
@@ -1309,6 +1397,7 @@ def generate_cohort(
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     settings = _check_settings(settings)
+    modalities = _check_synth_modalities(modalities)
     workers = min(2, os.cpu_count() or 1) if workers is None else _check_positive_int("workers", workers)
     workers = min(workers, subjects)
     out = Path(out_dir).expanduser().absolute()
@@ -1320,7 +1409,7 @@ def generate_cohort(
     tmp.mkdir()
     try:
         width = max(2, len(str(subjects)))
-        tasks = [_Task(int(seed), i, bool(tiny), spacing, layout, str(tmp), width, settings) for i in range(subjects)]
+        tasks = [_Task(int(seed), i, bool(tiny), spacing, layout, str(tmp), width, settings, modalities) for i in range(subjects)]
         if workers == 1:
             per_subject = [_generate_subject(task) for task in tasks]
         else:
@@ -1363,6 +1452,8 @@ def generate_cohort(
                 "spacing": spacing,
                 "layout": layout,
                 "tiny": bool(tiny),
+                # only when not the default, so a T1 + T2 cohort keeps the bytes of generator version 2
+                **({"modalities": list(modalities)} if modalities != ("t1", "t2") else {}),
             },
             # strict JSON: an undefined R^2 (too few sessions) is null, not NaN
             "summary": {
@@ -1381,6 +1472,17 @@ def generate_cohort(
     summary = CohortSummary(**{**asdict(summary), "seconds": round(time.perf_counter() - start, 2)})
     logger.info("synthetic cohort: %s", " | ".join(summary.lines()))
     return summary
+
+
+def _check_synth_modalities(modalities: Any) -> tuple[str, ...]:
+    if isinstance(modalities, str) or not isinstance(modalities, (list, tuple)) or not modalities:
+        raise ValueError(f"modalities must be a list such as ['t1', 't2', 'flair'], got {modalities!r}")
+    unknown = [m for m in modalities if m not in SYNTH_MODALITIES]
+    if unknown or modalities[0] != "t1" or len(set(modalities)) != len(modalities):
+        raise ValueError(
+            f"modalities must be distinct keys among {', '.join(SYNTH_MODALITIES)} starting with t1, got {list(modalities)}"
+        )
+    return tuple(modalities)
 
 
 def _write_tables(root: Path, truth: Any, layout: str) -> None:

@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default min(2, cpu count))")
     parser.add_argument("--preview", action="store_true", help="also write preview.png (a montage of a few sessions)")
     parser.add_argument(
+        "--modalities",
+        default="t1,t2",
+        help="intensity images to write, comma-separated, T1 first: t1, t2, flair (default t1,t2); the FLAIR is "
+        "CSF-suppressed with bright lesions on its own thick-slice grid, and adding it changes no other file",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace --out if it holds an earlier synthetic cohort (never other data)",
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             preview=args.preview,
             overwrite=args.overwrite,
             settings=settings,
+            modalities=[m.strip() for m in args.modalities.split(",") if m.strip()],
         )
     except (ValueError, OSError, TemplateNotFoundError) as error:
         print(f"monai-ms synth: error: {error}", file=sys.stderr)

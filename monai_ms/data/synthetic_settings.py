@@ -474,6 +474,17 @@ class AcquisitionSettings(_Group):
             white-matter signal.
         noise_fraction_1_5t: the same at 1.5T.
         intensity_scale_range: ``(low, high)`` log-uniform global intensity scale per image.
+        flair_inplane_factor: FLAIR in-plane voxel size = ``flair_inplane_factor x spacing`` (written only with
+            ``modalities`` including ``flair``; the FLAIR draws from its own random stream, so the T1, T2 and
+            masks are the same bytes with or without it).
+        flair_slice_factor: FLAIR slice thickness = ``flair_slice_factor x spacing`` (2.0: 4 mm at 2 mm; clinical
+            2D FLAIR is thick-sliced).
+        flair_slice_samples: sub-slice samples averaged across each FLAIR slice (the slice profile).
+        flair_orientation: FLAIR storage orientation (default ``"LAS"``, a third convention beside T1 and T2).
+        flair_csf_wm_ratio: FLAIR CSF / white-matter intensity (the inversion pulse suppresses CSF).
+        flair_gm_wm_ratio: FLAIR grey-matter / white-matter intensity.
+        flair_lesion_wm_ratio: FLAIR intensity of the brightest lesion / white matter; a lesion's brightness
+            goes from white matter to this with its T2 contrast (``lesions.t2_contrast_*``).
     """
 
     section: ClassVar[str] = "acquisition"
@@ -498,18 +509,28 @@ class AcquisitionSettings(_Group):
     t2_gm_wm_ratio: float | None = None
     gamma_range: tuple[float, float] = (0.9, 1.1)
     bias_sd: float = 0.08
+    flair_inplane_factor: float = 1.0
+    flair_slice_factor: float = 2.0
+    flair_slice_samples: int = 3
+    flair_orientation: str = "LAS"
+    flair_csf_wm_ratio: float = 0.3
+    flair_gm_wm_ratio: float = 1.25
+    flair_lesion_wm_ratio: float = 1.9
     noise_fraction_3t: tuple[float, float] = (0.015, 0.03)
     noise_fraction_1_5t: tuple[float, float] = (0.025, 0.05)
     intensity_scale_range: tuple[float, float] = (4.0, 12.0)
 
     def _validate(self) -> None:
-        for name in ("t1_voxel_factor", "t2_inplane_factor", "t2_slice_factor"):
+        for name in ("t1_voxel_factor", "t2_inplane_factor", "t2_slice_factor", "flair_inplane_factor", "flair_slice_factor"):
             value = getattr(self, name)
             _check(0.25 <= value <= 8.0, self._path(name), "in [0.25, 8]", value)
         _check(1 <= self.t2_slice_samples <= 16, self._path("t2_slice_samples"), "in [1, 16]", self.t2_slice_samples)
+        _check(1 <= self.flair_slice_samples <= 16, self._path("flair_slice_samples"), "in [1, 16]", self.flair_slice_samples)
+        flair = [self.flair_csf_wm_ratio, self.flair_gm_wm_ratio, self.flair_lesion_wm_ratio]
+        _check(0 < flair[0] < 1 < flair[1] < flair[2], self._path("flair_csf_wm_ratio"), "0 < csf < 1 < gm < lesion", flair)
         _check(min(self.t1_fov_mm) >= 32.0, self._path("t1_fov_mm"), "at least 32 mm per axis", list(self.t1_fov_mm))
         self._range("t2_fov_extra_mm", low=0.0)
-        for name in ("t1_orientation", "t2_orientation"):
+        for name in ("t1_orientation", "t2_orientation", "flair_orientation"):
             code = getattr(self, name)
             valid = len(code) == 3 and code[0] in "RL" and code[1] in "AP" and code[2] in "SI"
             _check(valid, self._path(name), _ORIENTATION_RULE, code)
@@ -539,7 +560,10 @@ class AcquisitionSettings(_Group):
         return self.noise_fraction_3t if scanner == "3T" else self.noise_fraction_1_5t
 
     def tissue_ratios(self, modality: str) -> tuple[float, float] | None:
-        """``(csf / wm, gm / wm)`` intensity ratios of ``modality`` (``"t1"``/``"t2"``), None for the template's."""
+        """``(csf / wm, gm / wm)`` intensity ratios of ``modality`` (``"t1"``/``"t2"``), None for the template's
+        (and for the FLAIR, which is drawn from tissue maps with its own ratios)."""
+        if modality not in ("t1", "t2"):
+            return None
         csf, gm = getattr(self, f"{modality}_csf_wm_ratio"), getattr(self, f"{modality}_gm_wm_ratio")
         return None if csf is None else (csf, gm)
 

@@ -52,7 +52,7 @@ from monai.transforms import (
     Transform,
 )
 
-from monai_ms.data.fields import MODALITY_KEYS, parse_sex  # parse_sex: re-exported, its home was here
+from monai_ms.data.fields import DEFAULT_MODALITIES, parse_sex  # parse_sex: re-exported, its home was here
 
 __all__ = [
     "STAGES",
@@ -271,7 +271,7 @@ class RandGaussianNoise32d(RandGaussianNoised):
 
 
 def preprocessing(
-    image_keys: Sequence[str] = MODALITY_KEYS,
+    image_keys: Sequence[str] = DEFAULT_MODALITIES,
     label_key: str | None = None,
     spacing: Sequence[float] | float = 2.0,
     roi_size: Sequence[int] | None = (80, 96, 80),
@@ -330,7 +330,7 @@ def preprocessing(
 
 
 def augmentation(
-    image_keys: Sequence[str] = MODALITY_KEYS,
+    image_keys: Sequence[str] = DEFAULT_MODALITIES,
     label_key: str | None = None,
     prob: float = 0.5,
     rotate_degrees: float = 10.0,
@@ -380,7 +380,7 @@ def augmentation(
 
 def paired_transforms(
     stage: str = "train",
-    image_keys: Sequence[str] = MODALITY_KEYS,
+    image_keys: Sequence[str] = DEFAULT_MODALITIES,
     label_key: str | None = None,
     target_key: str | None = None,
     demographics: bool = False,
@@ -394,6 +394,7 @@ def paired_transforms(
     noise_std: float = 0.05,
     concat_key: str | None = None,
     cache_dtype: str | torch.dtype | None = None,
+    concat_keys: Sequence[str] | None = None,
 ) -> Compose:
     """The dictionary transform chain of a bundle stage.
 
@@ -417,6 +418,8 @@ def paired_transforms(
             ``(len(image_keys), *spatial)`` (the input of a multi-channel network such as
             ``BrainSegmenter3D(in_channels=2)``); the per-modality keys stay, so ``Invertd`` can still use
             ``orig_keys="t1"``. ``None``: no stacked key.
+        concat_keys: the image keys stacked under ``concat_key`` (default: all ``image_keys``), e.g. the EDSS
+            network's second stream ``["t2", "flair"]``.
         cache_dtype: store the cached (deterministic) images in this dtype, e.g. ``"float16"`` for half
             the cache memory, and cast back to float32 right after the cache; ``None``: float32 throughout.
             Stages ``"train"`` and ``"eval"`` only (``"infer"`` is never cached).
@@ -466,7 +469,7 @@ def paired_transforms(
     if stage == "train" and augment and noise_std > 0:
         chain += [RandGaussianNoise32d(keys=key, prob=augment_prob, std=noise_std) for key in image_keys]
     if concat_key is not None:
-        chain.append(ConcatItemsd(keys=image_keys, name=concat_key, dim=0))
+        chain.append(ConcatItemsd(keys=list(concat_keys or image_keys), name=concat_key, dim=0))
     if stage == "train":
         tensor_keys = image_keys + ([label_key] if label_key else []) + ([concat_key] if concat_key else [])
         chain.append(EnsureTyped(keys=tensor_keys, track_meta=False))

@@ -33,12 +33,13 @@ from monai_ms.data import content_checks as checks
 from monai_ms.data.fields import (
     IMAGE_KEYS,
     MODALITY_KEYS,
+    MODALITY_NAMES,
     REQUIRED_KEYS,
     SPLITS,
-    TASK_KEYS,
     check_age,
     check_edss,
     normalise_sex,
+    task_keys,
 )
 from monai_ms.data.manifest import ManifestError, check_manifest_shape, read_manifest, resolve_path
 
@@ -370,12 +371,13 @@ def validate_manifest(
     base_dir: str | os.PathLike | None = None,
     source: str | None = None,
     log_warnings: bool = True,
+    modalities: Sequence[str] | None = None,
 ) -> ValidationReport:
     """Check every field and image of a manifest; report what was looked at and each problem.
 
     Checked per entry of the chosen splits: required keys (``subject``, ``session``, ``t1``) and the keys
     ``task`` needs; age (number in [0, 120]); sex (F/M/female/male, any case); EDSS (0-10 in steps of 0.5);
-    every image key present (``t1``, ``t2``, ``lesion``, ``tissue``): file exists, readable NIfTI, 3D (a
+    every image key present (``t1``, ``t2``, ``flair``, ``pd``, ``t1ce``, ``lesion``, ``tissue``): file exists, readable NIfTI, 3D (a
     singleton 4th dimension is fine), finite affine, within the manifest folder when
     ``refuse_outside_root``; with ``check_voxels``: data readable (truncated gzip), no NaN/inf, T1/T2 not
     all zero, lesion mask binary, tissue map non-negative integers. Lesion and tissue maps must be on the
@@ -404,6 +406,8 @@ def validate_manifest(
             the current folder for a dict.
         source: name of the manifest in the report; default: the path.
         log_warnings: also log each warning (``logging.WARNING``); the CLI prints the report instead.
+        modalities: the images the run reads (a bundle's ``modalities``, T1 first); they replace the task's
+            default image keys among the keys every entry needs (:func:`monai_ms.data.fields.task_keys`).
 
     Returns:
         a ``ValidationReport``; ``report.ok`` is True when nothing is wrong.
@@ -416,8 +420,10 @@ def validate_manifest(
         >>> report.ok, report.final_line()  # doctest: +SKIP
         (True, 'checked 40 sessions, 120 files: 0 problems')
     """
-    if task is not None and task not in TASK_KEYS:
-        raise ManifestError(f"task must be one of {', '.join(TASK_KEYS)}, got {task!r}")
+    try:
+        needed = task_keys(task, modalities)
+    except ValueError as error:
+        raise ManifestError(str(error)) from None
     if splits is not None:
         unknown = [s for s in splits if s not in SPLITS]
         if unknown:
@@ -456,7 +462,7 @@ def validate_manifest(
     files: dict[str, set[str]] = defaultdict(set)
     image_refs: dict[tuple[int, str], str] = {}  # (position in checked, key) -> absolute path to inspect
     for position, (_, _, entry) in enumerate(checked):
-        per_entry[position] += [_Found(message, kind="field") for message in _field_problems(entry, task)]
+        per_entry[position] += [_Found(message, kind="field") for message in _field_problems(entry, task, needed)]
         if not isinstance(entry, dict):
             continue
         for key in IMAGE_KEYS:
@@ -568,11 +574,10 @@ def _missing(entry: Mapping[str, Any], key: str) -> bool:
     return entry.get(key) is None or (isinstance(entry.get(key), str) and not entry[key].strip())
 
 
-def _field_problems(entry: Any, task: str | None) -> list[str]:
+def _field_problems(entry: Any, task: str | None, needed: Sequence[str]) -> list[str]:
     if not isinstance(entry, dict):
         return [f"must be an object (one scan session), got {entry!r}"]
     problems = []
-    needed = list(REQUIRED_KEYS) + [key for key in TASK_KEYS.get(task, ()) if key not in REQUIRED_KEYS]
     for key in needed:
         if _missing(entry, key):
             reason = f" (needed by task {task})" if key not in REQUIRED_KEYS else ""
@@ -679,41 +684,46 @@ def _image_problems(
             share = checks.lesion_share_problem(other.foreground, t1.foreground)
             if share:
                 problems.append(_Found(f"{label}: {share}", key, path, "derived"))
-    t2 = usable.get("t2")
-    if t1 is not None and t2 is not None:
-        path = image_refs[(position, "t2")]
-        overlap, centre_t1, centre_t2 = _fov_overlap(t1, t2)
-        if overlap < MIN_FOV_OVERLAP:
-            problems.append(
-                _Found(
-                    f"t2 {entry['t2']}: T1 and T2 do not cover the same head: their fields of view overlap by "
-                    f"{overlap:.0%} of the smaller one (centres T1 {_mm(centre_t1)}, T2 {_mm(centre_t2)})",
-                    "t2",
-                    path,
-                    "derived",
-                )
-            )
-        elif check_voxels and t1.centroid_mm is not None and t2.centroid_mm is not None:
-            distance = float(np.linalg.norm(t1.centroid_mm - t2.centroid_mm))
-            if distance > CENTROID_TOLERANCE_MM:
-                problems.append(
-                    _Found(
-                        f"t2 {entry['t2']}: T1 and T2 do not show the same head: foreground centres "
-                        f"{distance:.0f} mm apart (T1 {_mm(t1.centroid_mm)}, T2 {_mm(t2.centroid_mm)}; "
-                        f"tolerance {CENTROID_TOLERANCE_MM:g} mm)",
-                        "t2",
-                        path,
-                        "derived",
-                    )
-                )
+    for key in MODALITY_KEYS[1:]:
+        if t1 is not None and key in usable:
+            problems += _same_head_problems(entry, key, image_refs[(position, key)], t1, usable[key], check_voxels)
     return problems, warnings
 
 
-_MODALITY = {"t1": "T1", "t2": "T2"}
+def _same_head_problems(
+    entry: Mapping[str, Any], key: str, path: str, t1: _ImageInfo, other: _ImageInfo, check_voxels: bool
+) -> list[_Found]:
+    """The T1 and another modality of one session cover and show the same head (fields of view, centres)."""
+    name = MODALITY_NAMES[key]
+    overlap, centre_t1, centre_other = _fov_overlap(t1, other)
+    if overlap < MIN_FOV_OVERLAP:
+        message = (
+            f"{key} {entry[key]}: T1 and {name} do not cover the same head: their fields of view overlap by "
+            f"{overlap:.0%} of the smaller one (centres T1 {_mm(centre_t1)}, {name} {_mm(centre_other)})"
+        )
+        return [_Found(message, key, path, "derived")]
+    if check_voxels and t1.centroid_mm is not None and other.centroid_mm is not None:
+        distance = float(np.linalg.norm(t1.centroid_mm - other.centroid_mm))
+        if distance > CENTROID_TOLERANCE_MM:
+            message = (
+                f"{key} {entry[key]}: T1 and {name} do not show the same head: foreground centres "
+                f"{distance:.0f} mm apart (T1 {_mm(t1.centroid_mm)}, {name} {_mm(other.centroid_mm)}; "
+                f"tolerance {CENTROID_TOLERANCE_MM:g} mm)"
+            )
+            return [_Found(message, key, path, "derived")]
+    return []
+
+
+# the contrast signature (content_checks.contrast_modality) each column must have; PD is not checked (its
+# tissue classes are too close for the three-class signature)
+_EXPECTED = {"t1": "t1", "t2": "t2", "flair": "t1", "t1ce": "t1"}
 _SIGNATURE = {
     "t1": "a T1 has a large bright class (white matter) and a small dark one (CSF)",
     "t2": "a T2 has a small bright class (CSF) and a large dark one (white matter)",
+    "flair": "a FLAIR suppresses CSF: its darkest class is the CSF, as in a T1",
+    "t1ce": "a T1 has a large bright class (white matter) and a small dark one (CSF)",
 }
+_LOOKS = {"t1": "T1-weighted", "t2": "T2-weighted"}
 
 
 def _contrast_problems(
@@ -726,10 +736,8 @@ def _contrast_problems(
 
     Files found wrong here leave ``usable`` (their grid and same-head checks would only repeat the cause).
     """
-    looks = {
-        key: checks.contrast_modality(usable[key].contrast) for key in MODALITY_KEYS if key in usable
-    }
-    wrong = [key for key, modality in looks.items() if modality is not None and modality != key]
+    looks = {key: checks.contrast_modality(usable[key].contrast) for key in _EXPECTED if key in usable}
+    wrong = [key for key, modality in looks.items() if modality is not None and modality != _EXPECTED[key]]
     if not wrong:
         return []
     if wrong == ["t1", "t2"]:
@@ -743,18 +751,22 @@ def _contrast_problems(
                 image_refs[(position, "t1")],
             )
         ]
-    [key] = wrong
-    other = "t2" if key == "t1" else "t1"
-    info = usable.pop(key)
-    return [
-        _Found(
-            f"{key} {entry[key]}: looks {_MODALITY[other]}-weighted, not {_MODALITY[key]}-weighted "
-            f"({checks.describe_contrast(info.contrast)}; {_SIGNATURE[key]}); is this the {other} file?"
-            + (" (a FLAIR has dark CSF too: this column needs a T2-weighted scan)" if key == "t2" else ""),
-            key,
-            image_refs[(position, key)],
+    found = []
+    for key in wrong:
+        info = usable.pop(key)
+        hint = {
+            "t1": "is this the t2 file?",
+            "t2": "is this the t1 file? (a FLAIR has dark CSF too: this column needs a T2-weighted scan)",
+        }.get(key, "is this the t2 file?")
+        found.append(
+            _Found(
+                f"{key} {entry[key]}: looks {_LOOKS[looks[key]]}, not {MODALITY_NAMES[key]}-weighted "
+                f"({checks.describe_contrast(info.contrast)}; {_SIGNATURE[key]}); {hint}",
+                key,
+                image_refs[(position, key)],
+            )
         )
-    ]
+    return found
 
 
 def _copies(
