@@ -108,3 +108,15 @@ def test_time_to_accuracy_tiny(tmp_path: Path, tiny_manifest: Path) -> None:
     # the previous release's settings were put back, null included, through an override file
     overrides = json.loads((tmp_path / "time_to_accuracy" / "lesion_seg_v0.3" / "overrides.json").read_text())
     assert overrides["autocast"] is None and overrides["network_def#prior_probability"] is None
+
+
+def test_modalities_tiny(tmp_path: Path) -> None:
+    argv = ["--tiny", "--variants", "t1_flair", "--out", str(tmp_path / "modalities")]
+    assert _script("modalities").main(argv) == 0
+    result = json.loads((tmp_path / "modalities" / "result.json").read_text())
+    _machine_ok(result)
+    row = result["rows"]["t1_flair"]
+    # scored on the validation split, never the test split, with its interval and n
+    assert row["split"] == "validation" and row["modalities"] == ["t1", "flair"]
+    assert row["n_scans"] == len(json.loads(Path(result["manifest"]).read_text())["validation"])
+    assert len(row["mean_dice_ci95"]) == 2 and row["n_subjects"] >= 1

@@ -46,7 +46,7 @@ def trained(tiny_manifest, tmp_path_factory):
     """One 1-epoch T1+T2 training run shared by the tests below: overrides, output folder, result."""
     out = tmp_path_factory.mktemp("brain_age_run")
     manifest = rebalanced_manifest(tiny_manifest, out / "cohort")
-    overrides = {**TINY_OVERRIDES, "epochs": 1, "image_keys": ["t1", "t2"], "data_manifest": str(manifest),
+    overrides = {**TINY_OVERRIDES, "epochs": 1, "modalities": ["t1", "t2"], "data_manifest": str(manifest),
                  "output_dir": str(out / "eval"), "ckpt_dir": str(out / "models")}
     result = check(run_bundle("brain_age", "training", ["train"], overrides))
     return overrides, out, result
@@ -122,7 +122,7 @@ def test_torchscript_export_matches_checkpoint(trained, tmp_path):
     ts = tmp_path / "model.ts"
     command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
                "--ckpt_file", str(out / "models" / "model.pt"), "--meta_file", str(REPO / "bundles/brain_age/configs/metadata.json"),
-               "--config_file", str(REPO / "bundles/brain_age/configs/train.json"), "--image_keys", "['t1','t2']"]
+               "--config_file", str(REPO / "bundles/brain_age/configs/train.json"), "--modalities", "['t1','t2']"]
     check(subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300))
     scripted = torch.jit.load(str(ts))
     config = json.loads((REPO / "bundles/brain_age/configs/train.json").read_text())["network_def"]
@@ -138,7 +138,7 @@ def test_torchscript_export_matches_checkpoint(trained, tmp_path):
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_process_ddp_training(trained, tmp_path):
     overrides, _, _ = trained
-    overrides = {**overrides, "image_keys": ["t1"], "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")}
+    overrides = {**overrides, "modalities": ["t1"], "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")}
     launcher = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle"]
     check(run_bundle("brain_age", "training", ["train", "multi_gpu_train"], overrides, launcher=launcher))
     assert pd.read_csv(tmp_path / "eval" / "training_log.csv")["epoch"].tolist() == [1]  # rank 0 alone writes it

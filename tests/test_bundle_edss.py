@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def _network():
     """The bundle's network_def, built as MONAI builds it."""
     network_def = json.loads((REPO / "bundles/edss/configs/train.json").read_text())["network_def"]
-    return ConfigParser({"network_def": network_def}).get_parsed_content("network_def")
+    return ConfigParser({"network_def": network_def, "modalities": ["t1", "t2"]}).get_parsed_content("network_def")
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_default_lesion_init_fits_the_lesion_seg_bundle_network():
     """train.json copies lesion_seg's network_def (an exported EDSS bundle must stand alone); the copy
     must keep loading what the lesion_seg bundle writes, or the default lesion_init fails."""
     lesion_seg = json.loads((REPO / "bundles/lesion_seg/configs/train.json").read_text())["network_def"]
-    segmenter = ConfigParser({"network_def": lesion_seg}).get_parsed_content("network_def")
+    segmenter = ConfigParser({"network_def": lesion_seg, "modalities": ["t1", "t2"]}).get_parsed_content("network_def")
     copy = _network().lesion_network
     result = copy.load_state_dict(segmenter.state_dict())  # strict: also raises on a shape mismatch
     assert not result.missing_keys and not result.unexpected_keys

@@ -322,8 +322,8 @@ def test_verify_checksums_passes_a_bundle_you_trained_yourself_and_names_a_chang
         verify_checksums(models)
 
 
-@pytest.mark.parametrize("task", ["lesion_seg", "brain_age", "sex"])
-def test_every_bundle_exports_and_verifies(task, tmp_path):
+@pytest.mark.parametrize("task, modalities", [("lesion_seg", None), ("brain_age", None), ("sex", None), ("lesion_seg", ["t1", "flair"])])
+def test_every_bundle_exports_and_verifies(task, modalities, tmp_path):
     # an untrained network stands in for training: this checks each bundle's TorchScript, metadata and layout
     from monai.bundle import ConfigParser
 
@@ -331,12 +331,20 @@ def test_every_bundle_exports_and_verifies(task, tmp_path):
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs/train.json"))
     parser["bundle_root"] = str(bundle)
+    if modalities:
+        parser["modalities"] = modalities
     (bundle / "models").mkdir()
     torch.save({"model": parser.get_parsed_content("network_def").state_dict()}, bundle / "models/model.pt")
     small = {"roi_size": [32, 40, 32]} if "roi_size" in parser else {"patch_size": [32, 32, 32]}
-    result = export_bundle(bundle, tmp_path / f"{task}.zip", overrides=small, require_metrics=False)
+    overrides = {**small, **({"modalities": modalities} if modalities else {})}
+    result = export_bundle(bundle, tmp_path / f"{task}.zip", overrides=overrides, require_metrics=False)
     assert main(["bundle", "verify", str(result.path)]) == 0
     with zipfile.ZipFile(result.path) as archive:
         metadata = json.loads(archive.read(f"{task}/configs/metadata.json"))
+        readme = archive.read(f"{task}/docs/README.md").decode()
     assert metadata["eval_metrics"] == {} and metadata["version"] == result.version
+    # the images a user must give it, named in the metadata, its input's channels and the README
+    chosen = modalities or parser.get_parsed_content("modalities")
+    assert metadata["modalities"] == chosen and "Input images (`modalities`" in readme
+    assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == len(chosen)
     assert "eval_provenance" not in metadata  # nothing evaluated, nothing to trace

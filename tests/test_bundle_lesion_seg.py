@@ -188,7 +188,7 @@ def test_metadata_is_valid_and_torchscript_export_matches_checkpoint(trained, tm
     check(subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300))
     scripted = torch.jit.load(str(ts))
     network_def = json.loads((BUNDLE / "configs/train.json").read_text())["network_def"]
-    eager = BrainSegmenter3D(**{k: v for k, v in network_def.items() if k != "_target_"})
+    eager = BrainSegmenter3D(**{k: v for k, v in network_def.items() if k not in ("_target_", "in_channels")}, in_channels=2)
     eager.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True))
     eager.eval()
     image = torch.randn(1, 2, 32, 40, 24)

@@ -179,7 +179,7 @@ def random_checkpoints(tmp_path_factory):
         config = json.loads((REPO / "bundles" / bundle / "configs" / "train.json").read_text())["network_def"]
         arguments = {k: v for k, v in config.items() if k != "in_channels"}  # brain_age/sex: "$len(@image_keys)"
         torch.manual_seed(0)
-        network = ConfigParser({"network_def": arguments}).get_parsed_content("network_def")
+        network = ConfigParser({"network_def": arguments, "modalities": ["t1", "t2"]}).get_parsed_content("network_def")
         assert isinstance(network, network_class)
         (folder / bundle).mkdir()
         paths[bundle] = folder / bundle / "model.pt"

@@ -18,11 +18,11 @@ DEMO_SPACING = 2.0
 DEMO_SEED = 0
 
 
-def demo_manifest_path(dataset_dir: str | os.PathLike) -> Path:
+def demo_manifest_path(dataset_dir: str | os.PathLike, flair: bool = False) -> Path:
     """Where :func:`demo_manifest` keeps the current generator version's manifest (it may not exist yet)."""
     from monai_ms.data.synthetic import GENERATOR_VERSION
 
-    return Path(dataset_dir) / f"v{GENERATOR_VERSION}" / "manifest.json"
+    return Path(dataset_dir) / f"v{GENERATOR_VERSION}" / ("manifest_flair.json" if flair else "manifest.json")
 
 
 def demo_manifest(
@@ -31,6 +31,7 @@ def demo_manifest(
     spacing: float | None = DEMO_SPACING,
     seed: int = DEMO_SEED,
     tiny: bool = False,
+    flair: bool = False,
 ) -> str:
     """Path of the built-in demo cohort's manifest, generating the cohort on first use.
 
@@ -46,15 +47,18 @@ def demo_manifest(
         spacing: voxel size of the generated T1 in mm (``None``: the generator's default).
         seed: random seed of the cohort and the split.
         tiny: the generator's fast test mode (coarse voxels), for tests.
+        flair: the same cohort with a FLAIR per session as well (``monai-ms synth --modalities t1,t2,flair``:
+            the T1, T2, masks and split are identical), in ``cohort_flair/`` with ``manifest_flair.json``; what a
+            bundle uses without ``--data_manifest`` when its ``modalities`` include ``flair``.
 
     Returns:
-        path of ``<dataset_dir>/v<generator version>/manifest.json``.
+        path of ``<dataset_dir>/v<generator version>/manifest.json`` (``manifest_flair.json``).
     """
     from monai_ms.data.manifest import build_from_csv, write_manifest
     from monai_ms.data.split import split_entries
     from monai_ms.data.synthetic import generate_cohort
 
-    manifest = demo_manifest_path(dataset_dir)
+    manifest = demo_manifest_path(dataset_dir, flair)
     dataset_dir = manifest.parent
     if manifest.is_file():
         return str(manifest)
@@ -62,11 +66,15 @@ def demo_manifest(
     with open(dataset_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the manifest
         if not manifest.is_file():
-            cohort = dataset_dir / "cohort"
-            logger.info(f"generating the demo cohort ({subjects} patients, {spacing} mm) into {cohort}")
+            cohort = dataset_dir / ("cohort_flair" if flair else "cohort")
+            modalities = ["t1", "t2", "flair"] if flair else ["t1", "t2"]
+            logger.info(f"generating the demo cohort ({subjects} patients, {spacing} mm, {' + '.join(modalities)}) into {cohort}")
             if not (cohort / "metadata.csv").is_file():
-                generate_cohort(cohort, subjects=subjects, seed=seed, spacing=spacing, tiny=tiny, overwrite=True)
-            entries = build_from_csv(cohort / "metadata.csv", relative_to=dataset_dir)
+                generate_cohort(
+                    cohort, subjects=subjects, seed=seed, spacing=spacing, tiny=tiny, overwrite=True, modalities=modalities
+                )
+            flair_pattern = "FLAIR/{session}_FLAIR_preprocessed.nii.gz" if flair else None
+            entries = build_from_csv(cohort / "metadata.csv", relative_to=dataset_dir, flair_pattern=flair_pattern)
             split = split_entries(entries, seed=seed)
             write_manifest(
                 {"name": "monai_ms demo cohort", "description": f"synthetic, {subjects} patients, {spacing} mm, seed {seed}", **split},
@@ -75,7 +83,12 @@ def demo_manifest(
     return str(manifest)
 
 
-def validate_cohort(manifest: str | os.PathLike, task: str, splits: Sequence[str] = ("training", "validation")) -> bool:
+def validate_cohort(
+    manifest: str | os.PathLike,
+    task: str,
+    splits: Sequence[str] = ("training", "validation"),
+    modalities: Sequence[str] | None = None,
+) -> bool:
     """Check every file and field a bundle run will read, before anything is cached or trained.
 
     Under ``python -m monai.bundle`` a bad cohort prints one line per problem and exits with status 1
@@ -85,6 +98,8 @@ def validate_cohort(manifest: str | os.PathLike, task: str, splits: Sequence[str
         manifest: path of the manifest.
         task: ``edss``, ``lesion_seg``, ``brain_age`` or ``sex`` (the keys each entry needs).
         splits: the splits this run reads; each must be non-empty.
+        modalities: the bundle's ``modalities`` (T1 first): the images every entry needs, in place of the
+            task's default ones.
 
     Returns:
         True when the cohort is valid.
@@ -92,7 +107,7 @@ def validate_cohort(manifest: str | os.PathLike, task: str, splits: Sequence[str
     from monai_ms.data.manifest import ManifestError
     from monai_ms.data.validation import validate_manifest
 
-    report = validate_manifest(manifest, task=task, splits=list(splits))
+    report = validate_manifest(manifest, task=task, splits=list(splits), modalities=modalities)
     if report.ok:
         logger.info(f"{manifest}: {len(report.summary_lines())} checks passed for task {task}")
         return True

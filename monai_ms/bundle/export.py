@@ -31,7 +31,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -377,6 +377,9 @@ def trained_model_section(
         lines.append(f"- Network input (whole-brain ROI): {' x '.join(str(s) for s in settings['roi_size'])} voxels.")
     if settings.get("patch_size") is not None:
         lines.append(f"- Patch / sliding-window ROI: {' x '.join(str(s) for s in settings['patch_size'])} voxels.")
+    if settings.get("modalities"):
+        names = ", ".join(f"`{m}` ({CHANNEL_NAMES.get(m, m)})" for m in settings["modalities"])
+        lines.append(f"- Input images (`modalities`, every session needs each): {names}.")
     lines.append(f"- Network: `{network}`, {parameters:,} parameters.")
     if overrides:
         baked = ", ".join(f"`{k}` = `{json.dumps(v)}`" for k, v in overrides.items())
@@ -488,10 +491,40 @@ def _parse_settings(train_json: Path, bundle: Path) -> tuple[dict[str, Any], Any
     parser.read_config(str(train_json))
     parser["bundle_root"] = str(bundle)
     settings = {}
-    for key in ("spacing", "roi_size", "patch_size", "fold"):
+    for key in ("spacing", "roi_size", "patch_size", "fold", "modalities"):
         if key in parser:
             settings[key] = parser.get_parsed_content(key)
     return settings, parser
+
+
+# how the exported metadata names each modality's channel (BIDS suffixes)
+CHANNEL_NAMES = {"t1": "T1w", "t2": "T2w", "flair": "FLAIR", "pd": "PDw", "t1ce": "T1w (contrast-enhanced, ce-)"}
+
+
+def inputs_for_modalities(inputs: Mapping[str, Any], modalities: Sequence[str]) -> dict[str, Any]:
+    """The metadata's ``network_data_format.inputs`` of a network trained on ``modalities``.
+
+    A stacked ``image`` input gets one channel per modality; the EDSS network's second stream (declared
+    ``t2``) becomes its batch key (:func:`monai_ms.networks.stream_keys`) with the other modalities as
+    channels; ``t1`` and tabular inputs stay.
+
+    Examples:
+        >>> inputs_for_modalities({"image": {"num_channels": 2}}, ["t1", "flair"])["image"]["channel_def"]
+        {'0': 'T1w', '1': 'FLAIR'}
+    """
+    out: dict[str, Any] = {}
+    for name, entry in inputs.items():
+        entry = dict(entry)
+        if name == "image":
+            entry["num_channels"] = len(modalities)
+            entry["channel_def"] = {str(i): CHANNEL_NAMES[m] for i, m in enumerate(modalities)}
+        elif name == "t2" and len(modalities) >= 2:
+            others = list(modalities[1:])
+            name = others[0] if len(others) == 1 else "contrasts"
+            entry["num_channels"] = len(others)
+            entry["channel_def"] = {str(i): CHANNEL_NAMES[m] for i, m in enumerate(others)}
+        out[name] = entry
+    return out
 
 
 def _default_manifest(parser: Any) -> Path | None:
@@ -744,6 +777,13 @@ def _exported_metadata(
     metadata["pytorch_version"] = torch.__version__.split("+")[0]
     metadata["numpy_version"] = numpy.__version__
     metadata.setdefault("required_packages_version", {})["monai-ms"] = __version__
+    modalities = settings.get("modalities")
+    if modalities:
+        # what inference needs per session: monai_ms checks a manifest against it before any work
+        metadata["modalities"] = list(modalities)
+        formats = metadata.get("network_data_format", {})
+        if "inputs" in formats:
+            formats["inputs"] = inputs_for_modalities(formats["inputs"], modalities)
     roi = settings.get("roi_size")
     for entry in metadata.get("network_data_format", {}).get("inputs", {}).values():
         spatial = entry.get("spatial_shape", [])
@@ -786,6 +826,8 @@ def monai_only_inference_config(parser: Any, metadata: Mapping[str, Any]) -> dic
     roi = parser.get_parsed_content("roi_size") if "roi_size" in parser else None
     if parser.get("task") != "edss" or inputs != ["t1", "t2", "demographics"] or not isinstance(roi, (list, tuple)):
         return None
+    if "modalities" in parser and list(parser.get_parsed_content("modalities")) != ["t1", "t2"]:
+        return None  # the MONAI-only config is written for the T1 + T2 network only
     spacing = parser.get_parsed_content("spacing")
     keys = ["t1", "t2"]
     # the same steps, in the same order, as paired_transforms(stage="infer", demographics=True)

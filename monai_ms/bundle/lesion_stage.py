@@ -68,14 +68,19 @@ def _trained_on(checkpoint: Path, manifest_sha256: str) -> bool:
     return record is not None and record.get("manifest_sha256") == manifest_sha256
 
 
-def _sibling_usable(sibling: Path, manifest_sha256: str, held_out: Mapping[str, Sequence[Mapping[str, Any]]]) -> bool:
+def _sibling_usable(
+    sibling: Path,
+    manifest_sha256: str,
+    held_out: Mapping[str, Sequence[Mapping[str, Any]]],
+    modalities: Sequence[str] | None = None,
+) -> bool:
     """The lesion_seg bundle's own model, when trained on this manifest and unseen by this run's held-out splits."""
     if not _trained_on(sibling, manifest_sha256):
         if sibling.is_file():
             logger.info(f"lesion stage: {sibling} was not trained on this manifest, so it is not used")
         return False
     try:
-        check_lesion_provenance(sibling, held_out)
+        check_lesion_provenance(sibling, held_out, modalities)
     except ValueError as error:
         logger.info(f"lesion stage: {sibling} is not used: {error}")
         return False
@@ -197,6 +202,7 @@ def start_lesion_pathway(
     stage_overrides: Mapping[str, Any] | None = None,
     lesion_key: str | None = "lesion",
     stage_inherited: Mapping[str, Any] | None = None,
+    modalities: Sequence[str] | None = None,
 ) -> bool:
     """The EDSS ``initialize`` step: choose (or train) the segmenter, then :func:`init_lesion_pathway`.
 
@@ -217,6 +223,8 @@ def start_lesion_pathway(
             stage and the pathway stays untrained, with a warning.
         stage_inherited: the EDSS run's settings the stage takes over (``spacing``, ``label_key``, workers and
             cache settings), so an EDSS run at 1 mm gets a 1 mm segmenter; ``stage_overrides`` win over them.
+        modalities: the run's ``modalities``: a segmenter trained on other images is not used (the sibling is
+            passed over, a ``lesion_init`` path refused), and the stage is trained on these.
 
     Returns:
         True when a segmenter was loaded.
@@ -238,7 +246,7 @@ def start_lesion_pathway(
         lesion_bundle = Path(bundle_root).parent / "lesion_seg"
         sibling = lesion_bundle / "models" / "model.pt"
         own = lesion_stage_checkpoint(ckpt_dir)
-        if _sibling_usable(sibling, sha256_file(data_manifest), held_out):
+        if _sibling_usable(sibling, sha256_file(data_manifest), held_out, modalities):
             lesion_init = str(sibling)
         elif _stage_finished(ckpt_dir, data_manifest, training, lesion_bundle, fold, seed, stage_overrides):
             logger.info(f"lesion stage: reusing {own}, trained by an earlier run with the same manifest, subjects and settings")
@@ -253,4 +261,4 @@ def start_lesion_pathway(
                     raise
                 print(f"{error}\n\nstopped before training.", file=sys.stderr)
                 raise SystemExit(1) from None
-    return init_lesion_pathway(network, lesion_init, bundle_root, held_out, freeze=freeze)
+    return init_lesion_pathway(network, lesion_init, bundle_root, held_out, freeze=freeze, modalities=modalities)

@@ -315,7 +315,9 @@ class BatchInference:
         return self._pending
 
     # ---------------------------------------------------------------- before the run
-    def validate(self, manifest: str | os.PathLike, task: str, split: str = "testing") -> bool:
+    def validate(
+        self, manifest: str | os.PathLike, task: str, split: str = "testing", modalities: Sequence[str] | None = None
+    ) -> bool:
         """Check the manifest before the run: stop on structural problems, turn per-file ones into failures.
 
         Runs :func:`monai_ms.data.validate_manifest` on ``split`` (voxel checks only when a session is left
@@ -329,6 +331,8 @@ class BatchInference:
             manifest: the manifest file.
             task: the validation task, e.g. ``"lesion_seg_inference"``.
             split: the inferred split.
+            modalities: the images the model reads (its bundle's ``modalities``); a session without one of
+                them is a structural problem, named per session, and the run stops before any work.
 
         Returns:
             True when the run can go on.
@@ -340,7 +344,7 @@ class BatchInference:
         from monai_ms.data.validation import validate_manifest
 
         pending = {str(entry.get(self.id_key)) for entry in self.pending()}
-        report = validate_manifest(manifest, task=task, splits=[split], check_voxels=bool(pending))
+        report = validate_manifest(manifest, task=task, splits=[split], check_voxels=bool(pending), modalities=modalities)
         raw = read_manifest(manifest).get(split, [])
         structural = []
         for problem in report.problems:

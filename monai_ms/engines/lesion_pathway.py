@@ -51,6 +51,7 @@ def training_provenance(
     validation: Sequence[Mapping[str, Any]] = (),
     manifest: str | os.PathLike | None = None,
     task: str | None = None,
+    modalities: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The record written beside a best checkpoint.
 
@@ -59,9 +60,11 @@ def training_provenance(
         validation: the validation split's entries (the checkpoint was selected on them).
         manifest: the manifest file, recorded with its SHA-256.
         task: the bundle's task name.
+        modalities: the bundle's ``modalities`` (the network's input images, in channel order).
 
     Returns:
-        ``{"task", "manifest", "manifest_sha256", "training_subjects", "validation_subjects"}``.
+        ``{"task", "manifest", "manifest_sha256", "training_subjects", "validation_subjects"}`` and, when
+        given, ``"modalities"``.
 
     Examples:
         >>> training_provenance([{"subject": "P2"}, {"subject": "P1"}])["training_subjects"]
@@ -73,6 +76,7 @@ def training_provenance(
         "manifest_sha256": None if manifest is None or not Path(manifest).is_file() else sha256_file(manifest),
         "training_subjects": _subjects(training),
         "validation_subjects": _subjects(validation),
+        **({"modalities": list(modalities)} if modalities is not None else {}),
     }
 
 
@@ -122,16 +126,26 @@ def resolve_lesion_init(lesion_init: str | os.PathLike | None, bundle_root: str 
     return str(path)
 
 
-def check_lesion_provenance(checkpoint: str | os.PathLike, held_out: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
-    """Refuse a segmenter trained on subjects of the EDSS run's held-out splits.
+# a checkpoint recorded before the modalities setting (0.4.x and earlier) was trained on T1 + T2
+RECORDED_DEFAULT_MODALITIES = ("t1", "t2")
+
+
+def check_lesion_provenance(
+    checkpoint: str | os.PathLike,
+    held_out: Mapping[str, Sequence[Mapping[str, Any]]],
+    modalities: Sequence[str] | None = None,
+) -> None:
+    """Refuse a segmenter trained on subjects of the EDSS run's held-out splits, or on other images.
 
     Args:
         checkpoint: the segmenter's ``model.pt``.
         held_out: split name -> entries of the EDSS run that must be unseen (validation, testing).
+        modalities: the EDSS run's ``modalities``; the segmenter must have been trained on the same list
+            (its input channels). None: not checked.
 
     Raises:
-        ValueError: the checkpoint has no provenance record, or its training subjects include
-            held-out subjects (the first few are named).
+        ValueError: the checkpoint has no provenance record, its training subjects include held-out
+            subjects (the first few are named), or it was trained on other modalities (both lists named).
     """
     record = read_provenance(checkpoint)
     if record is None:
@@ -141,6 +155,13 @@ def check_lesion_provenance(checkpoint: str | os.PathLike, held_out: Mapping[str
             "unpacked from an exported bundle, which leaves the subject ids out); retrain the lesion_seg bundle on "
             "this manifest, or start from scratch with --lesion_init ''"
         )
+    if modalities is not None:
+        recorded = list(record.get("modalities", RECORDED_DEFAULT_MODALITIES))
+        if recorded != list(modalities):
+            raise ValueError(
+                f"lesion_init: {checkpoint} was trained on modalities {recorded}, and this run reads {list(modalities)}; "
+                "train lesion_seg with the same --modalities, or leave lesion_init at auto (a lesion stage is trained)"
+            )
     trained_on = set(map(str, record["training_subjects"]))
     selected_on = set(map(str, record.get("validation_subjects", [])))
     for split, entries in held_out.items():
@@ -162,6 +183,7 @@ def init_lesion_pathway(
     bundle_root: str | os.PathLike,
     held_out: Mapping[str, Sequence[Mapping[str, Any]]],
     freeze: bool = True,
+    modalities: Sequence[str] | None = None,
 ) -> bool:
     """Start the EDSS lesion pathway from a checked segmenter checkpoint (the ``initialize`` step).
 
@@ -171,6 +193,7 @@ def init_lesion_pathway(
         bundle_root: the EDSS bundle folder.
         held_out: see :func:`check_lesion_provenance`.
         freeze: stop gradients into the loaded segmenter.
+        modalities: the run's ``modalities`` (see :func:`check_lesion_provenance`).
 
     Returns:
         True when a segmenter was loaded, False for a start from scratch.
@@ -183,7 +206,7 @@ def init_lesion_pathway(
         checkpoint = resolve_lesion_init(lesion_init, bundle_root)
         if not checkpoint:
             return False
-        check_lesion_provenance(checkpoint, held_out)
+        check_lesion_provenance(checkpoint, held_out, modalities)
         return bool(network.load_lesion_network(checkpoint, freeze=freeze))
     except ValueError as error:
         from monai_ms.bundle.config import running_workflow

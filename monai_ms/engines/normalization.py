@@ -62,6 +62,7 @@ def fit_covariate_head(
     target_key: str = "edss",
     ridge: float = 1e-3,
     lesion_features: dict[str, float] | None = None,
+    input_keys: Sequence[str] = ("t1", "t2", "demographics"),
 ) -> None:
     """Start a :class:`~monai_ms.networks.DualStreamRegressor`'s linear covariate path at the least-squares fit.
 
@@ -75,7 +76,7 @@ def fit_covariate_head(
     Args:
         network: the regressor (its normalisation buffers set).
         entries: training entries.
-        transform: the evaluation chain producing ``t1``, ``t2``, ``demographics`` and ``target_key``.
+        transform: the evaluation chain producing the ``input_keys`` and ``target_key``.
         target_key: key of the target.
         ridge: L2 penalty of the fit (on standardised covariates).
         lesion_features: filled with session id -> lesion-load feature when the network's lesion pathway
@@ -83,6 +84,8 @@ def fit_covariate_head(
             :class:`~monai_ms.networks.ForwardWithLesionMap` to reuse at every training step; the feature
             depends only on the session's images, so a frozen segmenter gives the same value each time
             (from the images without augmentation). Left empty otherwise.
+        input_keys: the network's three inputs in the transform's output (the bundle's ``input_keys``: the
+            two image streams, :func:`monai_ms.networks.stream_keys`, and ``demographics``).
     """
     captured: list[torch.Tensor] = []
     hook = network.covariate_head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
@@ -95,7 +98,7 @@ def fit_covariate_head(
             for entry in entries:
                 item = transform(dict(entry))
                 t1, t2, demographics = (
-                    torch.as_tensor(item[key]).as_subclass(torch.Tensor)[None].to(device) for key in ("t1", "t2", "demographics")
+                    torch.as_tensor(item[key]).as_subclass(torch.Tensor)[None].to(device) for key in input_keys
                 )
                 network(t1, t2, demographics.float())
                 targets.append(torch.as_tensor(item[target_key], dtype=torch.float64).reshape(1, -1))

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from monai_ms.data.fields import IMAGE_KEYS, MODALITY_KEYS
+from monai_ms.data.fields import DEFAULT_MODALITIES, IMAGE_KEYS
 from monai_ms.engines.segmentation import _like, _source_file, _to_numpy, input_files, output_path
 from monai_ms.io import save_figure, save_nifti, write_csv
 
@@ -449,7 +449,7 @@ class SaliencyRunner:
         checkpoint: str | Path | None = None,
         reference_key: str = "t1",
         id_key: str = "session",
-        image_keys: Sequence[str] = MODALITY_KEYS,
+        image_keys: Sequence[str] = DEFAULT_MODALITIES,
         lesion_key: str = "lesion",
         tissue_key: str = "tissue",
         input_keys: Sequence[str] = IMAGE_KEYS,

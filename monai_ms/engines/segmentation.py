@@ -43,7 +43,7 @@ from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 from scipy import ndimage
 
-from monai_ms.data.fields import IMAGE_KEYS, MODALITY_KEYS
+from monai_ms.data.fields import DEFAULT_MODALITIES, IMAGE_KEYS
 from monai_ms.engines.bootstrap import DEFAULT_RESAMPLES
 from monai_ms.engines.evaluation_report import finish_report, write_sidecar
 from monai_ms.io import save_figure, save_nifti, write_csv, write_json
@@ -789,7 +789,7 @@ class LesionMaskWriter:
         prob_key: str | None = "prob",
         reference_key: str = "t1",
         id_key: str = "session",
-        qc_keys: Sequence[str] = MODALITY_KEYS,
+        qc_keys: Sequence[str] = DEFAULT_MODALITIES,
         qc_mask_key: str | None = "pred_grid",
         min_volume_mm3: float = MIN_LESION_MM3,
         connectivity: int = CONNECTIVITY,

@@ -2,7 +2,7 @@
 
 - :class:`Conv3DBlock`, :class:`FeatureExtractor3D`: the shared encoder (MONAI ``Convolution`` /
   ``ResidualUnit`` blocks, ``Act`` / ``Norm`` factories).
-- :class:`DualStreamRegressor`: EDSS from T1 + T2 + demographics.
+- :class:`DualStreamRegressor`: EDSS from T1 + T2 (or any other modalities: :func:`stream_keys`) + demographics.
 - :class:`BrainRegressor3D`: brain age (any scalar) from one or more image channels.
 - :class:`BrainClassifier3D`: sex (any binary label) as a logit.
 - :class:`BrainSegmenter3D`: lesion segmentation logits at full resolution.
@@ -14,7 +14,7 @@ All are TorchScript-able with strictly typed ``forward`` methods and take their 
 from __future__ import annotations
 
 from monai_ms.networks.blocks import Conv3DBlock, GlobalPool, MLPHead, UpBlock
-from monai_ms.networks.dual_stream import DualStreamRegressor, ForwardWithLesionMap
+from monai_ms.networks.dual_stream import SECOND_STREAM_KEY, DualStreamRegressor, ForwardWithLesionMap, stream_keys
 from monai_ms.networks.encoder import FeatureExtractor3D
 from monai_ms.networks.heads import BrainClassifier3D, BrainRegressor3D, PooledHeadNetwork3D
 from monai_ms.networks.segmenter import BrainSegmenter3D
@@ -30,5 +30,7 @@ __all__ = [
     "BrainClassifier3D",
     "DualStreamRegressor",
     "ForwardWithLesionMap",
+    "stream_keys",
+    "SECOND_STREAM_KEY",
     "BrainSegmenter3D",
 ]

@@ -17,9 +17,36 @@ from monai_ms.networks.blocks import Conv3DBlock, GlobalPool, MLPHead
 from monai_ms.networks.encoder import FeatureExtractor3D
 from monai_ms.networks.heads import _statistic
 
-__all__ = ["DualStreamRegressor", "ForwardWithLesionMap"]
+__all__ = ["DualStreamRegressor", "ForwardWithLesionMap", "stream_keys", "SECOND_STREAM_KEY"]
 
 logger = logging.getLogger(__name__)
+
+
+SECOND_STREAM_KEY = "contrasts"
+"""The batch key of the EDSS network's second stream when it stacks several modalities (T2, FLAIR, ...)."""
+
+
+def stream_keys(modalities: Sequence[str]) -> list[str]:
+    """The batch keys of :class:`DualStreamRegressor`'s two image streams for a bundle's ``modalities``.
+
+    The fusion: the first stream reads the T1 (anatomy, atrophy); the second the other modalities, the
+    lesion-sensitive contrasts, as one image (two modalities: the second one's own key) or stacked as
+    channels under :data:`SECOND_STREAM_KEY` (three or more). The lesion segmenter reads all of them as
+    channels in ``modalities`` order, as the lesion_seg bundle does.
+
+    Raises:
+        ValueError: fewer than two modalities, or not T1 first (:func:`monai_ms.data.fields.check_modalities`).
+
+    Examples:
+        >>> stream_keys(["t1", "flair"]), stream_keys(["t1", "t2", "flair"])
+        (['t1', 'flair'], ['t1', 'contrasts'])
+    """
+    from monai_ms.data.fields import check_modalities
+
+    chosen = check_modalities(modalities)
+    if len(chosen) < 2:
+        raise ValueError(f"the EDSS network has two image streams: modalities needs T1 and at least one more, got {list(chosen)}")
+    return [chosen[0], chosen[1] if len(chosen) == 2 else SECOND_STREAM_KEY]
 
 
 class DualStreamRegressor(nn.Module):
@@ -71,8 +98,11 @@ class DualStreamRegressor(nn.Module):
         bias: whether the convolutions have a bias term.
         lesion_level: index of the encoder level (0 = first, stride ``strides[0]``) whose features feed
             the small lesion head, or ``None`` for no lesion head.
-        lesion_network: a module mapping ``(B, 2 * in_channels, D, H, W)`` (T1 and T2 channels) to lesion
-            logits ``(B, 1, D, H, W)``, or ``None``. Excludes ``lesion_level``.
+        lesion_network: a module mapping ``(B, in_channels + second_in_channels, D, H, W)`` (the T1 and the
+            second stream's channels) to lesion logits ``(B, 1, D, H, W)``, or ``None``. Excludes ``lesion_level``.
+        second_in_channels: channels of the second stream (default ``in_channels``): with the bundle's
+            ``modalities`` ``["t1", "t2", "flair"]`` the second stream reads T2 and FLAIR as two channels
+            (:func:`stream_keys`); the attribute keeps its name ``t2_encoder``.
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, negative
@@ -117,6 +147,7 @@ class DualStreamRegressor(nn.Module):
         bias: bool = True,
         lesion_level: int | None = None,
         lesion_network: nn.Module | None = None,
+        second_in_channels: int | None = None,
     ) -> None:
         super().__init__()
         if lesion_level is not None and lesion_network is not None:
@@ -140,7 +171,9 @@ class DualStreamRegressor(nn.Module):
             bias=bias,
         )
         self.t1_encoder = FeatureExtractor3D(**encoder_args)
-        self.t2_encoder = FeatureExtractor3D(**encoder_args)
+        # the second stream: T2, or any other modality, or several stacked as channels (see stream_keys)
+        second = in_channels if second_in_channels is None else int(second_in_channels)
+        self.t2_encoder = FeatureExtractor3D(**{**encoder_args, "in_channels": second})
         self.pool = GlobalPool(pooling)
         image_features = self.pool.out_features(self.t1_encoder.out_channels)
         self.has_lesion_map: Final[bool] = lesion_level is not None or lesion_network is not None
