@@ -120,3 +120,16 @@ def test_modalities_tiny(tmp_path: Path) -> None:
     assert row["split"] == "validation" and row["modalities"] == ["t1", "flair"]
     assert row["n_scans"] == len(json.loads(Path(result["manifest"]).read_text())["validation"])
     assert len(row["mean_dice_ci95"]) == 2 and row["n_subjects"] >= 1
+
+
+def test_refactor_check_compares_metrics_value_by_value(tmp_path: Path, tiny_manifest: Path) -> None:
+    script = _script("refactor_check")
+    before = {"summary": {"mae": 1.0, "n": 12, "ci95": {"mae": [0.5, 1.5]}}, "provenance": {"created_utc": "x"}, "split": "testing"}
+    after = {"summary": {"mae": 1.0 + 1e-9, "n": 12, "ci95": {"mae": [0.5, 1.6]}}, "provenance": {"created_utc": "y"}, "split": "testing"}
+    assert script.differences(before, after, 1e-6) == ["summary.ci95.mae.1: 1.5 -> 1.6"]
+    assert script.differences(before, {**before, "extra": 1}, 1e-6) == ["extra: only after"]
+    # the whole check, one bundle, the working tree against HEAD: the same code gives the same metrics
+    argv = ["--base", "HEAD", "--bundles", "sex", "--manifest", str(tiny_manifest), "--out", str(tmp_path / "check")]
+    assert script.main(argv) == 0
+    result = json.loads((tmp_path / "check" / "result.json").read_text())
+    assert result["bundles"]["sex"]["same"] and result["bundles"]["sex"]["compared"] > 20

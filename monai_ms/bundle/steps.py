@@ -1,0 +1,109 @@
+"""Named steps the bundle configs call, so that no config line carries Python logic of its own.
+
+Each replaces an expression that used to be written out (and copied) in the JSON files:
+
+- :func:`init_distributed`: the process group of a ``torchrun`` run (every ``multi_gpu_train.json``);
+- :func:`rank_partition`: this rank's share of a datalist (every ``multi_gpu_train.json``, training and
+  validation);
+- :func:`scaled_head_param_groups`: optimizer parameter groups with one sub-module at a larger learning
+  rate (the EDSS covariate head);
+- :func:`swap_transform`: a chain with one kind of transform replaced (the sex bundle's size-normalised
+  variant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["init_distributed", "rank_partition", "scaled_head_param_groups", "swap_transform"]
+
+
+def init_distributed(timeout_hours: float | None = None) -> bool:
+    """Join the process group ``torchrun`` set up (NCCL on GPUs, gloo on the CPU), once.
+
+    Args:
+        timeout_hours: how long a collective may wait (None: PyTorch's default, 10 min for gloo/NCCL). The EDSS
+            bundle waits up to 6 h, while rank 0 trains the lesion stage and the others wait at a barrier.
+
+    Returns:
+        True (a config ``initialize`` step).
+    """
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        timeout = None if timeout_hours is None else datetime.timedelta(hours=float(timeout_hours))
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
+    return True
+
+
+def rank_partition(data: Sequence[Any], shuffle: bool = False, seed: int = 0, even_divisible: bool = False) -> list:
+    """This rank's share of ``data`` (``monai.data.partition_dataset`` over the world size).
+
+    Args:
+        data: the datalist.
+        shuffle: shuffle before partitioning (training: ``True`` with the run's ``seed``).
+        seed: shuffle seed, the same on every rank.
+        even_divisible: repeat entries so every rank gets as many (training, where ranks step together).
+
+    Returns:
+        the entries of ``torch.distributed.get_rank()``.
+
+    Examples:
+        In ``multi_gpu_train.json``: ``"train#dataset#data": "$monai_ms.bundle.rank_partition(@train#datalist,
+        True, @seed, True)"``.
+    """
+    import torch.distributed as dist
+    from monai.data import partition_dataset
+
+    parts = partition_dataset(
+        data=data, num_partitions=dist.get_world_size(), shuffle=shuffle, seed=seed, even_divisible=even_divisible
+    )
+    return parts[dist.get_rank()]
+
+
+def scaled_head_param_groups(network: Any, head: str, scale: float, learning_rate: float) -> list[dict[str, Any]]:
+    """Two optimizer parameter groups: ``network.<head>`` at ``scale x learning_rate``, the rest at the default.
+
+    Args:
+        network: the model.
+        head: name of the sub-module trained faster (``"covariate_head"``: the EDSS linear covariate path,
+            which starts at its least-squares fit and should track the MLP).
+        scale: its learning-rate factor.
+        learning_rate: the optimizer's learning rate.
+
+    Returns:
+        ``[{"params": head parameters, "lr": scale * learning_rate}, {"params": every other parameter}]``.
+
+    Raises:
+        AttributeError: ``network`` has no sub-module ``head``.
+    """
+    prefix = f"{head}."
+    head_parameters = list(getattr(network, head).parameters())
+    others = [p for name, p in network.named_parameters() if not name.startswith(prefix)]
+    return [{"params": head_parameters, "lr": scale * learning_rate}, {"params": others}]
+
+
+def swap_transform(chain: Any, kind: type, replacement: Any, append: Sequence[Any] = ()) -> Any:
+    """``chain`` (flattened) with every transform of type ``kind`` replaced by ``replacement``, then ``append``.
+
+    Args:
+        chain: a ``monai.transforms.Compose``.
+        kind: the transform class to replace, e.g. ``monai.transforms.ResizeWithPadOrCropd``.
+        replacement: the transform put in its place, e.g. a ``Resized`` to a fixed size.
+        append: transforms added at the end (e.g. the channel concatenation).
+
+    Returns:
+        a new ``Compose``.
+
+    Examples:
+        In ``sex/configs/size_normalised.json``: ``"$monai_ms.bundle.swap_transform(@train#paired,
+        monai.transforms.ResizeWithPadOrCropd, @size_normalise, [@concat_inputs])"``.
+    """
+    from monai.transforms import Compose
+
+    steps = [replacement if isinstance(t, kind) else t for t in chain.flatten().transforms]
+    return Compose(steps + list(append))
