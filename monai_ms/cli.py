@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from monai_ms.errors import UserError
+
 __all__ = ["main", "COMMANDS"]
 
 # command path -> (module, one-line help)
@@ -68,7 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(COMMANDS[path][0])
         module.add_arguments(_find_subparser(parser, path))
     args = parser.parse_args(argv)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as error:  # the one error policy (monai_ms.errors): a line on stderr, exit status 1
+        print(f"monai-ms {' '.join(path or ())}: {error}", file=sys.stderr)
+        return 1
 
 
 def _find_subparser(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> argparse.ArgumentParser:

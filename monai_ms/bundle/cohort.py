@@ -5,9 +5,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from monai_ms.errors import stop_or_raise
 
 __all__ = ["DEMO_SUBJECTS", "DEMO_SPACING", "demo_manifest", "demo_manifest_path", "validate_cohort"]
 
@@ -112,12 +113,4 @@ def validate_cohort(
         logger.info(f"{manifest}: {len(report.summary_lines())} checks passed for task {task}")
         return True
     message = report.format()
-    if _running_bundle_cli():
-        print(message, file=sys.stderr)
-        print(f"\nstopped before training: fix the cohort ({manifest}) and rerun.", file=sys.stderr)
-        raise SystemExit(1)
-    raise ManifestError(message)
-
-
-def _running_bundle_cli() -> bool:
-    return any(Path(arg).parts[-2:] == ("bundle", "__main__.py") for arg in sys.argv[:1]) or "monai.bundle" in sys.argv[:1]
+    stop_or_raise(ManifestError(message), f"{message}\n\nstopped before training: fix the cohort ({manifest}) and rerun.")

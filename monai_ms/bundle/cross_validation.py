@@ -58,6 +58,7 @@ import numpy as np
 
 from monai_ms.data.fields import SEX_CODES
 from monai_ms.data.manifest import ManifestError, read_manifest, rebase_paths, write_manifest
+from monai_ms.errors import UserError
 from monai_ms.io import sha256_file, sha256_json, write_csv, write_json, write_text
 
 __all__ = [
@@ -96,7 +97,7 @@ INNER_SELECTION_NOTE = (
 )
 
 
-class CrossValidationError(RuntimeError):
+class CrossValidationError(UserError, RuntimeError):
     """A cross-validation run that cannot start or continue; the message is one line naming the cause."""
 
 

@@ -39,6 +39,7 @@ from typing import Any
 from monai_ms.bundle.verify import CHECKSUM_FILE, verify_bundle
 from monai_ms.data.fields import SEX_CONFIG_CODES, SPLITS
 from monai_ms.data.transforms import RESAMPLE_RESIDUE_TOL
+from monai_ms.errors import UserError
 from monai_ms.io import atomic_path, sha256_file, write_json, write_text
 
 __all__ = [
@@ -65,7 +66,7 @@ SECTION_TITLE = "## Trained model"
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(.*)$")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """The bundle cannot be exported as asked; the message says what is missing and how to make it."""
 
 

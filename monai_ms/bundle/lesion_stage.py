@@ -35,6 +35,7 @@ from monai_ms.engines.lesion_pathway import (
     read_provenance,
     training_provenance,
 )
+from monai_ms.errors import stop_or_raise
 from monai_ms.io import sha256_file, write_json
 
 __all__ = ["LESION_STAGE_DIR", "lesion_stage_checkpoint", "start_lesion_pathway", "train_lesion_stage"]
@@ -255,10 +256,5 @@ def start_lesion_pathway(
             try:
                 lesion_init = str(train_lesion_stage(data_manifest, ckpt_dir, lesion_bundle, fold, seed, stage_overrides, training))
             except ValueError as error:
-                from monai_ms.bundle.config import running_workflow
-
-                if running_workflow() is None:
-                    raise
-                print(f"{error}\n\nstopped before training.", file=sys.stderr)
-                raise SystemExit(1) from None
+                stop_or_raise(error, f"{error}\n\nstopped before training.")
     return init_lesion_pathway(network, lesion_init, bundle_root, held_out, freeze=freeze, modalities=modalities)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from monai_ms.errors import UserError
+
 __all__ = ["ONNX_FILE", "OnnxExportError", "OnnxCheck", "check_onnx", "export_onnx", "onnx_available"]
 
 ONNX_FILE = "model.onnx"
@@ -40,7 +42,7 @@ DEFAULT_ATOL = 1e-4
 _PATCH_AXIS = re.compile(r"^\s*\d+\s*\*\s*n\s*$")
 
 
-class OnnxExportError(ValueError):
+class OnnxExportError(UserError, ValueError):
     """The network cannot be exported to ONNX, or the ONNX model does not reproduce the checkpoint."""
 
 

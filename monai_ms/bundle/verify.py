@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from monai_ms.errors import UserError, stop_or_raise
 from monai_ms.io import sha256_file  # the project's one file digest; re-exported (it was defined here)
 
 __all__ = [
@@ -74,11 +74,11 @@ REQUIRED_FILES = (
 _SHA_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
 
 
-class ChecksumError(ValueError):
+class ChecksumError(UserError, ValueError):
     """A model file that is missing from, or does not match, ``models/SHA256SUMS``."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(UserError, ValueError):
     """A zip entry that would be written outside the target folder, or is not a plain file or folder."""
 
 
@@ -181,13 +181,7 @@ def verify_checksums(models_dir: str | os.PathLike, required: Sequence[str] = ("
         f"refusing to run a changed model. Get the bundle again from its sender; if you retrained this "
         f"bundle yourself, delete {models_dir / CHECKSUM_FILE}."
     )
-    from monai_ms.bundle.cohort import _running_bundle_cli
-
-    if _running_bundle_cli():
-        print("\n".join(problems), file=sys.stderr)
-        print(f"\n{hint}", file=sys.stderr)
-        raise SystemExit(1)
-    raise ChecksumError("\n".join([*problems, hint]))
+    stop_or_raise(ChecksumError("\n".join([*problems, hint])), "\n".join(problems) + f"\n\n{hint}")
 
 
 def _unsafe_relative(name: str) -> bool:

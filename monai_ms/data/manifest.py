@@ -24,7 +24,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# the entry's fields are defined in fields.py; re-exported here, where they used to live
 from monai_ms.data.fields import (
     AGE_RANGE,
     AGE_RULE,
@@ -48,6 +47,9 @@ from monai_ms.data.fields import (
     show_value,
     task_keys,
 )
+
+# the entry's fields are defined in fields.py; re-exported here, where they used to live
+from monai_ms.errors import UserError
 
 __all__ = [
     "ManifestError",
@@ -87,7 +89,7 @@ DEFAULT_COLUMNS: dict[str, str] = {
 _REQUIRED_COLUMNS = ("subject", "session")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest, metadata table or cohort folder that cannot be used; the message says why, line by line."""
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from monai_ms.errors import UserError
+
 __all__ = [
     "INSTALL_HINT",
     "TEMPLATE_SHAPE",
@@ -62,7 +64,7 @@ _FILES: dict[str, dict[str, str]] = {
 }
 
 
-class TemplateNotFoundError(FileNotFoundError):
+class TemplateNotFoundError(UserError, FileNotFoundError):
     """A template data package or one of its files is not installed."""
 
 

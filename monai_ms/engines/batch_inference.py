@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +53,7 @@ from ignite.engine import Engine
 from monai.data import Dataset, list_data_collate
 
 from monai_ms.data.fields import IMAGE_KEYS
+from monai_ms.errors import UserError, stop_or_raise
 from monai_ms.io import sha256_file, sha256_json, write_json
 
 __all__ = [
@@ -72,7 +72,7 @@ FAILED_KEY = "inference_error"
 _MAX_LISTED = 20  # failed sessions named in the final message; the table has them all
 
 
-class BatchInferenceError(RuntimeError):
+class BatchInferenceError(UserError, RuntimeError):
     """Some sessions of a batch inference failed (raised from Python; the bundle CLI exits with status 1)."""
 
 
@@ -172,12 +172,6 @@ class FailureTolerantDataset(Dataset):
         except Exception as error:  # noqa: BLE001 - one unreadable scan must not stop the cohort
             logger.debug(f"{session}: preprocessing failed", exc_info=True)
             return {self.id_key: session, FAILED_KEY: describe_failure(error, entry)}
-
-
-def _running_bundle_cli() -> bool:
-    from monai_ms.bundle.cohort import _running_bundle_cli as running
-
-    return running()
 
 
 class BatchInference:
@@ -355,11 +349,7 @@ class BatchInference:
                 self.failures.setdefault(session, problem.message)
         if structural:
             message = "\n".join([*structural, report.final_line()])
-            if _running_bundle_cli():
-                print(message, file=sys.stderr)
-                print(f"\nstopped before inference: fix the manifest ({manifest}) and rerun.", file=sys.stderr)
-                raise SystemExit(1)
-            raise ManifestError(message)
+            stop_or_raise(ManifestError(message), f"{message}\n\nstopped before inference: fix the manifest ({manifest}) and rerun.")
         if self.failures:
             logger.warning(
                 f"{len(self.failures)} sessions have unreadable or inconsistent files and will get an error row: "
@@ -552,11 +542,7 @@ class BatchInference:
             f"the other {done} sessions have their outputs. Fix or replace the failed scans and rerun the same "
             "command: complete sessions are skipped."
         )
-        message = "\n".join(lines)
-        if _running_bundle_cli():
-            print(message, file=sys.stderr)
-            raise SystemExit(1)
-        raise BatchInferenceError(message)
+        stop_or_raise(BatchInferenceError("\n".join(lines)))
 
 
 def _is_integer(value: Any) -> bool:

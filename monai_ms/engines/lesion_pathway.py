@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_ms.errors import stop_or_raise
 from monai_ms.io import sha256_file
 
 __all__ = [
@@ -209,9 +209,4 @@ def init_lesion_pathway(
         check_lesion_provenance(checkpoint, held_out, modalities)
         return bool(network.load_lesion_network(checkpoint, freeze=freeze))
     except ValueError as error:
-        from monai_ms.bundle.config import running_workflow
-
-        if running_workflow() is None:
-            raise
-        print(f"{error}\n\nstopped before training.", file=sys.stderr)  # one line under python -m monai.bundle
-        raise SystemExit(1) from None
+        stop_or_raise(error, f"{error}\n\nstopped before training.")  # one line under python -m monai.bundle

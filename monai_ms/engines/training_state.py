@@ -37,6 +37,7 @@ from monai.handlers import CheckpointSaver, EarlyStopHandler
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from monai_ms.engines.lesion_pathway import provenance_path
+from monai_ms.errors import UserError
 from monai_ms.io import atomic_path, write_json
 
 __all__ = [
@@ -59,7 +60,7 @@ RESUME_HINT = "add --resume True to the same command to continue from it"
 logger = logging.getLogger(__name__)
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError, RuntimeError):
     """A resume was asked for but there is nothing (valid) to resume from."""
 
 

@@ -18,10 +18,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from monai_ms.errors import UserError
+
 __all__ = ["summarize_network", "bundle_input_shapes", "load_bundle_network", "BundleError", "add_arguments", "run"]
 
 
-class BundleError(ValueError):
+class BundleError(UserError, ValueError):
     """A bundle folder, config or metadata file that cannot be used; the message names the file."""
 
 

@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from monai_ms.errors import UserError
+
 __all__ = ["ReportError", "SESSION_TABLES", "build_report", "metrics_rows", "write_report"]
 
 # the per-session table of a run folder, first match wins
@@ -39,7 +41,7 @@ SESSION_TABLES = ("lesions.csv", "per_scan.csv", "predictions.csv")
 REPORT_FILE = "report.html"
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """The folder is not a run folder the report can read (the message names the file and the rule)."""
 
 
