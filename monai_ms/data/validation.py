@@ -41,7 +41,7 @@ from monai_ms.data.fields import (
     normalise_sex,
     task_keys,
 )
-from monai_ms.data.manifest import ManifestError, check_manifest_shape, read_manifest, resolve_path
+from monai_ms.data.manifest_io import ManifestError, check_manifest_shape, read_manifest, resolve_path
 
 __all__ = [
     "Problem",
