@@ -520,8 +520,10 @@ def inputs_for_modalities(inputs: Mapping[str, Any], modalities: Sequence[str]) 
             entry["num_channels"] = len(modalities)
             entry["channel_def"] = {str(i): CHANNEL_NAMES[m] for i, m in enumerate(modalities)}
         elif name == "t2" and len(modalities) >= 2:
+            from monai_ms.networks.dual_stream import stream_keys
+
             others = list(modalities[1:])
-            name = others[0] if len(others) == 1 else "contrasts"
+            name = stream_keys(modalities)[1]  # the EDSS second stream's batch key
             entry["num_channels"] = len(others)
             entry["channel_def"] = {str(i): CHANNEL_NAMES[m] for i, m in enumerate(others)}
         out[name] = entry

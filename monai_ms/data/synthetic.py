@@ -1475,14 +1475,14 @@ def generate_cohort(
 
 
 def _check_synth_modalities(modalities: Any) -> tuple[str, ...]:
-    if isinstance(modalities, str) or not isinstance(modalities, (list, tuple)) or not modalities:
-        raise ValueError(f"modalities must be a list such as ['t1', 't2', 'flair'], got {modalities!r}")
-    unknown = [m for m in modalities if m not in SYNTH_MODALITIES]
-    if unknown or modalities[0] != "t1" or len(set(modalities)) != len(modalities):
-        raise ValueError(
-            f"modalities must be distinct keys among {', '.join(SYNTH_MODALITIES)} starting with t1, got {list(modalities)}"
-        )
-    return tuple(modalities)
+    """``fields.check_modalities`` (T1 first, known, distinct), then only what the generator can write."""
+    from monai_ms.data.fields import check_modalities
+
+    chosen = check_modalities(modalities)
+    unknown = [m for m in chosen if m not in SYNTH_MODALITIES]
+    if unknown:
+        raise ValueError(f"the synthetic generator writes {', '.join(SYNTH_MODALITIES)}, not {', '.join(unknown)}")
+    return chosen
 
 
 def _write_tables(root: Path, truth: Any, layout: str) -> None:
