@@ -33,6 +33,7 @@ __all__ = [
     "command_line",
     "synthetic_cohort",
     "bundle_parser",
+    "bundle_command",
     "TreeMemorySampler",
     "ru_maxrss_mb",
 ]
@@ -171,6 +172,23 @@ def synthetic_cohort(sessions: int, spacing: float = 1.0, seed: int = 7, tiny: b
         manifest,
     )
     return manifest
+
+
+def bundle_command(run_id: str, config_files: list[Any], overrides: dict[str, Any] | None = None) -> list[str]:
+    """``python -m monai.bundle run <run_id>`` on ``config_files`` (layered in order), with ``--key value`` overrides.
+
+    Overrides that are not strings are passed as JSON (lists, numbers, booleans), as the bundle CLI parses them.
+
+    Examples:
+        >>> bundle_command("training", ["a/train.json"], {"epochs": 2})[3:]
+        ['run', 'training', '--config_file', "['a/train.json']", '--epochs', '2']
+    """
+    import json
+
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", "[" + ",".join(f"'{f}'" for f in config_files) + "]"]
+    for key, value in (overrides or {}).items():
+        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return command
 
 
 def bundle_parser(bundle: str, extra_configs: tuple[str, ...] = ()) -> Any:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import CACHE, REPO, RESULTS, command_line, machine_info, run_capped  # noqa: E402
+from _shared import CACHE, REPO, RESULTS, bundle_command, command_line, machine_info, run_capped  # noqa: E402
 
 BUNDLES = ("lesion_seg", "edss", "brain_age", "sex")  # lesion_seg first: EDSS case a starts from its model
 REFERENCE = "none"  # the demo (default) settings: where the shared bundle is trained
@@ -147,10 +147,6 @@ def _split_subjects(manifest: str) -> dict[str, list[str]]:
 
 
 
-def _bundle_command(run_id: str, files: list[str]) -> list[str]:
-    return [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", "[" + ",".join(f"'{f}'" for f in files) + "]"]
-
-
 def _configs(bundle: str) -> Path:
     return REPO / "bundles" / bundle / "configs"
 
@@ -224,7 +220,7 @@ class Suite:
             (run_dir / "overrides.json").write_text(json.dumps(settings, indent=1))
             files = [str(_configs(bundle) / "train.json"), str(run_dir / "overrides.json")]
             start = time.time()
-            status, capped = run_capped(_bundle_command("training", files), run_dir / "training.log", self.cap_s)
+            status, capped = run_capped(bundle_command("training", files), run_dir / "training.log", self.cap_s)
             trained = (status == 0 or capped) and (run_dir / "models" / "model.pt").is_file()
             record = {"bundle": bundle, "shift": shift, "case": "a", "digest": digest, "manifest": cohort["manifest"], "overrides": overrides,
                       "trained": trained, "training_exit_status": status, "stopped_at_cap": capped, "training_wall_s": round(time.time() - start, 1),
@@ -260,7 +256,7 @@ class Suite:
         files = [str(_configs(bundle) / "train.json"), str(_configs(bundle) / "evaluate.json"), str(run_dir / "evaluate_overrides.json")]
         (run_dir / "eval" / "metrics.json").unlink(missing_ok=True)
         start = time.time()
-        status, _ = run_capped(_bundle_command("evaluating", files), run_dir / "evaluate.log", None)
+        status, _ = run_capped(bundle_command("evaluating", files), run_dir / "evaluate.log", None)
         ok = status == 0 and (run_dir / "eval" / "metrics.json").is_file()
         record = {**record, "evaluated": ok, "evaluate_exit_status": status, "evaluate_wall_s": round(time.time() - start, 1)}
         (run_dir / "run.json").write_text(json.dumps(record, indent=1))

@@ -20,17 +20,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import REPO, RESULTS, command_line, machine_info  # noqa: E402
+from _shared import REPO, RESULTS, bundle_command, command_line, machine_info  # noqa: E402
 
 VARIANTS = {"t1_t2": ["t1", "t2"], "t1_flair": ["t1", "flair"], "t1_t2_flair": ["t1", "t2", "flair"]}
 TINY = {"spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "patches_per_volume": 2, "epochs": 1, "num_workers": 0}
 
 
 def _run(run_id: str, configs: list[str], overrides: dict, log: Path) -> None:
-    files = "[" + ",".join(f"'{REPO / 'bundles' / 'lesion_seg' / 'configs' / c}.json'" for c in configs) + "]"
-    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", files]
-    for key, value in overrides.items():
-        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    command = bundle_command(run_id, [REPO / "bundles" / "lesion_seg" / "configs" / f"{c}.json" for c in configs], overrides)
     with open(log, "w") as out:
         result = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     if result.returncode != 0:

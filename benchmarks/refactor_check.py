@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import REPO, RESULTS, command_line  # noqa: E402
+from _shared import REPO, RESULTS, bundle_command, command_line  # noqa: E402
 
 TINY = {"spacing": [4.0, 4.0, 4.0], "epochs": 1, "batch_size": 2, "num_workers": 0}
 SETTINGS = {
@@ -71,10 +71,7 @@ def differences(before: dict, after: dict, tolerance: float) -> list[str]:
 
 
 def _run(tree: Path, bundle: str, run_id: str, configs: list[str], overrides: dict, log: Path) -> None:
-    files = "[" + ",".join(f"'{tree / 'bundles' / bundle / 'configs' / c}.json'" for c in configs) + "]"
-    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", files]
-    for key, value in overrides.items():
-        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    command = bundle_command(run_id, [tree / "bundles" / bundle / "configs" / f"{c}.json" for c in configs], overrides)
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONWARNINGS": "ignore"}
     with open(log, "w") as out:
         result = subprocess.run(command, cwd=tree, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import REPO, RESULTS, command_line, machine_info, run_capped  # noqa: E402
+from _shared import REPO, RESULTS, bundle_command, command_line, machine_info, run_capped  # noqa: E402
 
 # bundle -> (validation column of training_log.csv, higher is better)
 METRICS = {"lesion_seg": ("val_mean_dice", True), "edss": ("val_mae", False), "brain_age": ("val_mae", False), "sex": ("val_auc", True)}
@@ -114,7 +114,7 @@ def run_variant(
     config = run_dir / "bundles" / bundle / "configs" / "train.json"
     settings = {**overrides, "data_manifest": manifest, "output_dir": str(run_dir / "eval"), "ckpt_dir": str(run_dir / "models")}
     files = [str(config)] + _override_file(settings, run_dir / "overrides.json")
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "[" + ",".join(f"'{f}'" for f in files) + "]"]
+    command = bundle_command("training", files)
     column, higher = METRICS[bundle]
     start = time.time()
     status, capped = run_capped(command, run_dir / "training.log", cap_s)
@@ -148,7 +148,7 @@ def evaluate_run(run_dir: Path, bundle: str, cap_s: float) -> dict[str, Any]:
     """``run evaluating`` (the test split, once) of the model a run of :func:`run_variant` trained."""
     config = run_dir / "bundles" / bundle / "configs" / "train.json"
     files = [str(config), str(config.with_name("evaluate.json")), str(run_dir / "overrides.json")]
-    command = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", "[" + ",".join(f"'{f}'" for f in files) + "]"]
+    command = bundle_command("evaluating", files)
     status, _ = run_capped(command, run_dir / "evaluate.log", cap_s)
     metrics = run_dir / "eval" / "metrics.json"
     return {"exit_status": status, **_test_summary(metrics)} if status == 0 and metrics.is_file() else {"exit_status": status}

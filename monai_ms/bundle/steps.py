@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["init_distributed", "rank_partition", "scaled_head_param_groups", "swap_transform"]
+__all__ = ["init_distributed", "rank_partition", "saliency_streams", "scaled_head_param_groups", "swap_transform"]
 
 
 def init_distributed(timeout_hours: float | None = None) -> bool:
@@ -107,3 +107,25 @@ def swap_transform(chain: Any, kind: type, replacement: Any, append: Sequence[An
 
     steps = [replacement if isinstance(t, kind) else t for t in chain.flatten().transforms]
     return Compose(steps + list(append))
+
+
+def saliency_streams(stream_keys: Sequence[str], level: int | str) -> dict[str, dict[str, str]]:
+    """The saliency streams of a dual-stream network: one per image stream, named by its batch key.
+
+    Args:
+        stream_keys: the two batch keys of the streams, T1 first
+            (:func:`monai_ms.networks.stream_keys`: ``("t1", "t2")``, ``("t1", "flair")`` or ``("t1", "contrasts")``).
+        level: the encoder block whose activations the maps are computed at (``0`` = full resolution).
+
+    Returns:
+        ``{key: {"input_key": key, "target_layer": "<encoder>.blocks.<level>"}}``: the T1 stream reads
+        ``t1_encoder``, the second one ``t2_encoder`` (the attribute keeps that name whatever it reads).
+
+    Examples:
+        >>> saliency_streams(("t1", "flair"), 1)["flair"]
+        {'input_key': 'flair', 'target_layer': 't2_encoder.blocks.1'}
+    """
+    if len(stream_keys) != 2:
+        raise ValueError(f"a dual-stream network has 2 image streams, got {list(stream_keys)}")
+    encoders = ("t1_encoder", "t2_encoder")
+    return {key: {"input_key": key, "target_layer": f"{encoder}.blocks.{level}"} for key, encoder in zip(stream_keys, encoders)}
