@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -119,6 +120,32 @@ def test_contrast_signature_survives_scale_and_bias_fields(scale, bias):
     t2 = checks.foreground_sample(phantom("t2", scale=scale, bias=bias)[phantom("t2") > 0])
     assert checks.contrast_modality(checks.tissue_contrast(t1)) == "t1"
     assert checks.contrast_modality(checks.tissue_contrast(t2)) == "t2"
+
+
+def test_depth_signature_decides_where_the_class_shares_are_fooled_by_a_bias_field():
+    """A strong bias field makes a T1's class shares look T2 (the check refused T1s of the 'bias' and 'all'
+    cohort shifts); the core-vs-surface ordering still says T1, and it decides."""
+    t1, t2 = phantom("t1", bias=1.5), phantom("t2", bias=1.5)
+    shares = checks.tissue_contrast(checks.foreground_sample(t1[t1 > 0]))
+    assert checks.contrast_modality(shares) == "t2"  # the class-share rule alone gets it wrong
+    depth_t1, depth_t2 = checks.depth_contrast(t1, (4.0, 4.0, 4.0)), checks.depth_contrast(t2, (4.0, 4.0, 4.0))
+    assert depth_t1 > 0.3 and depth_t2 < -0.3
+    assert checks.contrast_modality(replace(shares, depth_log_ratio=depth_t1)) == "t1"
+    assert "deep brain" in checks.describe_contrast(replace(shares, depth_log_ratio=depth_t1))
+
+
+def test_depth_signature_needs_a_core():
+    """A slab thinner than twice the core depth has no core: undetermined, and the class shares decide."""
+    slab = phantom("t1")[:, :, 10:14]
+    assert checks.depth_contrast(slab, (4.0, 4.0, 4.0)) is None
+
+
+def test_a_strongly_biased_t1_passes_the_file_checks(tmp_path):
+    path = cohort(tmp_path)
+    save(tmp_path / "biased_T1.nii.gz", phantom("t1", seed=3, bias=1.5))
+    _edit(path, 0, t1="biased_T1.nii.gz")
+    report = validate_manifest(path)
+    assert report.ok, report.format()
 
 
 def test_uniform_noise_and_small_samples_are_undetermined():

@@ -23,7 +23,7 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -306,7 +306,10 @@ def _inspect(path: str, roles: set[str], check_voxels: bool) -> _ImageInfo:
             info.label_values = checks.distinct_values(data[data != 0])
         info.skull = checks.skull_strip_warning(info.foreground * float(np.prod(info.zooms)) / 1000.0)
         if info.label_values is None and info.skull is None:
-            info.contrast = checks.tissue_contrast(sample)
+            contrast = checks.tissue_contrast(sample)
+            if contrast is not None:
+                depth = checks.depth_contrast(data, info.zooms)
+                info.contrast = replace(contrast, depth_log_ratio=depth)
     return info
 
 
@@ -718,10 +721,10 @@ def _same_head_problems(
 # tissue classes are too close for the three-class signature)
 _EXPECTED = {"t1": "t1", "t2": "t2", "flair": "t1", "t1ce": "t1"}
 _SIGNATURE = {
-    "t1": "a T1 has a large bright class (white matter) and a small dark one (CSF)",
-    "t2": "a T2 has a small bright class (CSF) and a large dark one (white matter)",
-    "flair": "a FLAIR suppresses CSF: its darkest class is the CSF, as in a T1",
-    "t1ce": "a T1 has a large bright class (white matter) and a small dark one (CSF)",
+    "t1": "a T1 is brighter in the deep white matter than in the cortex and CSF at the brain's surface",
+    "t2": "a T2 is darker in the deep white matter than in the cortex and CSF at the brain's surface",
+    "flair": "a FLAIR suppresses CSF: its deep white matter is brighter than the brain's surface, as in a T1",
+    "t1ce": "a T1 is brighter in the deep white matter than in the cortex and CSF at the brain's surface",
 }
 _LOOKS = {"t1": "T1-weighted", "t2": "T2-weighted"}
 
