@@ -37,7 +37,7 @@ from monai_ms.engines.handlers import (
 from monai_ms.engines.lesion_pathway import init_lesion_pathway, read_provenance, training_provenance
 from monai_ms.engines.losses import LesionAuxiliaryLoss
 from monai_ms.engines.metrics import classification_metrics, regression_baselines, regression_metrics
-from monai_ms.engines.normalization import fit_covariate_head, fit_histogram_head, fit_normalization
+from monai_ms.engines.normalization import fit_covariate_head, fit_feature_paths, fit_histogram_head, fit_normalization
 from monai_ms.engines.prepare_batch import PrepareBatchMultiInput
 from monai_ms.engines.training_state import (
     AtomicCheckpointSaver,
@@ -101,6 +101,7 @@ __all__ = [
     "classification_metrics",
     "fit_normalization",
     "fit_covariate_head",
+    "fit_feature_paths",
     "fit_histogram_head",
     "lower_is_better",
     "negated_key_metric",

@@ -11,7 +11,7 @@ import torch
 
 from monai_ms.data.transforms import parse_sex
 
-__all__ = ["fit_normalization", "fit_covariate_head", "fit_histogram_head", "subject_folds"]
+__all__ = ["fit_normalization", "fit_covariate_head", "fit_feature_paths", "fit_histogram_head", "subject_folds"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,26 +186,36 @@ def subject_folds(
     raise ValueError(f"no grouped split of the training split's {per_class} subjects per class puts both classes in every fold")
 
 
-def fit_histogram_head(
+def _feature_paths(module: Any) -> list[tuple[str, Any, Any]]:
+    """The linear feature paths a whole-volume network has: ``(name, feature module, its linear head)``."""
+    paths = []
+    for name in ("histogram", "tissue"):
+        features, head = getattr(module, name, None), getattr(module, f"{name}_head", None)
+        if features is not None and head is not None:
+            paths.append((name, features, head))
+    return paths
+
+
+def fit_feature_paths(
     network: Any,
     entries: Sequence[Mapping[str, Any]],
     transform: Any,
     target_key: str,
     input_key: str = "image",
     alphas: Sequence[float] = tuple(np.logspace(-3, 4, 30)),
-) -> dict[str, float]:
-    """Start a whole-volume network's intensity-histogram path at the linear model fitted on the training split.
+) -> dict[str, Any]:
+    """Start a whole-volume network's linear feature paths at the linear model fitted on the training split.
 
     For a :class:`~monai_ms.networks.BrainRegressor3D` or :class:`~monai_ms.networks.BrainClassifier3D`
-    built with ``histogram_bins > 0``. The histogram of every training image is computed once, without
-    augmentation; its standardisation buffers are set to the training means and standard deviations,
-    ``histogram_head`` to a ridge regression of the standardised target (regressor) or a class-balanced
-    logistic regression (classifier), the penalty chosen by cross-validation on the training split only
-    (folds grouped by subject, :func:`subject_folds`),
-    and the MLP's last layer to zero. Training then starts from the linear model and the CNN learns only
-    what it leaves unexplained: on a few dozen scans an encoder trained from scratch memorises the
-    training split before it finds the global atrophy and brain-size cues. Call after
-    :func:`fit_normalization`.
+    built with ``histogram_bins > 0`` and/or ``tissue_features=True``. The features of every training image
+    (intensity histogram, tissue features, or both side by side) are computed once, without augmentation;
+    each path's standardisation buffers are set to the training means and standard deviations, and its
+    head to its part of one ridge regression of the standardised target (regressor) or one class-balanced
+    logistic regression (classifier) on all the features, the penalty chosen by cross-validation on the
+    training split only (folds grouped by subject, :func:`subject_folds`); the MLP's last layer is zeroed.
+    Training then starts from the linear model and the CNN learns only what it leaves unexplained: on a
+    few dozen scans an encoder trained from scratch memorises the training split before it finds the
+    global atrophy and brain-size cues. Call after :func:`fit_normalization`.
 
     Args:
         network: the network (a ``DistributedDataParallel`` wrapper is unwrapped).
@@ -216,10 +226,9 @@ def fit_histogram_head(
         alphas: ridge penalties to choose from (regressor); the classifier chooses ``C = 1 / alpha``.
 
     Returns:
-        ``{"penalty": chosen alpha, "features": number of histogram features, "sessions": n, "cv": the
-        inner folds}``; ``{}``
-        (and nothing changed) for a network without a histogram path, so ``histogram_bins=0`` is a
-        plain override.
+        ``{"penalty": chosen alpha, "features": number of features, "paths": names, "sessions": n, "cv": the
+        inner folds}``; ``{}`` (and nothing changed) for a network without a feature path, so
+        ``histogram_bins=0, tissue_features=False`` is a plain override.
 
     Raises:
         ValueError: the network has more than one output, the training split is empty, or (classifier) it
@@ -229,26 +238,33 @@ def fit_histogram_head(
     from sklearn.model_selection import GridSearchCV
 
     module = getattr(network, "module", network)
-    if getattr(module, "histogram", None) is None:
-        logger.info("the network has no histogram path (histogram_bins=0): nothing to fit")
+    paths = _feature_paths(module)
+    if not paths:
+        logger.info("the network has no linear feature path (histogram_bins=0, tissue_features=False): nothing to fit")
         return {}
-    if module.histogram_head.out_features != 1:
-        raise ValueError(f"fit_histogram_head fits one output, the network has {module.histogram_head.out_features}")
+    outputs = max(int(head.out_features) for _, _, head in paths)
+    if outputs != 1:
+        raise ValueError(f"fit_feature_paths fits one output, the network has {outputs}")
     if not entries:
-        raise ValueError("cannot fit the histogram path on an empty training split")
-    device = module.histogram.centres.device
-    counts, targets = [], []
+        raise ValueError("cannot fit the linear feature paths on an empty training split")
+    device = paths[0][2].weight.device
+    counts: list[list[torch.Tensor]] = [[] for _ in paths]
+    targets = []
     with torch.no_grad():
         for entry in entries:
             item = transform(dict(entry))
             image = torch.as_tensor(item[input_key]).as_subclass(torch.Tensor)[None].to(device)
-            counts.append(module.histogram.counts(image).double().cpu())
+            for store, (_, features, _) in zip(counts, paths):
+                store.append(features.counts(image).double().cpu())
             targets.append(float(torch.as_tensor(item[target_key]).flatten()[0]))
-    x = torch.cat(counts)
-    std = x.std(dim=0, unbiased=False)
-    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a bin no training image reaches stays unscaled
-    module.histogram.set_standardization(x.mean(dim=0), std)
-    x = ((x - x.mean(dim=0)) / std).numpy()
+    blocks = []
+    for store, (_, features, _) in zip(counts, paths):
+        x = torch.cat(store)
+        std = x.std(dim=0, unbiased=False)
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a feature no training image varies stays unscaled
+        features.set_standardization(x.mean(dim=0), std)
+        blocks.append((x - x.mean(dim=0)) / std)
+    x = torch.cat(blocks, dim=1).numpy()
     y = np.asarray(targets)
     if hasattr(module, "target_mean"):  # regressor: the head predicts the standardised target
         y = (y - float(module.target_mean[0])) / float(module.target_std[0])
@@ -258,8 +274,8 @@ def fit_histogram_head(
     else:
         smallest = int(np.bincount(y.astype(int), minlength=2).min())
         if smallest < 2:
-            counts = np.bincount(y.astype(int), minlength=2).tolist()
-            raise ValueError(f"the training split needs at least 2 sessions of each class for {target_key!r}, got {counts}")
+            class_counts = np.bincount(y.astype(int), minlength=2).tolist()
+            raise ValueError(f"the training split needs at least 2 sessions of each class for {target_key!r}, got {class_counts}")
         splits, cv = subject_folds(entries, labels=y.astype(int))
         search = GridSearchCV(
             LogisticRegression(class_weight="balanced", max_iter=10000),
@@ -269,9 +285,20 @@ def fit_histogram_head(
         ).fit(x, y.astype(int))
         model = search.best_estimator_
         weight, bias, penalty = model.coef_, float(model.intercept_[0]), 1.0 / float(model.C)
+    start = 0
     with torch.no_grad():
-        module.histogram_head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-        module.histogram_head.bias.fill_(bias)
+        for index, (_, features, head) in enumerate(paths):
+            width = int(features.out_features)
+            head.weight.copy_(torch.as_tensor(weight[:, start : start + width], dtype=torch.float32))
+            head.bias.fill_(bias if index == 0 else 0.0)  # one intercept, carried by the first path
+            start += width
     _zero_last_linear(module.head)
-    logger.info(f"histogram path fitted on {len(entries)} sessions ({x.shape[1]} features, penalty {penalty:.3g} chosen by {cv})")
-    return {"penalty": penalty, "features": int(x.shape[1]), "sessions": len(entries), "cv": cv}
+    names = [name for name, _, _ in paths]
+    logger.info(
+        f"linear feature paths ({' + '.join(names)}) fitted on {len(entries)} sessions ({x.shape[1]} features, "
+        f"penalty {penalty:.3g} chosen by {cv})"
+    )
+    return {"penalty": penalty, "features": int(x.shape[1]), "paths": names, "sessions": len(entries), "cv": cv}
+
+
+fit_histogram_head = fit_feature_paths  # the 0.4 name, kept for configs written against it

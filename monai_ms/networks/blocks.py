@@ -1,5 +1,5 @@
 """Building blocks shared by the monai_ms networks: convolution block, global pooling, intensity
-histogram, MLP head.
+histogram, tissue features, MLP head.
 
 Every layer type comes from MONAI's ``Act`` / ``Norm`` factories, so ``norm="instance"``,
 ``norm="batch"`` or ``norm=("group", {"num_groups": 8})`` is a configuration change.
@@ -14,7 +14,7 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution, ResidualUnit, UpSample
 from monai.networks.layers.utils import get_act_layer
 
-__all__ = ["Conv3DBlock", "UpBlock", "GlobalPool", "IntensityHistogram", "MLPHead", "POOLING_MODES"]
+__all__ = ["Conv3DBlock", "UpBlock", "GlobalPool", "IntensityHistogram", "TissueFeatures", "MLPHead", "POOLING_MODES"]
 
 POOLING_MODES = ("avg", "avgmax")
 
@@ -255,6 +255,78 @@ class IntensityHistogram(nn.Module):
         std = torch.as_tensor(std, dtype=torch.float32).flatten()
         if mean.numel() != self.out_features or std.numel() != self.out_features or not bool((std > 0).all()):
             raise ValueError(f"histogram standardisation needs {self.out_features} means and positive stds")
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.counts(x) - self.feature_mean) / self.feature_std
+
+
+class TissueFeatures(nn.Module):
+    """Brain size and three tissue-class fractions of one input channel, measured per image, standardised.
+
+    The features a volumetry script gives (brain volume; CSF, grey and white matter shares), measured inside
+    the network so that a checkpoint or an export carries them: the brain is the non-zero voxels of the
+    skull-stripped input, and its intensities are split into three classes by a 1-D k-means started at
+    ``mean - std``, ``mean`` and ``mean + std`` with a fixed number of updates (label-free and adaptive to
+    the contrast, like the Gaussian mixture of :func:`monai_ms.engines.imaging_features.tissue_fractions`,
+    which the evaluation's imaging-feature baseline uses). Unlike the bins of :class:`IntensityHistogram`,
+    the class fractions do not move when a scanner renders the same tissues brighter or darker: that is
+    what lets a linear path on them transfer to another site.
+
+    Args:
+        channel: the input channel measured (0: the T1 in every monai_ms bundle; the classes are then CSF,
+            grey and white matter from dark to bright).
+        iterations: k-means updates (1-D k-means on three well separated classes settles in about 10).
+
+    Shapes:
+        ``(B, C, *spatial)`` -> ``(B, 4)``: the brain's share of the input volume (the brain volume at the
+        bundles' fixed ROI and spacing), then the darkest, middle and brightest class's share of the brain.
+        Background must be exactly zero (no noise augmentation outside the brain).
+
+    Examples::
+
+        >>> x = torch.zeros(1, 1, 10, 10, 10)
+        >>> x[0, 0, :2], x[0, 0, 2:5], x[0, 0, 5:9] = -2.0, 0.1, 1.0  # 20% dark, 30% mid, 40% bright; 10% background
+        >>> [round(v, 2) for v in TissueFeatures().counts(x)[0].tolist()]
+        [0.9, 0.22, 0.33, 0.44]
+    """
+
+    out_features: int = 4
+
+    def __init__(self, channel: int = 0, iterations: int = 20) -> None:
+        super().__init__()
+        self.channel = int(channel)
+        self.iterations = int(iterations)
+        self.register_buffer("feature_mean", torch.zeros(self.out_features))
+        self.register_buffer("feature_std", torch.ones(self.out_features))
+
+    def counts(self, x: torch.Tensor) -> torch.Tensor:
+        """Unstandardised features ``(B, 4)``: brain share of the volume, dark / middle / bright class shares."""
+        values = torch.flatten(x[:, self.channel], start_dim=1).float()  # (B, N)
+        brain = (values != 0).float()
+        voxels = brain.sum(dim=1).clamp_min(1.0)  # (B,)
+        mean = (brain * values).sum(dim=1) / voxels
+        std = torch.sqrt((brain * (values - mean[:, None]) ** 2).sum(dim=1) / voxels).clamp_min(1e-6)
+        centres = mean[:, None] + std[:, None] * torch.tensor([-1.0, 0.0, 1.0], device=x.device)  # (B, 3)
+        shares = torch.zeros_like(centres)
+        for _ in range(self.iterations + 1):
+            low = ((centres[:, 0] + centres[:, 1]) / 2)[:, None]
+            high = ((centres[:, 1] + centres[:, 2]) / 2)[:, None]
+            dark = (values < low).float() * brain
+            bright = (values >= high).float() * brain
+            classes = torch.stack([dark, brain - dark - bright, bright], dim=1)  # (B, 3, N)
+            shares = classes.sum(dim=2)
+            sums = (classes * values[:, None]).sum(dim=2)
+            centres = torch.where(shares > 0, sums / shares.clamp_min(1.0), centres)
+        return torch.cat([(voxels / values.shape[1])[:, None], shares / voxels[:, None]], dim=1)
+
+    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store the training split's feature means and standard deviations (4 each, std > 0)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean.numel() != self.out_features or std.numel() != self.out_features or not bool((std > 0).all()):
+            raise ValueError(f"tissue-feature standardisation needs {self.out_features} means and positive stds")
         self.feature_mean.copy_(mean)
         self.feature_std.copy_(std)
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from monai_ms.networks.blocks import GlobalPool, IntensityHistogram, MLPHead
+from monai_ms.networks.blocks import GlobalPool, IntensityHistogram, MLPHead, TissueFeatures
 from monai_ms.networks.encoder import FeatureExtractor3D
 
 __all__ = ["PooledHeadNetwork3D", "BrainRegressor3D", "BrainClassifier3D"]
@@ -63,6 +63,7 @@ class PooledHeadNetwork3D(nn.Module):
         bias: bool = True,
         histogram_bins: int = 0,
         histogram_range: Sequence[float] = (-3.0, 3.0),
+        tissue_features: bool = False,
     ) -> None:
         super().__init__()
         self.out_channels = out_channels
@@ -88,12 +89,20 @@ class PooledHeadNetwork3D(nn.Module):
         if histogram_bins > 0:
             self.histogram = IntensityHistogram(in_channels, histogram_bins, histogram_range)
             self.histogram_head = nn.Linear(self.histogram.out_features, out_channels)
+        # optional linear path on brain size and tissue-class fractions of channel 0 (the T1), also added
+        self.tissue: TissueFeatures | None = None
+        self.tissue_head: nn.Linear | None = None
+        if tissue_features:
+            self.tissue = TissueFeatures(channel=0)
+            self.tissue_head = nn.Linear(self.tissue.out_features, out_channels)
 
     def head_output(self, x: torch.Tensor) -> torch.Tensor:
         """Raw head output ``(B, out_channels)`` for an image ``(B, in_channels, *spatial)``."""
         output = self.head(self.pool(self.encoder(x)[-1]))
         if self.histogram is not None and self.histogram_head is not None:
             output = output + self.histogram_head(self.histogram(x))
+        if self.tissue is not None and self.tissue_head is not None:
+            output = output + self.tissue_head(self.tissue(x))
         return output
 
 
@@ -127,6 +136,11 @@ class BrainRegressor3D(PooledHeadNetwork3D):
             MLP output; start it with :func:`monai_ms.engines.fit_histogram_head`. Its features are shares
             of the input volume, so train and predict at one input size (the bundles' fixed ROI).
         histogram_range: first and last bin centre (z-scores).
+        tissue_features: adds a linear path on the T1's brain size and CSF / grey / white matter class
+            fractions (:class:`~monai_ms.networks.blocks.TissueFeatures`, 4 features) to the MLP output; start
+            it with :func:`monai_ms.engines.fit_feature_paths` (with the histogram path, if any). Unlike the
+            histogram bins, these features keep their meaning on another scanner's contrast. Needs a zero
+            background (no noise augmentation outside the brain) and one input size, like the histogram.
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, bad ``dropout``.
@@ -160,6 +174,7 @@ class BrainRegressor3D(PooledHeadNetwork3D):
         bias: bool = True,
         histogram_bins: int = 0,
         histogram_range: Sequence[float] = (-3.0, 3.0),
+        tissue_features: bool = False,
     ) -> None:
         super().__init__(
             spatial_dims=spatial_dims,
@@ -178,6 +193,7 @@ class BrainRegressor3D(PooledHeadNetwork3D):
             bias=bias,
             histogram_bins=histogram_bins,
             histogram_range=histogram_range,
+            tissue_features=tissue_features,
         )
         self.register_buffer("target_mean", torch.zeros(out_channels))
         self.register_buffer("target_std", torch.ones(out_channels))
@@ -239,6 +255,11 @@ class BrainClassifier3D(PooledHeadNetwork3D):
             MLP output; start it with :func:`monai_ms.engines.fit_histogram_head`. Its features are shares
             of the input volume, so train and predict at one input size (the bundles' fixed ROI).
         histogram_range: first and last bin centre (z-scores).
+        tissue_features: adds a linear path on the T1's brain size and CSF / grey / white matter class
+            fractions (:class:`~monai_ms.networks.blocks.TissueFeatures`, 4 features) to the MLP output; start
+            it with :func:`monai_ms.engines.fit_feature_paths` (with the histogram path, if any). Unlike the
+            histogram bins, these features keep their meaning on another scanner's contrast. Needs a zero
+            background (no noise augmentation outside the brain) and one input size, like the histogram.
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, bad ``dropout``.
