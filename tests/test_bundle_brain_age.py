@@ -59,9 +59,10 @@ def test_training_on_t1_and_t2_stores_the_age_statistics_in_the_checkpoint(train
     assert float(state["target_mean"]) == pytest.approx(np.mean(train_ages), rel=1e-5)
     first_conv = next(v for k, v in state.items() if k.endswith("weight") and v.ndim == 5)
     assert first_conv.shape[1] == 2  # the image_keys switch: T1 and T2 as two channels
-    # the histogram path was fitted on the training split: 24 bins per channel, training-split statistics
-    assert state["histogram.feature_std"].shape == (48,) and not torch.all(state["histogram.feature_std"] == 1)
-    assert "histogram path fitted on" in result.stdout + result.stderr
+    # the tissue-feature path was fitted on the training split (4 features of the T1), no histogram path
+    assert state["tissue.feature_std"].shape == (4,) and not torch.all(state["tissue.feature_std"] == 1)
+    assert not any(key.startswith("histogram") for key in state)
+    assert "linear feature paths (tissue) fitted on" in result.stdout + result.stderr
     log = pd.read_csv(out / "eval" / "training_log.csv")
     assert log["epoch"].tolist() == [1] and {"train_loss", "val_mae", "val_rmse"} <= set(log.columns)
     assert (out / "eval" / "learning_curve.png").stat().st_size > 1000
@@ -144,4 +145,4 @@ def test_two_process_ddp_training(trained, tmp_path):
     assert pd.read_csv(tmp_path / "eval" / "training_log.csv")["epoch"].tolist() == [1]  # rank 0 alone writes it
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped: loads into the plain network
-    assert not torch.all(state["histogram.feature_std"] == 1)  # multi_gpu_train.json fits the histogram path too
+    assert not torch.all(state["tissue.feature_std"] == 1)  # multi_gpu_train.json fits the feature path too

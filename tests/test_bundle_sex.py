@@ -39,8 +39,8 @@ def test_training_states_the_class_balance_and_validates_on_auc(trained):
     assert 0.0 <= log["val_auc"].iloc[0] <= 1.0
     state = torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert next(v for k, v in state.items() if k.endswith("weight") and v.ndim == 5).shape[1] == 1  # T1 only
-    assert state["histogram.feature_std"].shape == (24,) and not torch.all(state["histogram.feature_std"] == 1)
-    assert "histogram path fitted on" in result.stdout + result.stderr
+    assert state["tissue.feature_std"].shape == (4,) and not torch.all(state["tissue.feature_std"] == 1)
+    assert "linear feature paths (tissue) fitted on" in result.stdout + result.stderr
 
 
 def test_evaluate_writes_auc_brier_confusion_matrix_and_roc(trained):
@@ -110,7 +110,7 @@ def test_two_process_ddp_training_gathers_auc_over_all_validation_sessions(train
     launcher = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle"]
     check(run_bundle("sex", "training", ["train", "multi_gpu_train"], overrides, launcher=launcher))
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert not torch.all(state["histogram.feature_std"] == 1)  # multi_gpu_train.json fits the histogram path too
+    assert not torch.all(state["tissue.feature_std"] == 1)  # multi_gpu_train.json fits the feature path too
     log = pd.read_csv(tmp_path / "eval" / "training_log.csv")
     # re-evaluate the final weights on the validation split in one process: the DDP AUC used every session
     check(run_bundle("sex", "evaluating", ["train", "evaluate"], {**overrides, "eval_split": "validation",

@@ -142,6 +142,11 @@ def _scriptable_cases() -> list[tuple[str, nn.Module, tuple[torch.Tensor, ...]]]
             BrainClassifier3D(in_channels=2, channels=TINY, histogram_bins=6),
             (torch.randn(2, 2, 16, 24, 16),),
         ),
+        (
+            "classifier_tissue",
+            BrainClassifier3D(in_channels=2, channels=TINY, tissue_features=True),
+            (torch.randn(2, 2, 16, 24, 16),),
+        ),
         ("segmenter", BrainSegmenter3D(channels=TINY, strides=(2, 2, 2)), (torch.randn(2, 2, 16, 24, 16),)),
     ]
 
