@@ -34,6 +34,7 @@ __all__ = [
     "synthetic_cohort",
     "bundle_parser",
     "bundle_command",
+    "fill_markers",
     "TreeMemorySampler",
     "ru_maxrss_mb",
 ]
@@ -189,6 +190,21 @@ def bundle_command(run_id: str, config_files: list[Any], overrides: dict[str, An
     for key, value in (overrides or {}).items():
         command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     return command
+
+
+def fill_markers(path: Path, name: str, body: str) -> None:
+    """Put ``body`` between ``<!-- name:table -->`` and ``<!-- /name:table -->`` in ``path`` (appended with
+    the markers when they are missing; the file is created if needed)."""
+    start_marker, end_marker = f"<!-- {name}:table -->", f"<!-- /{name}:table -->"
+    block = f"{start_marker}\n{body.rstrip()}\n{end_marker}"
+    text = path.read_text() if path.is_file() else ""
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start >= 0 and end > start:
+        text = text[:start] + block + text[end + len(end_marker) :]
+    else:
+        text = text + ("\n" if text and not text.endswith("\n") else "") + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def bundle_parser(bundle: str, extra_configs: tuple[str, ...] = ()) -> Any:

@@ -52,12 +52,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import CACHE, REPO, RESULTS, bundle_command, command_line, machine_info, run_capped  # noqa: E402
+from _shared import CACHE, REPO, RESULTS, bundle_command, command_line, fill_markers, machine_info, run_capped  # noqa: E402
 
 BUNDLES = ("lesion_seg", "edss", "brain_age", "sex")  # lesion_seg first: EDSS case a starts from its model
 REFERENCE = "none"  # the demo (default) settings: where the shared bundle is trained
 CASES = {"a": "own cohort", "b": "shared bundle"}
-MARKERS = ("<!-- generalisation:table -->", "<!-- /generalisation:table -->")
+
 DOCS = REPO / "docs" / "generalisation.md"
 
 # bundle -> (metric deciding beats_baselines, lower is better, key of the model's metrics in metrics.json)
@@ -294,6 +294,33 @@ def issue_target(bundle: str, report: dict[str, Any]) -> dict[str, Any]:
     return {"rule": "mean Dice >= 0.65", "met": value >= 0.65}
 
 
+def validation_curve(run_dir: Path, metric: str, lower: bool) -> dict[str, Any] | None:
+    """The training's validation curve from ``eval/training_log.csv`` (case a): first, best and last epoch.
+
+    ``diverged`` is True when the last epoch is worse than the first (the model got worse as it trained);
+    the evaluated checkpoint is the best epoch either way.
+    """
+    import pandas as pd
+
+    log = run_dir / "eval" / "training_log.csv"
+    column = f"val_{metric}"
+    if not log.is_file():
+        return None
+    values = pd.read_csv(log)[["epoch", column]].dropna() if column in pd.read_csv(log, nrows=0).columns else None
+    if values is None or values.empty:
+        return None
+    best = values.loc[values[column].idxmin() if lower else values[column].idxmax()]
+    first, last = float(values[column].iloc[0]), float(values[column].iloc[-1])
+    return {
+        "epochs": int(values["epoch"].iloc[-1]),
+        "best_epoch": int(best["epoch"]),
+        "first": first,
+        "best": float(best[column]),
+        "last": last,
+        "diverged": bool(last > first if lower else last < first),
+    }
+
+
 def summarise(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """One result row from a run record and its ``eval/metrics.json``."""
     bundle = run["bundle"]
@@ -320,6 +347,7 @@ def summarise(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         n_subjects=(report.get("uncertainty") or {}).get("n_subjects"),
         target=issue_target(bundle, report),
         split=report.get("split"),
+        validation_curve=validation_curve(run_dir, metric, lower) if run["case"] == "a" else None,
     )
     return row
 
@@ -332,19 +360,27 @@ def _cell(entry: dict[str, Any] | None, digits: int) -> str:
     return text + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci and None not in ci else "")
 
 
+def _curve(curve: dict[str, Any] | None, digits: int) -> str:
+    if not curve:
+        return "-"
+    text = f"{curve['first']:.{digits}f} -> {curve['best']:.{digits}f} ({curve['best_epoch']}/{curve['epochs']}) -> {curve['last']:.{digits}f}"
+    return text + (" **got worse**" if curve["diverged"] else "")
+
+
 def _yes(value: Any) -> str:
     return "-" if value is None else ("yes" if value else "no")
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| bundle | shift | case | model [95% CI] | trivial baseline | imaging-feature baseline | beats trivial / imaging | issue-20 target | n sessions / subjects |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| bundle | shift | case | model [95% CI] | trivial baseline | imaging-feature baseline | beats trivial / imaging | issue-20 target "
+        "| n sessions / subjects | validation: first -> best (epoch) -> last |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         case = f"{r['case']}: {r['case_name']}" + (" (capped)" if r.get("stopped_at_cap") else "")
         if r.get("error"):
-            lines.append(f"| {r['bundle']} | {r['shift']} | {case} | failed: {r['error'].splitlines()[0]} | | | | | |")
+            lines.append(f"| {r['bundle']} | {r['shift']} | {case} | failed: {r['error'].splitlines()[0]} | | | | | | |")
             continue
         digits = 2 if r["metric"] == "mae" else 3
         model = f"{r['metric']} {_cell(r['model'], digits)}"
@@ -354,7 +390,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         target = f"{_yes(r['target']['met'])} ({r['target']['rule']})"
         lines.append(
             f"| {r['bundle']} | {r['shift']} | {case} | {model} | {trivial} | {_cell(r['imaging_features'], digits)} "
-            f"| {_yes(r['beats_baselines'])} / {_yes(r['beats_imaging_features'])} | {target} | {r['n_sessions']} / {r['n_subjects']} |"
+            f"| {_yes(r['beats_baselines'])} / {_yes(r['beats_imaging_features'])} | {target} | {r['n_sessions']} / {r['n_subjects']} "
+            f"| {_curve(r.get('validation_curve'), digits)} |"
         )
     return "\n".join(lines)
 
@@ -366,7 +403,6 @@ def write_docs(path: Path, table: str, report: dict[str, Any]) -> None:
     cap = "no training cap" if report["max_minutes"] is None else f"trainings capped at {report['max_minutes']:g} min"
     body = "\n".join(
         [
-            MARKERS[0],
             f"Command: `{report['command']}` ({cohort['subjects']} subjects per cohort, {cohort['tag']}; {cap}; "
             f"{report['wall_s'] / 60:.1f} min of wall time, {report['reused_runs']} of {len(report['rows'])} rows reused from earlier runs).",
             "",
@@ -374,17 +410,9 @@ def write_docs(path: Path, table: str, report: dict[str, Any]) -> None:
             f"load average at the end {m['load_average_1_5_15']}.",
             "",
             table,
-            MARKERS[1],
         ]
     )
-    text = path.read_text() if path.is_file() else ""
-    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
-    if start >= 0 and end > start:
-        text = text[:start] + body + text[end + len(MARKERS[1]):]
-    else:
-        text = text + ("\n" if text and not text.endswith("\n") else "") + body + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    fill_markers(path, "generalisation", body)
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -8,25 +8,19 @@ Timings and metric values are not asserted (tiny cohorts, 1 epoch).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SHIFTS = ("contrast", "noise")
 
 pytestmark = pytest.mark.slow
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("benchmark_generalisation", BENCHMARKS / "generalisation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(BENCHMARKS))
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('generalisation')
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,8 @@ def test_regressor_starts_at_one_fit_of_both_feature_paths() -> None:
     entries = []
     for i in range(24):
         dark = 0.1 + 0.3 * i / 23
-        entries.append({"image": _tissue_volume((dark, 0.5 - dark / 2, 0.5 - dark / 2), (-2.0, -0.2, 0.9), seed=i), "age": 20.0 + 100.0 * dark})
+        image = _tissue_volume((dark, 0.5 - dark / 2, 0.5 - dark / 2), (-2.0, -0.2, 0.9), seed=i)
+        entries.append({"image": image, "age": 20.0 + 100.0 * dark})
     ages = torch.tensor([e["age"] for e in entries])
     network = BrainRegressor3D(channels=TINY, strides=(2, 2), histogram_bins=5, tissue_features=True).eval()
     network.set_normalization(ages.mean(), ages.std())
