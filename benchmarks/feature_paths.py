@@ -218,7 +218,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         variants = list(dict.fromkeys(r["variant"] for r in rows if r["task"] == task))
         extra = " | training median" if task == "brain_age" else ""
         lines += [
-            f"{task} ({metric.upper()}), scored on | n sessions / subjects | " + " | ".join(variants) + extra + " |",
+            f"| {task} ({metric.upper()}), scored on | n sessions / subjects | " + " | ".join(variants) + extra + " |",
             "|---" * (len(variants) + 2 + bool(extra)) + "|",
         ]
         for name in names:

@@ -64,7 +64,10 @@ def test_training_on_t1_and_t2_stores_the_age_statistics_in_the_checkpoint(train
     assert not any(key.startswith("histogram") for key in state)
     assert "linear feature paths (tissue) fitted on" in result.stdout + result.stderr
     log = pd.read_csv(out / "eval" / "training_log.csv")
-    assert log["epoch"].tolist() == [1] and {"train_loss", "val_mae", "val_rmse"} <= set(log.columns)
+    # epoch 0: the fitted linear start, validated before training (StartValidationHandler), no training loss
+    assert log["epoch"].tolist() == [0, 1] and {"train_loss", "val_mae", "val_rmse"} <= set(log.columns)
+    assert np.isnan(log["train_loss"][0]) and log["val_mae"].notna().all()
+    assert "Epoch[0] Metrics -- val_mae" in result.stdout + result.stderr
     assert (out / "eval" / "learning_curve.png").stat().st_size > 1000
     assert "val_mae" in result.stdout + result.stderr
 
@@ -142,7 +145,7 @@ def test_two_process_ddp_training(trained, tmp_path):
     overrides = {**overrides, "modalities": ["t1"], "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")}
     launcher = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle"]
     check(run_bundle("brain_age", "training", ["train", "multi_gpu_train"], overrides, launcher=launcher))
-    assert pd.read_csv(tmp_path / "eval" / "training_log.csv")["epoch"].tolist() == [1]  # rank 0 alone writes it
+    assert pd.read_csv(tmp_path / "eval" / "training_log.csv")["epoch"].tolist() == [0, 1]  # rank 0 alone writes it; 0: the fitted start
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped: loads into the plain network
     assert not torch.all(state["tissue.feature_std"] == 1)  # multi_gpu_train.json fits the feature path too

@@ -33,7 +33,7 @@ def test_two_seeded_runs_with_the_default_workers_and_cache_fill_are_identical(t
         # wall_clock: when each validation ended (for benchmarks/time_to_accuracy.py), not a result
         logs.append(pd.read_csv(tmp_path / run / "eval" / "training_log.csv").drop(columns="wall_clock"))
         states.append(read_last_checkpoint(tmp_path / run / "models" / "last.pt", map_location="cpu")["model"])
-    assert logs[0]["epoch"].tolist() == list(range(1, EPOCHS + 1))
+    assert logs[0]["epoch"].tolist() == list(range(0, EPOCHS + 1))  # 0: the fitted start, validated before training
     assert {"train_loss", "val_mae", "val_rmse"} <= set(logs[0].columns)
     pd.testing.assert_frame_equal(logs[1], logs[0], check_exact=True)
     assert states[0].keys() == states[1].keys()

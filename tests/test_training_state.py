@@ -15,7 +15,7 @@ import torch
 from bundle_runner import REPO, TINY_OVERRIDES, check, config_arg, override_args, run_bundle
 from ignite.engine import Engine
 
-from monai_ms.engines import NonFiniteLossError, TrainingFaultHandler, save_checkpoint
+from monai_ms.engines import NonFiniteLossError, StartValidationHandler, TrainingFaultHandler, save_checkpoint
 from monai_ms.engines.training_state import AtomicDiskSaver, read_last_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -140,3 +140,28 @@ def test_fixed_name_saver_replaces_the_best_model_without_removing_it_first(tmp_
     assert (tmp_path / "model.pt").is_file()
     saver({"v": torch.tensor(2.0)}, "ignored.pt")
     assert torch.load(tmp_path / "model.pt", weights_only=True)["v"] == 2.0
+
+
+class _Validator:
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def run(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+def test_start_validation_runs_before_the_first_epoch_of_a_fresh_run_only():
+    validator = _Validator()
+    trainer = Engine(lambda engine, batch: None)
+    StartValidationHandler(validator).attach(trainer)
+    trainer.run([0, 1], max_epochs=2)
+    assert validator.epochs == [0]  # once, at epoch 0, not per epoch
+    resumed = Engine(lambda engine, batch: None)
+    StartValidationHandler(validator).attach(resumed)
+    resumed.load_state_dict({"epoch": 1, "max_epochs": 3, "epoch_length": 2})  # what a resume restores
+    resumed.run([0, 1], max_epochs=3)
+    assert validator.epochs == [0]  # a resumed run does not validate its start again
+    disabled = Engine(lambda engine, batch: None)
+    StartValidationHandler(validator, enabled=False).attach(disabled)
+    disabled.run([0], max_epochs=1)
+    assert validator.epochs == [0]
