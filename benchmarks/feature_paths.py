@@ -11,7 +11,7 @@ Three variants: ``histogram`` (the 0.2-0.3 default: 24 bins of the z-scored T1),
 brain share and three class fractions, ``TissueFeatures``) and ``both``. Each figure has its 95% subject
 bootstrap interval and n; the training median is the trivial baseline for age.
 
-    python benchmarks/feature_paths.py                   # demo cohort + 7 design cohorts of 8 subjects (~5 min)
+    python benchmarks/feature_paths.py                   # demo cohort + 7 design cohorts of 8 subjects (minutes on 2 cores)
     python benchmarks/feature_paths.py --subjects 4 --shifts bias   # smaller
 
 Writes ``benchmarks/results/feature_paths.json`` and prints a markdown table.

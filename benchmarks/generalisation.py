@@ -396,7 +396,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(path: Path, table: str, report: dict[str, Any]) -> None:
+def write_docs(path: Path, table: str, report: dict[str, Any], name: str = "generalisation") -> None:
     """Put the table, the command and the machine between the markers of ``path`` (created if missing)."""
     m = report["machine"]
     cohort = report["cohort"]
@@ -412,7 +412,7 @@ def write_docs(path: Path, table: str, report: dict[str, Any]) -> None:
             table,
         ]
     )
-    fill_markers(path, "generalisation", body)
+    fill_markers(path, name, body)
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -444,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=str(RESULTS / "generalisation"), help="trainings and evaluations")
     parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/generalisation[_tiny].json)")
     parser.add_argument("--docs", default=None, help="markdown file whose table markers are filled (default docs/generalisation.md; --tiny: none)")
+    parser.add_argument("--table", default="generalisation", help="name of the table markers: <!-- NAME:table --> ... <!-- /NAME:table -->")
     args = parser.parse_args(argv)
 
     bundles = _names(args.bundles, BUNDLES, "bundles")
@@ -516,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows)
     print(table)
     if docs is not None:
-        write_docs(docs, table, report)
+        write_docs(docs, table, report, args.table)
         print(f"wrote {out} and the table in {docs}")
     else:
         print(f"wrote {out}")
