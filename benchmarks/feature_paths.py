@@ -46,28 +46,15 @@ def _network(task: str, variant: str) -> torch.nn.Module:
     return kind(channels=(4, 8), strides=(2, 2), norm="batch", **VARIANTS[variant]).eval()
 
 
-def _features(network: torch.nn.Module, entries: list[dict[str, Any]], transform: Any) -> torch.Tensor:
-    """The standardised features of the network's linear paths (what its linear heads read), ``(N, F)``."""
-    rows = []
+def _predict(network: torch.nn.Module, entries: list[dict[str, Any]], transform: Any) -> np.ndarray:
+    """The network's output per entry (years, or a logit). Right after ``fit_feature_paths`` the MLP's last layer
+    is zero, so this is the fitted linear paths alone, computed by the bundle's own forward."""
+    outputs = []
     with torch.no_grad():
         for entry in entries:
             image = torch.as_tensor(transform(dict(entry))["image"]).as_subclass(torch.Tensor)[None]
-            rows.append(
-                torch.cat([path(image) for path in (network.histogram, network.tissue) if path is not None], dim=1)
-            )
-    return torch.cat(rows)
-
-
-def _linear_output(network: torch.nn.Module, features: torch.Tensor) -> np.ndarray:
-    """The fitted linear paths' output (the MLP's last layer is zero after the fit): years or a logit."""
-    heads = [head for head in (network.histogram_head, network.tissue_head) if head is not None]
-    weight = torch.cat([head.weight for head in heads], dim=1)
-    bias = sum(head.bias for head in heads)
-    with torch.no_grad():
-        out = features @ weight.T + bias
-        if hasattr(network, "target_mean"):
-            out = network.target_mean + network.target_std * out
-    return out[:, 0].numpy()
+            outputs.append(float(network(image)[0, 0]))
+    return np.asarray(outputs)
 
 
 def score(task: str, prediction: np.ndarray, entries: list[dict[str, Any]], train_median: float) -> dict[str, Any]:
@@ -151,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 fit_normalization(network, train, target_key="age", demographics=False)
             fitted = fit_feature_paths(network, train, _with_target(transform, target), target_key=target)
             for name, entries in sets.items():
-                prediction = _linear_output(network, _features(network, entries, transform))
+                prediction = _predict(network, entries, transform)
                 row = {
                     "task": task,
                     "variant": variant,

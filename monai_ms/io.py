@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "sha256_file", "sha256_json", "write_json", "write_text", "write_csv", "save_nifti", "save_figure"]
+__all__ = ["atomic_path", "read_text", "sha256_file", "sha256_json", "write_json", "write_text", "write_csv", "save_nifti", "save_figure"]
 
 
 @contextmanager
@@ -93,6 +93,28 @@ def sha256_json(value: Any) -> str:
         True
     """
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_text(path: str | os.PathLike, what: str, error: type[Exception]) -> str:
+    """The UTF-8 text of ``path``, or ``error`` with one line naming the file and ``what`` it should be.
+
+    Args:
+        path: the file.
+        what: its role in words, e.g. ``"manifest"`` or ``"checksum file"``.
+        error: the exception type raised (e.g. ``ManifestError``), without the OS traceback chained.
+
+    Examples:
+        >>> read_text("missing.json", "manifest", ValueError)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: missing.json: manifest not found (looked at ...missing.json)
+    """
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found (looked at {path.absolute()})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path}: cannot read the {what}: {err}") from None
 
 
 def _umask() -> int:

@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from monai_ms.errors import UserError, stop_or_raise
-from monai_ms.io import sha256_file  # the project's one file digest; re-exported (it was defined here)
+from monai_ms.io import read_text, sha256_file  # sha256_file: the project's one file digest; re-exported (it was defined here)
 
 __all__ = [
     "CHECKSUM_FILE",
@@ -101,12 +101,7 @@ def read_checksums(checksum_file: str | os.PathLike) -> dict[str, str]:
         {'model.pt': '9f2c...', 'model.ts': '41ab...'}
     """
     path = Path(checksum_file)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ChecksumError(f"{path}: checksum file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ChecksumError(f"{path}: cannot read the checksum file: {error}") from None
+    text = read_text(path, "checksum file", ChecksumError)
     sums: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

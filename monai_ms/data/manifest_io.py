@@ -20,6 +20,7 @@ from monai_ms.data.fields import (
     show_value,
 )
 from monai_ms.errors import UserError
+from monai_ms.io import read_text
 
 __all__ = [
     "ManifestError",
@@ -120,12 +121,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
         4
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: manifest not found (looked at {path.absolute()})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ManifestError(f"{path}: cannot read the manifest: {err}") from None
+    text = read_text(path, "manifest", ManifestError)
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as err:

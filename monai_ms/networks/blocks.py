@@ -309,15 +309,18 @@ class TissueFeatures(nn.Module):
         mean = (brain * values).sum(dim=1) / voxels
         std = torch.sqrt((brain * (values - mean[:, None]) ** 2).sum(dim=1) / voxels).clamp_min(1e-6)
         centres = mean[:, None] + std[:, None] * torch.tensor([-1.0, 0.0, 1.0], device=x.device)  # (B, 3)
+        n_brain, total = brain.sum(dim=1), (brain * values).sum(dim=1)
         shares = torch.zeros_like(centres)
         for _ in range(self.iterations + 1):
             low = ((centres[:, 0] + centres[:, 1]) / 2)[:, None]
             high = ((centres[:, 1] + centres[:, 2]) / 2)[:, None]
+            # two masks per update (the middle class is what is left): a third of the work of three
             dark = (values < low).float() * brain
             bright = (values >= high).float() * brain
-            classes = torch.stack([dark, brain - dark - bright, bright], dim=1)  # (B, 3, N)
-            shares = classes.sum(dim=2)
-            sums = (classes * values[:, None]).sum(dim=2)
+            n_dark, n_bright = dark.sum(dim=1), bright.sum(dim=1)
+            s_dark, s_bright = (dark * values).sum(dim=1), (bright * values).sum(dim=1)
+            shares = torch.stack([n_dark, n_brain - n_dark - n_bright, n_bright], dim=1)  # (B, 3)
+            sums = torch.stack([s_dark, total - s_dark - s_bright, s_bright], dim=1)
             centres = torch.where(shares > 0, sums / shares.clamp_min(1.0), centres)
         return torch.cat([(voxels / values.shape[1])[:, None], shares / voxels[:, None]], dim=1)
 
