@@ -306,9 +306,10 @@ def validation_curve(run_dir: Path, metric: str, lower: bool) -> dict[str, Any] 
     column = f"val_{metric}"
     if not log.is_file():
         return None
-    values = pd.read_csv(log)[["epoch", column]].dropna() if column in pd.read_csv(log, nrows=0).columns else None
-    if values is None or values.empty:
+    frame = pd.read_csv(log)
+    if column not in frame.columns or frame[column].isna().all():
         return None
+    values = frame[["epoch", column]].dropna()
     best = values.loc[values[column].idxmin() if lower else values[column].idxmax()]
     first, last = float(values[column].iloc[0]), float(values[column].iloc[-1])
     return {
