@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # README's test command runs two pytest-xdist workers: one thread each (and in the bundle runs and DDP
+    # ranks they start, which inherit it), not two workers of two threads fighting over two cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from monai_ms.bundle import demo_manifest
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from monai_ms.bundle import demo_manifest  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
 
 REPO = Path(__file__).resolve().parents[1]
 

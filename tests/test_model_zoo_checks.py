@@ -110,6 +110,10 @@ def _workflow(bundle: str, second: str | None, workflow_type: str, manifest: Pat
                  "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")}
     if bundle == "lesion_seg":
         overrides.pop("roi_size")
+    if bundle == "edss":
+        # no lesion stage: its default ("auto") would train a full lesion_seg run inside initialize();
+        # that path is tested end to end in test_bundle_edss.py (the usage line from nothing)
+        overrides["lesion_init"] = ""
     if workflow_type == "infer" and not (tmp_path / "models" / "model.pt").is_file():
         # an untrained checkpoint in the trained one's place: these workflows load (and hash) it
         from monai.bundle import ConfigParser

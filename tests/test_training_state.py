@@ -58,7 +58,7 @@ def test_sigkill_mid_epoch_then_resume_reaches_the_same_end(uninterrupted, tiny_
     overrides = _overrides(tiny_manifest, tmp_path)
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_arg("edss", "train"),
                *override_args(overrides)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     last = tmp_path / "models" / "last.pt"
     with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as run:
         deadline = time.monotonic() + 600
