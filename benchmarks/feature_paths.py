@@ -7,8 +7,10 @@ the demo validation split and on design cohorts of *other people* (a different s
 shift of ``SHIFTS`` plus the reference settings: the case of a bundle shared with another site. No test
 split of any cohort the project reports is read; the design cohorts serve only this check.
 
-Three variants: ``histogram`` (the 0.2-0.3 default: 24 bins of the z-scored T1), ``tissue`` (0.4.0:
-brain share and three class fractions, ``TissueFeatures``) and ``both``. Each figure has its 95% subject
+Four variants: ``histogram`` (the 0.2-0.3 default: 24 bins of the z-scored T1), ``tissue`` (0.4.0:
+brain share and three class fractions, ``TissueFeatures``), ``both``, and ``tissue+shape`` (the class
+fractions plus a 16-bin histogram of the brain on the scale its own class centres define,
+``TissueFeatures(bins=16)``). Each figure has its 95% subject
 bootstrap interval and n; the training median is the trivial baseline for age.
 
     python benchmarks/feature_paths.py                   # demo cohort + 7 design cohorts of 8 subjects (minutes on 2 cores)
@@ -36,6 +38,7 @@ VARIANTS = {
     "histogram": {"histogram_bins": 24},
     "tissue": {"tissue_features": True},
     "both": {"histogram_bins": 24, "tissue_features": True},
+    "tissue+shape": {"tissue_features": True, "tissue_bins": 16},
 }
 
 
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shifts", default=",".join([REFERENCE, *SHIFTS]), help="design cohorts to score on")
     parser.add_argument("--subjects", type=int, default=8, help="subjects per design cohort")
     parser.add_argument("--seed", type=int, default=3, help="seed of the design cohorts (not the demo's)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"linear paths to compare ({', '.join(VARIANTS)})")
     parser.add_argument("--out", default=str(RESULTS / "feature_paths.json"))
     parser.add_argument(
         "--docs",
@@ -108,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         help="markdown file whose markers get the table ('' for none)",
     )
     args = parser.parse_args(argv)
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}: choose from {list(VARIANTS)}")
 
     from monai_ms.bundle import demo_manifest
 
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     train_median = float(np.median([float(e["age"]) for e in train]))
     rows = []
     for task, target in (("brain_age", "age"), ("sex", "sex")):
-        for variant in VARIANTS:
+        for variant in variants:
             network = _network(task, variant)
             if task == "brain_age":
                 fit_normalization(network, train, target_key="age", demographics=False)
@@ -194,7 +202,7 @@ def _line(row: dict[str, Any]) -> str:
     base = f" (training median {_cell(row['training_median'], metric)})" if "training_median" in row else ""
     n = f"n={row['n_sessions']:2d}/{row['n_subjects']:2d}"
     return (
-        f"{row['task']:9s} {row['variant']:9s} {row['scored_on']:22s} {n} {metric} {_cell(row['model'], metric)}{base}"
+        f"{row['task']:9s} {row['variant']:12s} {row['scored_on']:22s} {n} {metric} {_cell(row['model'], metric)}{base}"
     )
 
 

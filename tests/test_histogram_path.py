@@ -117,6 +117,34 @@ def test_tissue_features_recover_known_fractions_whatever_the_contrast() -> None
     assert float((low - high).abs().max()) > 0.05  # 7.5% of the volume moves to another bin
 
 
+def test_class_normalised_histogram_keeps_its_bins_under_another_contrast() -> None:
+    """``TissueFeatures(bins=...)``: the brain's histogram on the scale of its own class centres. One brain
+    rendered with two scanners' class intensities (a piecewise-linear map through the centres) gives the same
+    bins to 0.02, while its plain histogram moves; a brain whose classes are spread wider (more voxels between
+    them) at the same class shares gives other bins."""
+    features = TissueFeatures(bins=9, value_range=(-2.0, 2.0))
+    assert features.out_features == 4 + 9
+
+    def scan(means: tuple[float, float, float], spread: float) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(5)
+        n = 16**3
+        labels = torch.cat([torch.full((819,), 0), torch.full((1843,), 1), torch.full((n - 819 - 1843,), 2)])
+        unit = labels.float() - 1.0 + spread * 0.08 * torch.randn(n, generator=generator)  # class centres at -1, 0, 1
+        dark, middle, bright = means
+        values = torch.where(unit < 0, middle + unit * (middle - dark), middle + unit * (bright - middle))
+        volume = torch.zeros(1, 1, 20, 20, 20)
+        volume[0, 0, 2:18, 2:18, 2:18] = values.reshape(16, 16, 16)
+        return volume
+
+    first, second = (features.counts(scan(m, 1.0))[0] for m in ((-2.0, -0.2, 0.9), (-0.5, 1.5, 2.2)))
+    assert torch.allclose(first[1:4], torch.tensor([0.20, 0.45, 0.35]), atol=0.01)
+    assert torch.allclose(first[4:], second[4:], atol=0.02), (first, second)
+    plain = IntensityHistogram(bins=9, value_range=(-2.0, 2.0))
+    assert float((plain.counts(scan((-2.0, -0.2, 0.9), 1.0)) - plain.counts(scan((-0.5, 1.5, 2.2), 1.0))).abs().max()) > 0.05
+    wider = features.counts(scan((-2.0, -0.2, 0.9), 3.0))[0]
+    assert float((wider[4:] - first[4:]).abs().max()) > 0.05
+
+
 def test_regressor_starts_at_one_fit_of_both_feature_paths() -> None:
     """Age set by the dark-class share: the tissue path carries it, and histogram + tissue are fitted as one model."""
     entries = []

@@ -274,15 +274,25 @@ class TissueFeatures(nn.Module):
     the class fractions do not move when a scanner renders the same tissues brighter or darker: that is
     what lets a linear path on them transfer to another site.
 
+    With ``bins > 0`` it also measures the *shape* of the brain's intensity distribution on a scale the
+    scan itself defines: each brain voxel is mapped piecewise linearly so that the dark, middle and bright
+    class centres land on -1, 0 and +1 (landmark normalisation in the spirit of Nyul and Udupa, with the
+    k-means centres as landmarks), and its soft histogram (:class:`IntensityHistogram`, ``bins`` centres on
+    ``value_range``) is taken as shares of the brain. Partial-volume and lesion voxels between the classes
+    keep their place on that scale when another scanner changes the contrast.
+
     Args:
         channel: the input channel measured (0: the T1 in every monai_ms bundle; the classes are then CSF,
             grey and white matter from dark to bright).
         iterations: k-means updates (1-D k-means on three well separated classes settles in about 10).
+        bins: centres of the class-normalised histogram (0: none).
+        value_range: its first and last centre, in class-normalised units (dark centre -1, bright +1).
 
     Shapes:
-        ``(B, C, *spatial)`` -> ``(B, 4)``: the brain's share of the input volume (the brain volume at the
-        bundles' fixed ROI and spacing), then the darkest, middle and brightest class's share of the brain.
-        Background must be exactly zero (no noise augmentation outside the brain).
+        ``(B, C, *spatial)`` -> ``(B, 4 + bins)``: the brain's share of the input volume (the brain volume
+        at the bundles' fixed ROI and spacing), the darkest, middle and brightest class's share of the
+        brain, then the class-normalised histogram. Background must be exactly zero (no noise augmentation
+        outside the brain).
 
     Examples::
 
@@ -292,17 +302,20 @@ class TissueFeatures(nn.Module):
         [0.9, 0.22, 0.33, 0.44]
     """
 
-    out_features: int = 4
-
-    def __init__(self, channel: int = 0, iterations: int = 20) -> None:
+    def __init__(
+        self, channel: int = 0, iterations: int = 20, bins: int = 0, value_range: Sequence[float] = (-2.0, 2.0)
+    ) -> None:
         super().__init__()
         self.channel = int(channel)
         self.iterations = int(iterations)
+        self.histogram: IntensityHistogram | None = IntensityHistogram(1, bins, value_range) if bins > 0 else None
+        self.out_features: int = 4 + (self.histogram.out_features if self.histogram is not None else 0)
         self.register_buffer("feature_mean", torch.zeros(self.out_features))
         self.register_buffer("feature_std", torch.ones(self.out_features))
 
     def counts(self, x: torch.Tensor) -> torch.Tensor:
-        """Unstandardised features ``(B, 4)``: brain share of the volume, dark / middle / bright class shares."""
+        """Unstandardised features ``(B, 4 + bins)``: brain share of the volume, dark / middle / bright class
+        shares, then the class-normalised histogram (shares of the brain)."""
         values = torch.flatten(x[:, self.channel], start_dim=1).float()  # (B, N)
         brain = (values != 0).float()
         voxels = brain.sum(dim=1).clamp_min(1.0)  # (B,)
@@ -322,10 +335,21 @@ class TissueFeatures(nn.Module):
             shares = torch.stack([n_dark, n_brain - n_dark - n_bright, n_bright], dim=1)  # (B, 3)
             sums = torch.stack([s_dark, total - s_dark - s_bright, s_bright], dim=1)
             centres = torch.where(shares > 0, sums / shares.clamp_min(1.0), centres)
-        return torch.cat([(voxels / values.shape[1])[:, None], shares / voxels[:, None]], dim=1)
+        features = [(voxels / values.shape[1])[:, None], shares / voxels[:, None]]
+        if self.histogram is not None:
+            # dark centre -> -1, middle -> 0, bright -> +1, linear in between and beyond; background far
+            # outside the bin range so that it counts nowhere, then shares of the brain instead of the volume
+            below = (centres[:, 1] - centres[:, 0]).clamp_min(1e-6)[:, None]
+            above = (centres[:, 2] - centres[:, 1]).clamp_min(1e-6)[:, None]
+            offset = values - centres[:, 1:2]
+            scaled = torch.where(offset < 0, offset / below, offset / above)
+            scaled = torch.where(brain > 0, scaled, torch.full_like(scaled, -1e6))
+            shares_of_volume = self.histogram.counts(scaled[:, None])
+            features.append(shares_of_volume * values.shape[1] / voxels[:, None])
+        return torch.cat(features, dim=1)
 
     def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Store the training split's feature means and standard deviations (4 each, std > 0)."""
+        """Store the training split's feature means and standard deviations (``out_features`` each, std > 0)."""
         mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
         std = torch.as_tensor(std, dtype=torch.float32).flatten()
         if mean.numel() != self.out_features or std.numel() != self.out_features or not bool((std > 0).all()):

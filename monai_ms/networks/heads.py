@@ -64,6 +64,7 @@ class PooledHeadNetwork3D(nn.Module):
         histogram_bins: int = 0,
         histogram_range: Sequence[float] = (-3.0, 3.0),
         tissue_features: bool = False,
+        tissue_bins: int = 0,
     ) -> None:
         super().__init__()
         self.out_channels = out_channels
@@ -93,7 +94,7 @@ class PooledHeadNetwork3D(nn.Module):
         self.tissue: TissueFeatures | None = None
         self.tissue_head: nn.Linear | None = None
         if tissue_features:
-            self.tissue = TissueFeatures(channel=0)
+            self.tissue = TissueFeatures(channel=0, bins=tissue_bins)
             self.tissue_head = nn.Linear(self.tissue.out_features, out_channels)
 
     def head_output(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,6 +142,8 @@ class BrainRegressor3D(PooledHeadNetwork3D):
             it with :func:`monai_ms.engines.fit_feature_paths` (with the histogram path, if any). Unlike the
             histogram bins, these features keep their meaning on another scanner's contrast. Needs a zero
             background (no noise augmentation outside the brain) and one input size, like the histogram.
+        tissue_bins: ``> 0`` adds to the tissue path a histogram of the T1's brain intensities on the scale
+            its own class centres define (dark -1, middle 0, bright +1; ``TissueFeatures(bins=...)``).
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, bad ``dropout``.
@@ -175,6 +178,7 @@ class BrainRegressor3D(PooledHeadNetwork3D):
         histogram_bins: int = 0,
         histogram_range: Sequence[float] = (-3.0, 3.0),
         tissue_features: bool = False,
+        tissue_bins: int = 0,
     ) -> None:
         super().__init__(
             spatial_dims=spatial_dims,
@@ -194,6 +198,7 @@ class BrainRegressor3D(PooledHeadNetwork3D):
             histogram_bins=histogram_bins,
             histogram_range=histogram_range,
             tissue_features=tissue_features,
+            tissue_bins=tissue_bins,
         )
         self.register_buffer("target_mean", torch.zeros(out_channels))
         self.register_buffer("target_std", torch.ones(out_channels))
@@ -260,6 +265,8 @@ class BrainClassifier3D(PooledHeadNetwork3D):
             it with :func:`monai_ms.engines.fit_feature_paths` (with the histogram path, if any). Unlike the
             histogram bins, these features keep their meaning on another scanner's contrast. Needs a zero
             background (no noise augmentation outside the brain) and one input size, like the histogram.
+        tissue_bins: ``> 0`` adds to the tissue path a histogram of the T1's brain intensities on the scale
+            its own class centres define (dark -1, middle 0, bright +1; ``TissueFeatures(bins=...)``).
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, bad ``dropout``.
