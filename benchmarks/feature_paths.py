@@ -61,9 +61,9 @@ def _predict(network: torch.nn.Module, entries: list[dict[str, Any]], transform:
 
 
 def score(task: str, prediction: np.ndarray, entries: list[dict[str, Any]], train_median: float) -> dict[str, Any]:
-    from monai_ms.engines.bootstrap import bootstrap_metrics
-    from monai_ms.engines.classification import binary_labels
-    from monai_ms.engines.metrics import classification_metrics, regression_metrics
+    from monai_ms.engines.metrics.bootstrap import bootstrap_metrics
+    from monai_ms.engines.metrics.classification import binary_labels
+    from monai_ms.engines.metrics.scores import classification_metrics, regression_metrics
 
     groups = [str(e["subject"]) for e in entries]
     if task == "brain_age":

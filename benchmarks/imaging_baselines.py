@@ -4,10 +4,10 @@ What a network has to beat before it is a result, per task (EDSS, brain age, sex
 split and scored on the validation split by default (the test split is for the chosen model, once):
 
 - trivial: the training median (EDSS, age), linear age + sex (EDSS), brain volume alone (sex);
-- imaging features: :mod:`monai_ms.engines.imaging_features` (brain volume, CSF / GM / WM fractions from a
+- imaging features: :mod:`monai_ms.engines.metrics.imaging_features` (brain volume, CSF / GM / WM fractions from a
   label-free tissue mixture, lesion volume and count from the masks; age and sex for EDSS).
 
-Every metric has a 95% subject-bootstrap interval (:mod:`monai_ms.engines.bootstrap`). No network is
+Every metric has a 95% subject-bootstrap interval (:mod:`monai_ms.engines.metrics.bootstrap`). No network is
 trained, so this runs in a minute or two on 2 cores. Writes ``benchmarks/results/imaging_baselines.json``
 and prints a markdown table.
 
@@ -32,11 +32,11 @@ TASKS = {"edss": ("edss", "mae"), "brain_age": ("age", "mae"), "sex": ("sex", "a
 
 def evaluate(manifest: str, split: str, n_resamples: int, workers: int) -> dict:
     from monai_ms.data import load_datalist
-    from monai_ms.engines.bootstrap import bootstrap_metrics
-    from monai_ms.engines.classification import binary_labels, classification_baselines
-    from monai_ms.engines.evaluation_report import subjects_of
-    from monai_ms.engines.imaging_features import feature_table, fit_feature_model
-    from monai_ms.engines.metrics import classification_metrics, regression_baselines, regression_metrics
+    from monai_ms.engines.handlers.report import subjects_of
+    from monai_ms.engines.metrics.bootstrap import bootstrap_metrics
+    from monai_ms.engines.metrics.classification import binary_labels, classification_baselines
+    from monai_ms.engines.metrics.imaging_features import feature_table, fit_feature_model
+    from monai_ms.engines.metrics.scores import classification_metrics, regression_baselines, regression_metrics
 
     train = load_datalist(manifest, "training", validate=False)
     held_out = load_datalist(manifest, split, validate=False)

@@ -68,7 +68,7 @@ TINY_BY_BUNDLE = {"lesion_seg": TINY_LESION, "edss": {**TINY, "lesion_stage": TI
 def targets(manifest: str, sex_auc: float = 0.80) -> dict[str, float]:
     """Each bundle's validation target on ``manifest`` (see the module docstring)."""
     from monai_ms.data import load_datalist
-    from monai_ms.engines.metrics import regression_baselines
+    from monai_ms.engines.metrics.scores import regression_baselines
 
     train = load_datalist(manifest, "training", validate=False)
     val = load_datalist(manifest, "validation", validate=False)

@@ -25,7 +25,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("summary",): ("monai_ms.networks.summary", "print a torchinfo summary of a bundle's network"),
     ("bundle", "export"): ("monai_ms.bundle.export_cli", "write a trained bundle as one verified zip for collaborators"),
     ("bundle", "verify"): ("monai_ms.bundle.verify_cli", "check a bundle folder or zip: metadata, checksums, network, TorchScript"),
-    ("explain",): ("monai_ms.engines.saliency_cli", "saliency maps of a trained bundle (Grad-CAM, occlusion) in each scan's T1 space"),
+    ("explain",): (
+        "monai_ms.bundle.explain_cli",
+        "saliency maps of a trained bundle (Grad-CAM, occlusion) in each scan's T1 space",
+    ),
     ("report",): ("monai_ms.report.report_cli", "one self-contained HTML page of an evaluation or inference run folder"),
     ("lesion-change",): (
         "monai_ms.lesions.change_cli",

@@ -19,7 +19,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "read_text", "sha256_file", "sha256_json", "write_json", "write_text", "write_csv", "save_nifti", "save_figure"]
+__all__ = [
+    "atomic_path",
+    "read_text",
+    "sha256_file",
+    "sha256_json",
+    "write_json",
+    "write_text",
+    "write_csv",
+    "save_nifti",
+    "nifti_like",
+    "save_figure",
+]
 
 
 @contextmanager
@@ -151,6 +162,19 @@ def save_nifti(image: Any, path: str | os.PathLike, overwrite: bool = True) -> P
     with atomic_path(path, overwrite=overwrite) as tmp:
         nib.save(image, str(tmp))
     return Path(path)
+
+
+def nifti_like(reference: Any, data: np.ndarray, dtype: type) -> Any:
+    """A NIfTI image of ``data`` with the reference's affine, orientation codes and units."""
+    import nibabel as nib
+
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    image = nib.Nifti1Image(data.astype(dtype), reference.affine, header)
+    image.header.set_slope_inter(1.0, 0.0)  # the T1's intensity scaling must not rescale a mask
+    image.set_qform(reference.get_qform(), code=int(reference.header["qform_code"]))
+    image.set_sform(reference.get_sform(), code=int(reference.header["sform_code"]))
+    return image
 
 
 def save_figure(figure: Any, path: str | os.PathLike, overwrite: bool = True, **savefig_kwargs: Any) -> Path:

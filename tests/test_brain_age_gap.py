@@ -12,7 +12,14 @@ from ignite.engine import Engine
 from scipy import stats
 
 from monai_ms.engines import BrainAgeReportHandler, BrainAgeTableHandler, PredictionCollector
-from monai_ms.engines.brain_age import AgeBias, brain_age_gap, file_sha256, fit_age_bias, gap_summary, load_age_bias
+from monai_ms.engines.metrics.brain_age import (
+    AgeBias,
+    brain_age_gap,
+    file_sha256,
+    fit_age_bias,
+    gap_summary,
+    load_age_bias,
+)
 
 
 def test_fit_recovers_a_known_bias_line():

@@ -15,7 +15,7 @@ import torch
 from bundle_runner import REPO, TINY_OVERRIDES, check, run_bundle
 
 from monai_ms.data import read_manifest, write_manifest
-from monai_ms.engines.brain_age import AgeBias, file_sha256
+from monai_ms.engines.metrics.brain_age import AgeBias, file_sha256
 from monai_ms.networks import BrainRegressor3D
 
 pytestmark = pytest.mark.slow

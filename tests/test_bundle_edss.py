@@ -16,7 +16,7 @@ from bundle_runner import REPO, TINY_OVERRIDES, check, run_bundle
 from monai.bundle import ConfigParser
 
 from monai_ms.data import load_datalist, read_manifest, write_manifest
-from monai_ms.engines.lesion_pathway import provenance_path, training_provenance
+from monai_ms.engines.training.lesion_pathway import provenance_path, training_provenance
 from monai_ms.io import write_json
 
 pytestmark = pytest.mark.slow

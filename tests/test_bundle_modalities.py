@@ -14,7 +14,7 @@ from bundle_runner import REPO, TINY_OVERRIDES, check, run_bundle
 from monai_ms.bundle import demo_manifest
 from monai_ms.data import read_manifest, write_manifest
 from monai_ms.data.fields import IMAGE_KEYS
-from monai_ms.engines.lesion_pathway import read_provenance
+from monai_ms.engines.training.lesion_pathway import read_provenance
 
 LESION_TINY = {"spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "patches_per_volume": 2, "batch_size": 2, "num_workers": 0}
 SETTINGS = {

@@ -63,7 +63,7 @@ def test_evaluate_writes_auc_brier_confusion_matrix_and_roc(trained):
     assert np.array(report["model"]["confusion_matrix"]).sum() == len(table)
     # calibration: MONAI's expected calibration error of P(male), with n and a patient-bootstrap interval,
     # the reliability bins behind it and their diagram
-    from monai_ms.engines.metrics import expected_calibration_error
+    from monai_ms.engines.metrics.scores import expected_calibration_error
 
     model = report["model"]
     assert model["ece"] == pytest.approx(expected_calibration_error(table["p_male"], (table["sex"] == "M").astype(float)), abs=1e-9)

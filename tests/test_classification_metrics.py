@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine
 
 from monai_ms.engines import ClassificationReportHandler, classification_metrics, pos_weight_from_entries
-from monai_ms.engines.classification import (
+from monai_ms.engines.metrics.classification import (
     binary_labels,
     class_counts,
     class_from_probability,

@@ -13,8 +13,8 @@ from bundle_runner import REPO, TINY_OVERRIDES
 from monai_ms.cli import main
 from monai_ms.data import read_manifest, write_manifest
 from monai_ms.data.manifest import rebase_paths
-from monai_ms.engines.bootstrap import bootstrap_metrics
-from monai_ms.engines.metrics import regression_metrics
+from monai_ms.engines.metrics.bootstrap import bootstrap_metrics
+from monai_ms.engines.metrics.scores import regression_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -218,7 +218,7 @@ def test_manifest_folds_are_used_as_written_and_checked(tmp_path):
 
 def test_sex_folds_are_scored_with_calibration():
     from monai_ms.bundle.cross_validation import TASK_SCORERS, score_table
-    from monai_ms.engines.metrics import expected_calibration_error
+    from monai_ms.engines.metrics.scores import expected_calibration_error
 
     frame = pd.DataFrame({"sex": ["F", "M", "m", "F", "M", "F"], "p_male": [0.2, 0.9, 0.4, 0.6, 0.7, 0.1]})
     metrics = score_table("sex", frame)

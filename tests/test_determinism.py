@@ -13,7 +13,7 @@ import pytest
 import torch
 from bundle_runner import REPO, TINY_OVERRIDES, check, run_bundle
 
-from monai_ms.engines.training_state import read_last_checkpoint
+from monai_ms.engines.training.state import read_last_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from monai_ms.bundle.export import ExportError
 from monai_ms.bundle.verify import ChecksumError, UnsafeArchiveError
 from monai_ms.data.manifest import ManifestError
 from monai_ms.data.templates import TemplateNotFoundError
-from monai_ms.engines.batch_inference import BatchInferenceError
-from monai_ms.engines.training_state import ResumeError
+from monai_ms.engines.inference.batch import BatchInferenceError
+from monai_ms.engines.training.state import ResumeError
 from monai_ms.errors import UserError, running_bundle_cli, stop_or_raise
 
 

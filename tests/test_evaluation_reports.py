@@ -14,12 +14,12 @@ import torch
 
 from monai_ms.bundle.export import ExportError, check_metrics_checkpoint
 from monai_ms.bundle.provenance import evaluation_provenance
-from monai_ms.engines.baseline_guard import BaselineGuard
-from monai_ms.engines.bootstrap import bootstrap_metrics, resample_indices
-from monai_ms.engines.classification import ClassificationReportHandler
-from monai_ms.engines.handlers import PredictionTableHandler, RegressionReportHandler
-from monai_ms.engines.metrics import regression_metrics
-from monai_ms.engines.segmentation import segmentation_metrics, summarize_segmentation
+from monai_ms.engines.handlers.baseline_guard import BaselineGuard
+from monai_ms.engines.handlers.classification import ClassificationReportHandler
+from monai_ms.engines.handlers.common import PredictionTableHandler, RegressionReportHandler
+from monai_ms.engines.metrics.bootstrap import bootstrap_metrics, resample_indices
+from monai_ms.engines.metrics.scores import regression_metrics
+from monai_ms.engines.metrics.segmentation import segmentation_metrics, summarize_segmentation
 
 
 def _two_sessions_per_subject(n_subjects: int = 12, seed: int = 0):
@@ -249,7 +249,7 @@ def _train_and_validate(network, train, val, caplog):
     from monai.engines import SupervisedEvaluator, SupervisedTrainer
     from monai.handlers import ValidationHandler, from_engine
 
-    from monai_ms.engines.handlers import lower_is_better
+    from monai_ms.engines.handlers.common import lower_is_better
 
     def loader(entries):
         data = [{"image": torch.tensor([float(e["edss"])]), "label": torch.tensor([float(e["edss"])])} for e in entries]
@@ -266,9 +266,9 @@ def _train_and_validate(network, train, val, caplog):
         optimizer=torch.optim.SGD(network.parameters(), lr=0.0), loss_function=torch.nn.L1Loss(),
         train_handlers=[ValidationHandler(validator=evaluator, interval=1, epoch_level=True), guard], decollate=False,
     )
-    with caplog.at_level(logging.INFO, logger="monai_ms.engines.baseline_guard"):
+    with caplog.at_level(logging.INFO, logger="monai_ms.engines.handlers.baseline_guard"):
         trainer.run()
-    return guard, [r for r in caplog.records if r.name == "monai_ms.engines.baseline_guard"]
+    return guard, [r for r in caplog.records if r.name == "monai_ms.engines.handlers.baseline_guard"]
 
 
 def test_guard_warns_in_one_line_when_a_constant_model_ends_training(caplog):

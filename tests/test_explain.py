@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser
 
 from monai_ms.data import read_manifest
 from monai_ms.data.transforms import paired_transforms
-from monai_ms.engines.saliency import (
+from monai_ms.engines.inference.saliency import (
     SaliencyExplainer,
     SaliencyRunner,
     SingleInputView,

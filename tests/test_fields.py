@@ -9,7 +9,7 @@ from monai_ms.data import fields
 
 def test_old_homes_re_export_the_same_objects():
     from monai_ms.data import manifest, transforms
-    from monai_ms.engines import batch_inference
+    from monai_ms.engines.inference import batch as batch_inference
 
     for name in ("SPLITS", "IMAGE_KEYS", "TASK_KEYS", "REQUIRED_KEYS", "AGE_RANGE", "EDSS_RANGE", "EDSS_STEP", "SEX_VALUES"):
         assert getattr(manifest, name) is getattr(fields, name), name

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from monai_ms.data.split import subject_folds
 from monai_ms.engines import fit_histogram_head
-from monai_ms.engines.normalization import subject_folds
 from monai_ms.networks import BrainClassifier3D, BrainRegressor3D
 
 

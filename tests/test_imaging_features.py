@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_ms.engines.imaging_features import feature_table, fit_feature_model, session_features, tissue_fractions
-from monai_ms.engines.metrics import regression_baselines, regression_metrics
+from monai_ms.engines.metrics.imaging_features import feature_table, fit_feature_model, session_features, tissue_fractions
+from monai_ms.engines.metrics.scores import regression_baselines, regression_metrics
 
 FRACTIONS = {"csf": 0.15, "gm": 0.45, "wm": 0.40}
 MEANS_T1 = {"csf": 30.0, "gm": 65.0, "wm": 100.0}

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from monai_ms.engines.batch_inference import BatchInferenceError
+from monai_ms.engines.inference.batch import BatchInferenceError
 from monai_ms.io import sha256_file
 from monai_ms.lesions.change import LesionChangePipeline, pair_sessions
 from monai_ms.lesions.matching import CHANGE_CODES, change_map, link_lesions, match_lesions

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monai_ms.engines.segmentation import label_lesions, lesion_table
+from monai_ms.engines.metrics.segmentation import label_lesions, lesion_table
 from monai_ms.lesions.location import LOCATION_CLASSES, AtlasMaps, classify_location, lesion_locations
 
 
@@ -149,7 +149,7 @@ def test_lesion_mask_writer_gives_every_lesion_a_location(tiny_manifest, tmp_pat
     white matter next to the ventricles: every row of lesion_table.csv has a class and distances."""
     from monai.data import MetaTensor
 
-    from monai_ms.engines.segmentation import LesionMaskWriter
+    from monai_ms.engines.inference.segmentation import LesionMaskWriter
 
     cohort = Path(tiny_manifest).parent / "cohort"
     t1_file = cohort / "T1" / "sub-02-01_T1_preprocessed.nii.gz"

@@ -10,12 +10,11 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer
 
-from monai_ms.engines.segmentation import (
-    FlipTTAInferer,
+from monai_ms.engines.inference.segmentation import FlipTTAInferer, save_qc_figure
+from monai_ms.engines.metrics.segmentation import (
     label_lesions,
     lesion_detection,
     lesion_table,
-    save_qc_figure,
     segmentation_metrics,
     summarize_segmentation,
 )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from monai_ms.engines import AtomicCheckpointSaver, WarmupEarlyStopHandler, init_lesion_pathway, read_provenance, training_provenance
-from monai_ms.engines.lesion_pathway import provenance_path, resolve_lesion_init
+from monai_ms.engines.training.lesion_pathway import provenance_path, resolve_lesion_init
 from monai_ms.io import write_json
 from monai_ms.networks import BrainSegmenter3D, DualStreamRegressor
 

@@ -16,7 +16,7 @@ from bundle_runner import REPO, TINY_OVERRIDES, check, config_arg, override_args
 from ignite.engine import Engine
 
 from monai_ms.engines import NonFiniteLossError, StartValidationHandler, TrainingFaultHandler, save_checkpoint
-from monai_ms.engines.training_state import AtomicDiskSaver, read_last_checkpoint
+from monai_ms.engines.training.state import AtomicDiskSaver, read_last_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -10,14 +10,14 @@ For each fold ``k`` of the manifest's ``folds`` (every training/validation entry
 3. evaluates the checkpoint on fold ``k`` (``python -m monai.bundle run evaluating`` with
    ``--eval_split validation``: ``evaluate.json`` reads the split named by its ``eval_split`` key);
 4. scores fold ``k``'s predictions with the project's metric functions
-   (:func:`~monai_ms.engines.metrics.regression_metrics`,
-   :func:`~monai_ms.engines.metrics.classification_metrics`,
-   :func:`~monai_ms.engines.segmentation.summarize_segmentation`).
+   (:func:`~monai_ms.engines.metrics.scores.regression_metrics`,
+   :func:`~monai_ms.engines.metrics.scores.classification_metrics`,
+   :func:`~monai_ms.engines.metrics.segmentation.summarize_segmentation`).
 
 Then the predictions of all folds are concatenated and scored once more (``pooled``: every non-test
 session predicted by a model that did not see its subject), and each metric's mean and SD over the
 folds are computed; ``OUT/cv.json`` and ``OUT/cv.md`` hold all three, the pooled metrics with a 95%
-percentile-bootstrap interval that resamples subjects (:mod:`monai_ms.engines.bootstrap`).
+percentile-bootstrap interval that resamples subjects (:mod:`monai_ms.engines.metrics.bootstrap`).
 
 A manifest without folds gets them from the training + validation pool, split by subject with
 :func:`~monai_ms.data.split.split_entries` (stratified by sex and EDSS bin, ``seed``); ``cv.json``
@@ -118,7 +118,7 @@ class TaskScorer:
 
 def _regression(target: str, prediction: str, within: float | None = None) -> Callable[[Any], dict[str, Any]]:
     def score(frame: Any) -> dict[str, Any]:
-        from monai_ms.engines.metrics import regression_metrics
+        from monai_ms.engines.metrics.scores import regression_metrics
 
         return regression_metrics(frame[prediction].to_numpy(float), frame[target].to_numpy(float), within)
 
@@ -126,7 +126,7 @@ def _regression(target: str, prediction: str, within: float | None = None) -> Ca
 
 
 def _sex(frame: Any) -> dict[str, Any]:
-    from monai_ms.engines.metrics import classification_metrics
+    from monai_ms.engines.metrics.scores import classification_metrics
 
     labels = frame["sex"].astype(str).str.upper().map(SEX_CODES)
     if labels.isna().any():
@@ -136,7 +136,7 @@ def _sex(frame: Any) -> dict[str, Any]:
 
 
 def _segmentation(frame: Any) -> dict[str, Any]:
-    from monai_ms.engines.segmentation import summarize_segmentation
+    from monai_ms.engines.metrics.segmentation import summarize_segmentation
 
     return summarize_segmentation(frame.to_dict("records"))
 
@@ -370,7 +370,7 @@ def summarize_folds(fold_metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict
 def pooled_interval(
     task: str, frame: Any, subjects: Mapping[str, str], n_resamples: int = 1000, seed: int = 0
 ) -> dict[str, Any] | None:
-    """Subject-bootstrap 95% intervals of the pooled metrics (:func:`monai_ms.engines.bootstrap.bootstrap_metrics`).
+    """Subject-bootstrap 95% intervals of the pooled metrics (:func:`monai_ms.engines.metrics.bootstrap.bootstrap_metrics`).
 
     Args:
         task: a key of :data:`TASK_SCORERS`.
@@ -385,7 +385,7 @@ def pooled_interval(
     Raises:
         CrossValidationError: a session of the table with no known subject.
     """
-    from monai_ms.engines.bootstrap import bootstrap_metrics
+    from monai_ms.engines.metrics.bootstrap import bootstrap_metrics
 
     if n_resamples <= 0:
         return None

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_ms.engines.lesion_pathway import (
+from monai_ms.engines.training.lesion_pathway import (
     AUTO,
     check_lesion_provenance,
     init_lesion_pathway,

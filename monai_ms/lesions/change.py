@@ -11,7 +11,7 @@ For every subject of a manifest with two or more sessions, consecutive sessions 
 3. resample the follow-up mask onto the baseline grid (nearest neighbour: a linear resampling thresholded at
    0.5 erased lesions of one or two voxels and shrank the others, which read as resolved or shrinking
    lesions; measured in ``docs/lesion_change.md``), label both masks
-   (:func:`~monai_ms.engines.segmentation.label_lesions`) and match them
+   (:func:`~monai_ms.engines.metrics.segmentation.label_lesions`) and match them
    (:func:`~monai_ms.lesions.matching.match_lesions`);
 4. optionally give each row its location class on the baseline
    (:func:`~monai_ms.lesions.location.atlas_on_scan`);
@@ -24,7 +24,7 @@ After all pairs: ``lesion_change.csv`` (one summary row per pair, plus one ``unp
 with a single session and an error row per failed pair) and ``lesion_change_table.csv`` (every pair's
 rows), each with its ``<table>.provenance.json`` (manifest SHA-256, splits, the masks' model, settings;
 :func:`change_provenance`). Reruns skip pairs whose record says complete, exactly as
-:class:`~monai_ms.engines.batch_inference.BatchInference` does for sessions (same inputs by path, size
+:class:`~monai_ms.engines.inference.batch.BatchInference` does for sessions (same inputs by path, size
 and modification time; same settings; every file present); ``overwrite=True`` redoes all.
 """
 
@@ -42,9 +42,9 @@ import numpy as np
 import pandas as pd
 
 from monai_ms.data.fields import SPLITS
-from monai_ms.engines.batch_inference import BatchInference
-from monai_ms.engines.evaluation_report import write_sidecar
-from monai_ms.io import save_figure, save_nifti, write_csv
+from monai_ms.engines.handlers.report import write_sidecar
+from monai_ms.engines.inference.batch import BatchInference
+from monai_ms.io import nifti_like, save_figure, save_nifti, write_csv
 from monai_ms.lesions.matching import CHANGE_CLASSES, CHANGE_COLUMNS, ENLARGING_RATIO, MATCH_OVERLAP, change_map, match_lesions
 
 __all__ = ["PAIR_INPUT_KEYS", "pair_sessions", "manifest_entries", "change_provenance", "PairRecords", "LesionChangePipeline"]
@@ -197,7 +197,7 @@ def change_provenance(
 
 
 class PairRecords(BatchInference):
-    """:class:`~monai_ms.engines.batch_inference.BatchInference` records keyed by pair: the same resume
+    """:class:`~monai_ms.engines.inference.batch.BatchInference` records keyed by pair: the same resume
     rule, with a pair's four input files (both T1s and both masks) in place of a session's images."""
 
     input_keys = tuple(PAIR_INPUT_KEYS)
@@ -214,7 +214,7 @@ class LesionChangePipeline:
         register: rigid registration of each follow-up (False: the naive baseline, scanner worlds).
         location: add the location class of each lesion group (one affine atlas registration per pair).
         overlap, enlarging_ratio, min_change_mm3: the matching rule (:mod:`monai_ms.lesions.matching`).
-        min_volume_mm3: smaller components are not lesions (:func:`~monai_ms.engines.segmentation.label_lesions`).
+        min_volume_mm3: smaller components are not lesions (:func:`~monai_ms.engines.metrics.segmentation.label_lesions`).
         qc: write the QC picture of each pair.
         overwrite: redo finished pairs.
         seed: registration sampling seed.
@@ -252,7 +252,7 @@ class LesionChangePipeline:
         mask_resampling: str = "nearest",
         provenance: Mapping[str, Any] | None = None,
     ) -> None:
-        from monai_ms.engines.segmentation import MIN_LESION_MM3
+        from monai_ms.engines.metrics.segmentation import MIN_LESION_MM3
 
         self.output_dir = Path(output_dir)
         self.masks_dir = None if masks_dir in (None, "") else Path(masks_dir)
@@ -326,7 +326,7 @@ class LesionChangePipeline:
         """
         import nibabel as nib
 
-        from monai_ms.engines.segmentation import _like, label_lesions
+        from monai_ms.engines.metrics.segmentation import label_lesions
         from monai_ms.lesions.registration import Registration, resample_to, rigid_register
 
         start = time.perf_counter()
@@ -357,7 +357,7 @@ class LesionChangePipeline:
         pairs_dir = self.output_dir / "pairs"
         table_path = write_csv(table, pairs_dir / f"{name}_change.csv")
         codes = change_map(b_labels, f_labels, table)
-        map_path = save_nifti(_like(b_t1, codes, np.uint8), pairs_dir / f"{name}_change_map.nii.gz")
+        map_path = save_nifti(nifti_like(b_t1, codes, np.uint8), pairs_dir / f"{name}_change_map.nii.gz")
         files = [table_path, map_path]
         if self.qc:
             f_image = resample_to(f_t1.get_fdata(dtype=np.float32), f_t1.affine, b_t1, registration.matrix, order=1)

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the change pipeline; bad input or failed pairs: one line each on stderr and exit status 1."""
     from monai_ms.data.manifest import ManifestError
-    from monai_ms.engines.batch_inference import BatchInferenceError
+    from monai_ms.engines.inference.batch import BatchInferenceError
     from monai_ms.lesions.change import LesionChangePipeline, change_provenance, manifest_entries
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

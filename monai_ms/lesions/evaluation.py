@@ -230,7 +230,7 @@ def score_location(truth: pd.DataFrame, located: pd.DataFrame, cohort: str | Pat
     """
     import nibabel as nib
 
-    from monai_ms.engines.segmentation import label_lesions
+    from monai_ms.engines.metrics.segmentation import label_lesions
 
     cohort = Path(cohort)
     pairs = []

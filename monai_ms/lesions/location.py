@@ -219,7 +219,7 @@ def lesion_locations(labels: np.ndarray, count: int, maps: AtlasMaps) -> pd.Data
 
     Args:
         labels: int lesion labels ``(D, H, W)``, lesions ``1..count`` (e.g. from
-            :func:`monai_ms.engines.segmentation.label_lesions`).
+            :func:`monai_ms.engines.metrics.segmentation.label_lesions`).
         count: number of lesions.
         maps: :class:`AtlasMaps` on the same grid.
 
@@ -274,7 +274,7 @@ def locate_lesions(
         t1: the scan's T1 (``nibabel`` image).
         maps: atlas masks already on the T1 grid (skips the registration).
         session: written in the ``session`` column.
-        table_kwargs: ``min_volume_mm3`` / ``connectivity`` of :func:`~monai_ms.engines.segmentation.lesion_table`.
+        table_kwargs: ``min_volume_mm3`` / ``connectivity`` of :func:`~monai_ms.engines.metrics.segmentation.lesion_table`.
 
     Returns:
         the lesion table with ``location, ventricle_distance_mm, cortex_distance_mm, infratentorial_fraction``.
@@ -283,7 +283,7 @@ def locate_lesions(
         >>> table = locate_lesions(mask_image, t1_image, session="sub-01-01")  # doctest: +SKIP
         >>> table["location"].value_counts()  # doctest: +SKIP
     """
-    from monai_ms.engines.segmentation import lesion_table
+    from monai_ms.engines.metrics.segmentation import lesion_table
 
     data = np.asanyarray(mask.dataobj) if hasattr(mask, "dataobj") else np.asarray(mask)
     if maps is None:

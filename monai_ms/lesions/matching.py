@@ -1,6 +1,6 @@
 """Lesion matching between two visits on one grid, and the change class of every lesion.
 
-Pure functions on label arrays (3D connected components, as :func:`monai_ms.engines.segmentation.label_lesions`
+Pure functions on label arrays (3D connected components, as :func:`monai_ms.engines.metrics.segmentation.label_lesions`
 makes them) of the baseline and of the follow-up *already resampled onto the baseline grid*.
 
 Matching rule: baseline lesion ``b`` and follow-up lesion ``f`` are *linked* when they share at least one

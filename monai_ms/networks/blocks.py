@@ -269,7 +269,7 @@ class TissueFeatures(nn.Module):
     the network so that a checkpoint or an export carries them: the brain is the non-zero voxels of the
     skull-stripped input, and its intensities are split into three classes by a 1-D k-means started at
     ``mean - std``, ``mean`` and ``mean + std`` with a fixed number of updates (label-free and adaptive to
-    the contrast, like the Gaussian mixture of :func:`monai_ms.engines.imaging_features.tissue_fractions`,
+    the contrast, like the Gaussian mixture of :func:`monai_ms.engines.metrics.imaging_features.tissue_fractions`,
     which the evaluation's imaging-feature baseline uses). Unlike the bins of :class:`IntensityHistogram`,
     the class fractions do not move when a scanner renders the same tissues brighter or darker: that is
     what lets a linear path on them transfer to another site.

@@ -95,7 +95,7 @@ def regression_baselines(
       False, e.g. for brain age, where age is the target);
     - ``imaging_features`` (with ``imaging_task``): a ridge model on measured imaging features
       (brain volume, tissue fractions, lesion volume and count; see
-      :mod:`monai_ms.engines.imaging_features`), the tier-2 baseline; it reads every image once.
+      :mod:`monai_ms.engines.metrics.imaging_features`), the tier-2 baseline; it reads every image once.
 
     Args:
         train_entries: manifest entries of the training split (need ``target_key``, ``age``, ``sex``).
@@ -118,7 +118,7 @@ def regression_baselines(
         linear = model.predict(_demographic_features(test_entries))
         baselines["linear_age_sex"] = {**regression_metrics(linear, y_test, within), "predictions": linear.tolist()}
     if imaging_task is not None:
-        from monai_ms.engines.imaging_features import IMAGING_BASELINE, imaging_baseline
+        from monai_ms.engines.metrics.imaging_features import IMAGING_BASELINE, imaging_baseline
 
         fitted = imaging_baseline(train_entries, test_entries, target_key, imaging_task)
         if fitted is not None:

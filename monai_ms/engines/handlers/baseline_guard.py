@@ -28,7 +28,13 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-__all__ = ["TRIVIAL_BASELINES", "is_better", "compare_with_baselines", "trivial_validation_baseline", "BaselineGuard"]
+__all__ = [
+    "TRIVIAL_BASELINES",
+    "is_better",
+    "compare_with_baselines",
+    "trivial_validation_baseline",
+    "BaselineGuard",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +132,11 @@ def trivial_validation_baseline(
     name, metric, lower, default_key = TRIVIAL_BASELINES[task]
     key = target_key or default_key
     if task in ("edss", "brain_age"):
-        from monai_ms.engines.metrics import regression_baselines
+        from monai_ms.engines.metrics.scores import regression_baselines
 
         value = regression_baselines(train_entries, val_entries, key, linear_on_demographics=False)[name]["mae"]
     elif task == "sex":
-        from monai_ms.engines.classification import classification_baselines
+        from monai_ms.engines.metrics.classification import classification_baselines
 
         value = classification_baselines(train_entries, val_entries, key, volume_key=None)[name]["auc"]
     else:

@@ -3,11 +3,11 @@
 :func:`finish_report` adds, to a report with ``"model"`` (or ``"summary"``) and ``"baselines"``:
 
 - ``"ci95"`` inside the model's and each baseline's metrics: ``{metric: [low, high]}``, a 95% subject
-  bootstrap interval (:mod:`monai_ms.engines.bootstrap`) on paired resamples;
+  bootstrap interval (:mod:`monai_ms.engines.metrics.bootstrap`) on paired resamples;
 - ``"uncertainty"``: how the intervals were made (``n_subjects``, ``n_sessions``, resamples, seed, method,
   resamples where a metric was undefined) and the interval of the model-minus-best-baseline difference;
 - ``"beats_baselines"`` (true/false, null when undefined) and ``"baseline_comparison"``
-  (:func:`~monai_ms.engines.baseline_guard.compare_with_baselines`: metric, direction, the baseline compared),
+  (:func:`~monai_ms.engines.handlers.baseline_guard.compare_with_baselines`: metric, direction, the baseline compared),
   against the trivial baselines (tier 1); with an ``imaging_features`` baseline (tier 2) also
   ``"beats_imaging_features"``;
 - ``"split"`` and ``"provenance"`` (split, manifest and checkpoint SHA-256, bundle version, overrides) when
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from monai_ms.engines.baseline_guard import compare_with_baselines
-from monai_ms.engines.bootstrap import DEFAULT_RESAMPLES, bootstrap_metrics
-from monai_ms.engines.imaging_features import IMAGING_BASELINE
+from monai_ms.engines.handlers.baseline_guard import compare_with_baselines
+from monai_ms.engines.metrics.bootstrap import DEFAULT_RESAMPLES, bootstrap_metrics
+from monai_ms.engines.metrics.imaging_features import IMAGING_BASELINE
 from monai_ms.io import write_json
 
 __all__ = ["finish_report", "sidecar_path", "write_sidecar", "subjects_of"]
@@ -71,7 +71,7 @@ def finish_report(
         the report.
 
     Examples:
-        >>> from monai_ms.engines.metrics import regression_metrics
+        >>> from monai_ms.engines.metrics.scores import regression_metrics
         >>> p, t, b = np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.5, 3.0]), np.array([2.0, 2.0, 2.0])
         >>> r = {"model": regression_metrics(p, t), "baselines": {"median": regression_metrics(b, t)}}
         >>> finish_report(r, lambda i: {"model": regression_metrics(p[i], t[i]), "median": regression_metrics(b[i], t[i])},

@@ -32,7 +32,7 @@ _OVERRIDES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``explain`` arguments to ``parser``."""
     from monai_ms.data.fields import SPLITS
-    from monai_ms.engines.saliency import METHODS
+    from monai_ms.engines.inference.saliency import METHODS
 
     parser.add_argument("bundle", help="bundle folder (e.g. bundles/edss) or the name of one under ./bundles")
     parser.add_argument("--manifest", help="cohort manifest (default: the bundle's demo cohort)")

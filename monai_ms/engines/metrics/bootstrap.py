@@ -4,9 +4,9 @@ A cohort has several sessions per patient, and a patient's sessions are not inde
 same scanner, similar errors). Resampling sessions would treat them as independent and give intervals
 that are too narrow; this module resamples **subjects** with replacement and takes all sessions of each
 drawn subject (a cluster bootstrap), then recomputes the metric with the project's own metric function
-(:func:`~monai_ms.engines.metrics.regression_metrics`,
-:func:`~monai_ms.engines.metrics.classification_metrics`,
-:func:`~monai_ms.engines.segmentation.summarize_segmentation`) on each resample. The interval is the
+(:func:`~monai_ms.engines.metrics.scores.regression_metrics`,
+:func:`~monai_ms.engines.metrics.scores.classification_metrics`,
+:func:`~monai_ms.engines.metrics.segmentation.summarize_segmentation`) on each resample. The interval is the
 percentile interval of the resampled values (2.5th and 97.5th percentiles for 95%). Resamples where a
 metric is undefined (e.g. AUC of a resample with one class) are left out of that metric's interval and
 counted.
@@ -129,7 +129,7 @@ def bootstrap_metrics(
         ValueError: no sessions.
 
     Examples:
-        >>> from monai_ms.engines.metrics import regression_metrics
+        >>> from monai_ms.engines.metrics.scores import regression_metrics
         >>> pred, true = np.array([1.0, 2.0, 3.0, 5.0]), np.array([1.5, 2.0, 2.0, 4.0])
         >>> out = bootstrap_metrics(lambda i: {"model": regression_metrics(pred[i], true[i])}, ["a", "a", "b", "c"], 200)
         >>> out["n_subjects"], len(out["intervals"]["model"]["mae"])

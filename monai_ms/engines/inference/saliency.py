@@ -39,8 +39,9 @@ import torch
 import torch.nn as nn
 
 from monai_ms.data.fields import DEFAULT_MODALITIES, IMAGE_KEYS
-from monai_ms.engines.segmentation import _like, _source_file, _to_numpy, input_files, output_path
-from monai_ms.io import save_figure, save_nifti, write_csv
+from monai_ms.engines.handlers.common import source_file, to_numpy
+from monai_ms.engines.inference.segmentation import input_files, output_path
+from monai_ms.io import nifti_like, save_figure, save_nifti, write_csv
 
 __all__ = [
     "METHODS",
@@ -282,14 +283,14 @@ def region_saliency(
         >>> r["lesion_mean"], r["nawm_mean"], r["gm_mean"], r["lesion_to_nawm"]
         (4.0, 1.0, 2.0, 4.0)
     """
-    values = np.asarray(_to_numpy(saliency), dtype=np.float64)
+    values = np.asarray(to_numpy(saliency), dtype=np.float64)
     if values.ndim == 4 and values.shape[0] == 1:
         values = values[0]
 
     def _on_grid(mask: Any, name: str) -> np.ndarray | None:
         if mask is None:
             return None
-        array = np.asarray(_to_numpy(mask))
+        array = np.asarray(to_numpy(mask))
         array = array.reshape(array.shape[1:]) if array.ndim == 4 and array.shape[0] == 1 else array
         if array.shape != values.shape:
             raise ValueError(f"{name} has shape {array.shape}, the saliency map {values.shape}: they must be on one grid")
@@ -370,8 +371,8 @@ def save_saliency_figure(
 
     fig, axes = plt.subplots(len(rows), 3, figsize=(9.5, 3.0 * len(rows)), squeeze=False)
     for r, (label, image, saliency) in enumerate(rows):
-        image = np.asarray(_to_numpy(image), dtype=np.float32).reshape(np.shape(_to_numpy(saliency))[-3:])
-        sal = np.asarray(_to_numpy(saliency), dtype=np.float32).reshape(image.shape)
+        image = np.asarray(to_numpy(image), dtype=np.float32).reshape(np.shape(to_numpy(saliency))[-3:])
+        sal = np.asarray(to_numpy(saliency), dtype=np.float32).reshape(image.shape)
         inside = image != 0
         # coarse CAMs spill into the background and the padding; show and cut through the brain only
         sal = np.where(inside, sal, 0.0) if inside.any() else sal
@@ -510,14 +511,14 @@ class SaliencyRunner:
         reference = item[self.reference_key]
         data = {self.reference_key: reference, "saliency": MetaTensor(saliency, meta=dict(reference.meta))}
         inverted = Invertd(keys="saliency", transform=self.preprocessing, orig_keys=self.reference_key, nearest_interp=False)(data)
-        return _to_numpy(inverted["saliency"])[0].astype(np.float32)
+        return to_numpy(inverted["saliency"])[0].astype(np.float32)
 
     def explain_item(self, item: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Write one scan's maps and picture; return its region rows (one per stream)."""
         import nibabel as nib
 
         session = str(item[self.id_key])
-        t1_file = _source_file(item[self.reference_key], self.reference_key, session)
+        t1_file = source_file(item[self.reference_key], self.reference_key, session)
         inputs = input_files(item, self.input_keys, session) | {Path(t1_file).resolve()}
         t1 = nib.load(t1_file)
         shape = tuple(t1.shape[:3])
@@ -533,11 +534,11 @@ class SaliencyRunner:
             if native.shape != shape:
                 raise ValueError(f"session {session}: the {stream} map maps back to shape {native.shape}, not the T1's {shape} ({t1_file})")
             path = output_path(self.output_dir, f"{session}_{stream}_{method}.nii.gz", inputs, session)
-            save_nifti(_like(t1, native, np.float32), path)
+            save_nifti(nifti_like(t1, native, np.float32), path)
             rows.append({"session": session, "modality": stream, "method": method, "prediction": prediction,
                          **region_saliency(native, lesion, tissue, brain), "saliency_file": str(path)})
             backgrounds = [stream] if stream in self.image_keys and stream in item else [k for k in self.image_keys if k in item]
-            figure_rows += [(f"{stream} map on {key.upper()}", _to_numpy(item[key])[0], saliency[0]) for key in backgrounds]
+            figure_rows += [(f"{stream} map on {key.upper()}", to_numpy(item[key])[0], saliency[0]) for key in backgrounds]
         png = output_path(self.output_dir, f"png/{session}_{method}.png", inputs, session)
         save_saliency_figure(figure_rows, png, title=f"{session}: {method}, prediction {prediction:.3g}")
         logger.info(f"{session}: {', '.join(maps)} {method} maps -> {self.output_dir}")

@@ -9,9 +9,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_ms.data.split import subject_folds
 from monai_ms.data.transforms import parse_sex
 
-__all__ = ["fit_normalization", "fit_covariate_head", "fit_feature_paths", "fit_histogram_head", "subject_folds"]
+__all__ = [
+    "fit_normalization",
+    "fit_covariate_head",
+    "fit_feature_paths",
+    "fit_histogram_head",
+    "subject_folds",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -131,59 +138,6 @@ def _zero_last_linear(head: torch.nn.Module) -> None:
     with torch.no_grad():
         last.weight.zero_()
         last.bias.zero_()
-
-
-def subject_folds(
-    entries: Sequence[Mapping[str, Any]], labels: Sequence[int] | None = None, max_splits: int = 5
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
-    """Inner cross-validation folds of a training split, grouped by subject (stratified by class if given).
-
-    A patient's sessions are never on both sides of a fold, so a penalty is not chosen for how well a
-    model recognises a subject it has already seen. ``GroupKFold`` over subjects for regression;
-    ``StratifiedGroupKFold`` (no shuffling, so deterministic) for classification, with as many splits as
-    the rarer class has subjects (at most ``max_splits``) and fewer when a fold would lack a class.
-    An entry without ``subject`` counts as a subject of its own (with a warning).
-
-    Args:
-        entries: training entries, each with ``subject``.
-        labels: class of each entry (0/1), or None (regression).
-        max_splits: upper bound on the number of folds.
-
-    Returns:
-        ``(splits, description)``: ``(train indices, test indices)`` per fold, usable as the ``cv`` of
-        scikit-learn's searches, and e.g. ``"GroupKFold(5) over 42 subjects"``.
-
-    Raises:
-        ValueError: fewer than 2 subjects, or (``labels``) fewer than 2 subjects of a class.
-
-    Examples:
-        >>> entries = [{"subject": s} for s in "aabbccdd"]
-        >>> splits, text = subject_folds(entries, max_splits=2)
-        >>> text
-        'GroupKFold(2) over 4 subjects'
-    """
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
-
-    missing = {i for i, e in enumerate(entries) if not str(e.get("subject") or "").strip()}
-    if missing:
-        logger.warning(f"{len(missing)} training entries have no subject; each counts as a subject of its own in the inner CV")
-    groups = np.array([str(e.get("subject")) if i not in missing else f"#entry{i}" for i, e in enumerate(entries)])
-    n_subjects = len(np.unique(groups))
-    if n_subjects < 2:
-        raise ValueError(f"the inner cross-validation needs at least 2 subjects in the training split, got {n_subjects}")
-    index = np.arange(len(groups))
-    if labels is None:
-        n_splits = min(max_splits, n_subjects)
-        return list(GroupKFold(n_splits=n_splits).split(index, groups=groups)), f"GroupKFold({n_splits}) over {n_subjects} subjects"
-    y = np.asarray(labels, dtype=int)
-    per_class = [len(np.unique(groups[y == c])) for c in (0, 1)]
-    if min(per_class) < 2:
-        raise ValueError(f"the training split needs at least 2 subjects of each class for the inner cross-validation, got {per_class}")
-    for n_splits in range(min(max_splits, min(per_class)), 1, -1):
-        splits = list(StratifiedGroupKFold(n_splits=n_splits).split(index, y, groups=groups))
-        if all(len(np.unique(y[train])) == 2 and len(np.unique(y[test])) == 2 for train, test in splits):
-            return splits, f"StratifiedGroupKFold({n_splits}) over {n_subjects} subjects"
-    raise ValueError(f"no grouped split of the training split's {per_class} subjects per class puts both classes in every fold")
 
 
 def _feature_paths(module: Any) -> list[tuple[str, Any, Any]]:

@@ -112,7 +112,7 @@ def tissue_fractions(
 
 
 def _lesion_volume_and_count(path: str) -> tuple[float, int]:
-    from monai_ms.engines.segmentation import label_lesions
+    from monai_ms.engines.metrics.segmentation import label_lesions
 
     image = nib.load(path)
     spacing = np.abs(image.header.get_zooms()[:3])
@@ -197,7 +197,7 @@ def fit_feature_model(
 
     Regression targets (EDSS, age) get a ridge regression, classification (sex) a class-balanced
     logistic regression, both on standardised features; the penalty is chosen by subject-grouped
-    cross-validation inside the training split (:func:`monai_ms.engines.normalization.subject_folds`: one
+    cross-validation inside the training split (:func:`monai_ms.data.split.subject_folds`: one
     patient's sessions are never on both sides of a fold; stratified by class for sex). Lesion
     features are used only when every session of both splits has a lesion mask.
 
@@ -221,7 +221,7 @@ def fit_feature_model(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from monai_ms.engines.normalization import subject_folds
+    from monai_ms.data.split import subject_folds
 
     if task not in TASK_FEATURES:
         raise ValueError(f"task must be one of {', '.join(TASK_FEATURES)}, got {task!r}")
@@ -233,7 +233,7 @@ def fit_feature_model(
         raise ValueError("the imaging-feature baseline needs at least 2 training subjects")
     x_train, x_eval = _design(train_rows, train_entries, features), _design(eval_rows, eval_entries, features)
     if task == "sex":
-        from monai_ms.engines.classification import binary_labels
+        from monai_ms.engines.metrics.classification import binary_labels
 
         y = binary_labels(train_entries, target_key)
         folds, _ = subject_folds(train_entries, labels=y.astype(int).tolist())

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import random
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,8 @@ from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver, EarlyStopHandler
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from monai_ms.engines.lesion_pathway import provenance_path
-from monai_ms.errors import UserError
+from monai_ms.engines.training.lesion_pathway import provenance_path
+from monai_ms.errors import UserError, stop_or_raise
 from monai_ms.io import atomic_path, write_json
 
 __all__ = [
@@ -405,12 +404,7 @@ def check_writable(*folders: str | os.PathLike) -> bool:
 
 
 def _stop(message: str) -> None:
-    from monai_ms.bundle.config import running_workflow
-
-    if running_workflow() is not None:
-        print(message, file=sys.stderr)
-        raise SystemExit(1)
-    raise ResumeError(message)
+    stop_or_raise(ResumeError(message))  # one line and exit 1 under the bundle command line, else raise
 
 
 class TrainingFaultHandler:
@@ -423,7 +417,7 @@ class TrainingFaultHandler:
     """
 
     def __init__(self, ckpt_dir: str | os.PathLike, loss_transform: Any = None, main_process: bool = True) -> None:
-        from monai_ms.engines.handlers import loss_from_output
+        from monai_ms.engines.handlers.common import loss_from_output
 
         self.ckpt_dir = Path(ckpt_dir)
         self.loss_transform = loss_transform or loss_from_output

@@ -17,7 +17,7 @@ even imported), so the configs run unchanged where MLflow is not installed.
 Examples:
     In ``train.json``, after the learning-curve handler in ``train#handlers``::
 
-        {"_target_": "monai_ms.engines.tracking.MLflowRunLogger",
+        {"_target_": "monai_ms.engines.handlers.tracking.MLflowRunLogger",
          "params": {"epochs": "@epochs", "learning_rate": "@learning_rate"},
          "history_csv": "$@output_dir + '/training_log.csv'",
          "artifacts": ["$@output_dir + '/learning_curve.png'"]}

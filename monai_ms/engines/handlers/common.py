@@ -18,12 +18,15 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
-from monai_ms.engines.bootstrap import DEFAULT_RESAMPLES
-from monai_ms.engines.evaluation_report import finish_report, subjects_of, write_sidecar
-from monai_ms.engines.metrics import clip_to_range, regression_baselines, regression_metrics, round_to_step
+from monai_ms.engines.handlers.report import finish_report, subjects_of, write_sidecar
+from monai_ms.engines.metrics.bootstrap import DEFAULT_RESAMPLES
+from monai_ms.engines.metrics.scores import clip_to_range, regression_baselines, regression_metrics, round_to_step
 from monai_ms.io import save_figure, write_csv, write_json
 
 __all__ = [
+    "to_numpy",
+    "decollated_items",
+    "source_file",
     "lower_is_better",
     "negated_key_metric",
     "PredictionCollector",
@@ -49,12 +52,30 @@ def negated_key_metric(engine: Engine) -> float:
     return -float(engine.state.metrics[engine.state.key_metric_name])
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def to_numpy(value: Any) -> np.ndarray:
+    """A tensor, a list of tensors (stacked) or anything array-like as a float numpy array (tensors detached, on the CPU)."""
     if isinstance(value, torch.Tensor):
         return value.detach().float().cpu().numpy()
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
         return torch.stack([v.detach().float().cpu() for v in value]).numpy()
     return np.asarray(value)
+
+
+def decollated_items(engine: Engine) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """``(item, output)`` pairs of a decollated evaluator's last iteration, one per scan."""
+    batch, output = engine.state.batch, engine.state.output
+    if not isinstance(batch, list) or not isinstance(output, list):
+        raise TypeError("this handler needs a decollated evaluator (decollate=True) with per-scan post-processing")
+    return list(zip(batch, output))
+
+
+def source_file(value: Any, key: str, session: str) -> str:
+    """The file a loaded image came from (its ``filename_or_obj`` metadata); ValueError naming the session if unknown."""
+    meta = getattr(value, "meta", None)
+    name = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+    if not name:
+        raise ValueError(f"session {session}: cannot tell which file {key!r} was read from (no filename in its metadata)")
+    return str(name)
 
 
 class PredictionCollector:
@@ -91,8 +112,8 @@ class PredictionCollector:
 
     def _get(self, output: Any, key: str) -> np.ndarray:
         if isinstance(output, Mapping):
-            return _to_numpy(output[key])
-        return _to_numpy([item[key] for item in output])
+            return to_numpy(output[key])
+        return to_numpy([item[key] for item in output])
 
     def collect(self, engine: Engine) -> None:
         ids = engine.state.batch[self.id_key]
@@ -232,7 +253,7 @@ class RegressionReportHandler(PredictionCollector):
     baselines fitted on the training split (see :func:`regression_baselines`) on the same samples, each
     with a 95% subject-bootstrap interval (``ci95``), ``n`` and the ``uncertainty`` block, whether the model
     beats the best baseline's MAE (``beats_baselines``, ``baseline_comparison``), and the run's
-    ``provenance`` (see :func:`monai_ms.engines.evaluation_report.finish_report`).
+    ``provenance`` (see :func:`monai_ms.engines.handlers.report.finish_report`).
     ``predictions.provenance.json`` records the same provenance beside the table.
 
     With ``value_range`` the predictions are clipped to the target's range (EDSS: [0, 10]) before any
@@ -379,7 +400,7 @@ class PredictionTableHandler(PredictionCollector):
         round_to: also ``<value_name>_rounded``, the (clipped) value rounded to this step (EDSS: 0.5).
         provenance: the run's provenance (``monai_ms.bundle.evaluation_provenance`` of the inferred split, the
             manifest and the checkpoint), written beside the table as ``<table>.provenance.json`` (see
-            :func:`monai_ms.engines.evaluation_report.write_sidecar`); ``None`` writes no sidecar.
+            :func:`monai_ms.engines.handlers.report.write_sidecar`); ``None`` writes no sidecar.
 
     Bound to a :class:`monai_ms.engines.BatchInference` (its ``writers``), each prediction is recorded per
     session as it is made and the table is written by ``batch.finish()`` (see :meth:`bind`).

@@ -1,0 +1,53 @@
+"""The package map of docs/architecture.md, enforced: engines/ in MONAI's tiers, each importing only the tiers
+above it (metrics <- handlers <- inference, training), and engines never importing the bundle tooling."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ENGINES = Path(__file__).resolve().parents[1] / "monai_ms" / "engines"
+TIERS = ["metrics", "handlers", "inference", "training"]
+ALLOWED = {  # what each tier may import from monai_ms.engines
+    "metrics": {"metrics"},
+    "handlers": {"metrics", "handlers"},
+    "inference": {"metrics", "handlers", "inference"},
+    "training": {"metrics", "handlers", "inference", "training"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_engines_has_only_the_four_tiers_and_its_api():
+    assert sorted(p.name for p in ENGINES.iterdir() if p.suffix == ".py") == ["__init__.py"]
+    assert sorted(p.name for p in ENGINES.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(TIERS)
+
+
+def test_each_tier_imports_only_the_tiers_above_it_and_never_the_bundle_tooling():
+    problems = []
+    for tier in TIERS:
+        for path in sorted((ENGINES / tier).glob("*.py")):
+            for module in _imports(path):
+                parts = module.split(".")
+                if parts[:2] == ["monai_ms", "bundle"]:
+                    problems.append(f"{tier}/{path.name} imports {module}")
+                if parts[:2] == ["monai_ms", "engines"] and (len(parts) < 3 or parts[2] not in ALLOWED[tier]):
+                    problems.append(f"{tier}/{path.name} imports {module}")
+    assert problems == []
+
+
+def test_the_package_api_is_the_tiers_api():
+    import monai_ms.engines as engines
+    from monai_ms.engines import handlers, inference, metrics, training
+
+    tiers = [metrics, handlers, inference, training]
+    for name in engines.__all__:
+        assert any(getattr(tier, name, None) is getattr(engines, name) for tier in tiers), name
