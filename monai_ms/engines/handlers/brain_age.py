@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from monai_ms.engines.handlers.common import PredictionCollector, PredictionTableHandler
-from monai_ms.engines.handlers.report import finish_report, subjects_of, write_sidecar
+from monai_ms.engines.handlers.report import ReportHandler, ReportParts, subjects_of
 from monai_ms.engines.metrics.bootstrap import DEFAULT_RESAMPLES
 from monai_ms.engines.metrics.brain_age import MIN_SLOPE, AgeBias, brain_age_gap, fit_age_bias, gap_summary, load_age_bias
 from monai_ms.engines.metrics.scores import regression_baselines, regression_metrics
@@ -26,7 +26,7 @@ __all__ = ["BrainAgeReportHandler", "BrainAgeTableHandler"]
 logger = logging.getLogger(__name__)
 
 
-class BrainAgeReportHandler(PredictionCollector):
+class BrainAgeReportHandler(ReportHandler, PredictionCollector):
     """At the end of an evaluation run, write the brain-age ``metrics.json``, ``predictions.csv`` and ``scatter.png``.
 
     The age-bias correction is fitted on the predictions of the ``calibration`` collector, which a
@@ -86,10 +86,6 @@ class BrainAgeReportHandler(PredictionCollector):
         self.min_slope = min_slope
         self.extra_columns = list(extra_columns)
 
-    def attach(self, engine: Engine) -> None:
-        super().attach(engine)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
-
     def fit_bias(self) -> tuple[AgeBias | None, str]:
         """The age-bias correction from the calibration run, and a note on how it was obtained."""
         if self.calibration is None:
@@ -109,7 +105,7 @@ class BrainAgeReportHandler(PredictionCollector):
             return None, str(error)
         return bias, f"fitted on {bias.n} validation sessions"
 
-    def write(self, engine: Engine | None = None) -> dict[str, Any]:
+    def build(self) -> ReportParts:
         entries = [self.entries[i] for i in self.ids]
         age = np.asarray(self.labels, dtype=np.float64)
         pred = np.asarray(self.preds, dtype=np.float64)
@@ -143,17 +139,19 @@ class BrainAgeReportHandler(PredictionCollector):
             out.update({name: regression_metrics(values[index], age[index]) for name, values in predictions.items()})
             return out
 
-        finish_report(report, compute, subjects_of(entries), "mae", True, self.provenance, self.n_resamples, self.seed)
-        write_json(report, self.output_dir / "metrics.json")
-        write_csv(frame, self.output_dir / "predictions.csv")
-        write_sidecar(self.output_dir / "predictions.csv", self.provenance, frame.columns, len(frame))
+        return ReportParts(report, frame, compute, subjects_of(entries), {"bias": bias})
+
+    def after_write(self, parts: ReportParts) -> None:
+        bias = parts.extra["bias"]
         if bias is not None and self.bias_file is not None and not isinstance(self.calibration, AgeBias):
             write_json(bias.to_dict(), self.bias_file)
-        self._plot(frame, model, bias)
-        summary = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if isinstance(v, float))
-        median = baselines["training_median"]["mae"]
-        logger.info(f"evaluated {model['n']} sessions: {summary} (training-median MAE {median:.3f}); written to {self.output_dir}")
-        return report
+        self._plot(parts.table, parts.report["model"], bias)
+
+    def summary(self, parts: ReportParts) -> str:
+        model = parts.report["model"]
+        values = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if isinstance(v, float))
+        median = parts.report["baselines"]["training_median"]["mae"]
+        return f"evaluated {model['n']} sessions: {values} (training-median MAE {median:.3f}); written to {self.output_dir}"
 
     def _plot(self, frame: pd.DataFrame, model: Mapping[str, float], bias: AgeBias | None) -> None:
         import matplotlib

@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from ignite.engine import Engine, Events
 from sklearn import metrics as skm
 
 from monai_ms.data.fields import SEX_CLASSES
 from monai_ms.engines.handlers.common import PredictionCollector
-from monai_ms.engines.handlers.report import finish_report, subjects_of, write_sidecar
+from monai_ms.engines.handlers.report import ReportHandler, ReportParts, subjects_of
 from monai_ms.engines.metrics.bootstrap import DEFAULT_RESAMPLES
 from monai_ms.engines.metrics.classification import (
     class_counts,
@@ -26,14 +25,14 @@ from monai_ms.engines.metrics.classification import (
     probability_from_logit,
 )
 from monai_ms.engines.metrics.scores import ECE_BINS, classification_metrics, reliability_bins
-from monai_ms.io import save_figure, write_csv, write_json
+from monai_ms.io import save_figure
 
 __all__ = ["ClassificationReportHandler"]
 
 logger = logging.getLogger(__name__)
 
 
-class ClassificationReportHandler(PredictionCollector):
+class ClassificationReportHandler(ReportHandler, PredictionCollector):
     """At the end of an evaluation run, write ``metrics.json``, ``predictions.csv`` and two PNGs.
 
     Collects the logits of one run, turns them into probabilities (sigmoid) and writes into ``output_dir``:
@@ -105,11 +104,10 @@ class ClassificationReportHandler(PredictionCollector):
         self.provenance = provenance
         self.n_resamples, self.seed = int(n_resamples), int(seed)
 
-    def attach(self, engine: Engine) -> None:
-        super().attach(engine)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+    metric = "auc"
+    lower_is_better = False
 
-    def write(self, engine: Engine | None = None) -> dict[str, Any]:
+    def build(self) -> ReportParts:
         entries = [self.entries[i] for i in self.ids]
         probability = np.asarray(self.preds, dtype=np.float64)
         labels = np.asarray(self.labels, dtype=np.float64)
@@ -148,15 +146,16 @@ class ClassificationReportHandler(PredictionCollector):
         def compute(index: np.ndarray) -> dict[str, dict[str, Any]]:
             return {name: classification_metrics(p[index], labels[index], self.threshold) for name, p in curves.items()}
 
-        finish_report(report, compute, subjects_of(entries), "auc", False, self.provenance, self.n_resamples, self.seed)
-        write_json(report, self.output_dir / "metrics.json")
-        write_csv(frame, self.output_dir / "predictions.csv")
-        write_sidecar(self.output_dir / "predictions.csv", self.provenance, frame.columns, len(frame))
-        self._plot(labels, curves, model)
-        self._plot_reliability(calibration, model)
-        summary = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if isinstance(v, float))
-        logger.info(f"evaluated {model['n']} sessions: {summary}; written to {self.output_dir}")
-        return report
+        return ReportParts(report, frame, compute, subjects_of(entries), {"labels": labels, "curves": curves, "calibration": calibration})
+
+    def after_write(self, parts: ReportParts) -> None:
+        self._plot(parts.extra["labels"], parts.extra["curves"], parts.report["model"])
+        self._plot_reliability(parts.extra["calibration"], parts.report["model"])
+
+    def summary(self, parts: ReportParts) -> str:
+        model = parts.report["model"]
+        values = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if isinstance(v, float))
+        return f"evaluated {model['n']} sessions: {values}; written to {self.output_dir}"
 
     def _plot(self, labels: np.ndarray, curves: Mapping[str, np.ndarray], model: Mapping[str, Any]) -> None:
         import matplotlib

@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 
-from monai_ms.engines.handlers.report import finish_report, subjects_of, write_sidecar
+from monai_ms.engines.handlers.report import ReportHandler, ReportParts, subjects_of, write_sidecar
 from monai_ms.engines.metrics.bootstrap import DEFAULT_RESAMPLES
 from monai_ms.engines.metrics.scores import clip_to_range, regression_baselines, regression_metrics, round_to_step
-from monai_ms.io import save_figure, write_csv, write_json
+from monai_ms.io import save_figure, write_csv
 
 __all__ = [
     "to_numpy",
@@ -246,7 +246,7 @@ class ProgressBarHandler:
         self.bar.attach(engine, output_transform=lambda output: {"loss": loss_from_output(output)})
 
 
-class RegressionReportHandler(PredictionCollector):
+class RegressionReportHandler(ReportHandler, PredictionCollector):
     """At the end of an evaluation run, write ``metrics.json``, ``predictions.csv`` (+ sidecar) and a scatter PNG.
 
     ``metrics.json`` holds the model's dataset-level metrics and the same metrics for the trivial
@@ -312,11 +312,7 @@ class RegressionReportHandler(PredictionCollector):
         self.provenance = provenance
         self.n_resamples, self.seed = int(n_resamples), int(seed)
 
-    def attach(self, engine: Engine) -> None:
-        super().attach(engine)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
-
-    def write(self, engine: Engine | None = None) -> dict[str, Any]:
+    def build(self) -> ReportParts:
         entries = [self.entries[i] for i in self.ids]
         raw = np.asarray(self.preds, dtype=np.float64)
         pred = raw if self.value_range is None else clip_to_range(raw, *self.value_range)
@@ -351,19 +347,20 @@ class RegressionReportHandler(PredictionCollector):
                 "n_clipped": int(np.sum(pred != raw)),
                 "note": "metrics use the clipped predictions; predictions.csv keeps the raw ones (prediction_raw)",
             }
-        finish_report(report, compute, subjects_of(entries), "mae", True, self.provenance, self.n_resamples, self.seed)
-        write_json(report, self.output_dir / "metrics.json")
-        write_csv(frame, self.output_dir / "predictions.csv")
-        write_sidecar(self.output_dir / "predictions.csv", self.provenance, frame.columns, len(frame))
-        self._plot(frame, model)
-        summary = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if isinstance(v, float))
+        return ReportParts(report, frame, compute, subjects_of(entries))
+
+    def after_write(self, parts: ReportParts) -> None:
+        self._plot(parts.table, parts.report["model"])
+
+    def summary(self, parts: ReportParts) -> str:
+        model = parts.report["model"]
+        values = ", ".join(f"{k}={v:.3f}" for k, v in model.items() if isinstance(v, float))
         interval = model.get("ci95", {}).get("mae")
         ci = f" (95% CI {interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
-        logger.info(
-            f"evaluated {model['n']} sessions: {summary}; MAE{ci}; beats baselines: {report['beats_baselines']}; "
+        return (
+            f"evaluated {model['n']} sessions: {values}; MAE{ci}; beats baselines: {parts.report['beats_baselines']}; "
             f"written to {self.output_dir}"
         )
-        return report
 
     def _plot(self, frame: pd.DataFrame, model: Mapping[str, float]) -> None:
         import matplotlib

@@ -14,22 +14,33 @@
   given, e.g. from :func:`monai_ms.bundle.evaluation_provenance`.
 
 :func:`write_sidecar` writes the provenance next to a predictions table (``predictions.provenance.json``).
+
+:class:`ReportHandler` is the skeleton the four report handlers share: at the end of the evaluator's run it asks
+the subclass for its report, table and resampling function (:meth:`ReportHandler.build`), finishes the report,
+writes ``metrics.json``, the table and its sidecar atomically, then the subclass's pictures and extra files, and
+logs one summary line.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from ignite.engine import Engine, Events
 
 from monai_ms.engines.handlers.baseline_guard import compare_with_baselines
 from monai_ms.engines.metrics.bootstrap import DEFAULT_RESAMPLES, bootstrap_metrics
 from monai_ms.engines.metrics.imaging_features import IMAGING_BASELINE
-from monai_ms.io import write_json
+from monai_ms.io import write_csv, write_json
 
-__all__ = ["finish_report", "sidecar_path", "write_sidecar", "subjects_of"]
+__all__ = ["finish_report", "sidecar_path", "write_sidecar", "subjects_of", "ReportParts", "ReportHandler"]
+
+logger = logging.getLogger(__name__)
 
 
 def subjects_of(entries: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -131,3 +142,70 @@ def write_sidecar(table: str | Path, provenance: Mapping[str, Any] | None, colum
     path = sidecar_path(table)
     write_json({"table": Path(table).name, "rows": int(rows), "columns": list(columns), "provenance": provenance}, path)
     return path
+
+
+@dataclass
+class ReportParts:
+    """What a report handler's :meth:`ReportHandler.build` returns.
+
+    Attributes:
+        report: ``metrics.json`` before :func:`finish_report` (``"model"`` or ``"summary"``, ``"baselines"``, ...).
+        table: one row per session or scan.
+        compute: the model's and each baseline's metrics on a resample of the rows (for the intervals).
+        subjects: the subject of each row (resampled as units).
+        extra: what the subclass's pictures and extra files need (e.g. the fitted age bias).
+    """
+
+    report: dict[str, Any]
+    table: pd.DataFrame
+    compute: Callable[[np.ndarray], Mapping[str, Mapping[str, Any]]]
+    subjects: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ReportHandler:
+    """The skeleton of an evaluation report handler: collect during the run, write everything at its end.
+
+    A subclass sets ``metric`` / ``lower_is_better`` (the comparison with the baselines), ``table_name`` and
+    ``model_key``, and implements :meth:`build`, :meth:`summary` and optionally :meth:`after_write` (pictures,
+    extra files). It needs ``output_dir``, ``provenance``, ``n_resamples`` and ``seed`` attributes. Combined
+    with a collector (``class X(ReportHandler, PredictionCollector)``), :meth:`attach` attaches the collector too.
+    """
+
+    metric: str = "mae"
+    lower_is_better: bool = True
+    table_name: str = "predictions.csv"
+    model_key: str = "model"
+    output_dir: Path
+    provenance: Mapping[str, Any] | None
+    n_resamples: int
+    seed: int
+
+    def attach(self, engine: Engine) -> None:
+        collector = getattr(super(), "attach", None)  # the collector's events first, as before the report
+        if collector is not None:
+            collector(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def build(self) -> ReportParts:
+        """The report, table and resampling function of what was collected."""
+        raise NotImplementedError
+
+    def summary(self, parts: ReportParts) -> str:
+        """The log line after writing (the report is finished: intervals are in it)."""
+        raise NotImplementedError
+
+    def after_write(self, parts: ReportParts) -> None:
+        """Pictures and extra files, after ``metrics.json`` and the table are written."""
+
+    def write(self, engine: Engine | None = None) -> dict[str, Any]:
+        """Build, finish and write the report; returns ``metrics.json``'s content."""
+        parts = self.build()
+        finish_report(parts.report, parts.compute, parts.subjects, self.metric, self.lower_is_better, self.provenance,
+                      self.n_resamples, self.seed, model_key=self.model_key)
+        write_json(parts.report, self.output_dir / "metrics.json")
+        write_csv(parts.table, self.output_dir / self.table_name)
+        write_sidecar(self.output_dir / self.table_name, self.provenance, parts.table.columns, len(parts.table))
+        self.after_write(parts)
+        logging.getLogger(type(self).__module__).info(self.summary(parts))  # the subclass's logger, as before
+        return parts.report

@@ -15,7 +15,7 @@ import pandas as pd
 from ignite.engine import Engine, Events
 
 from monai_ms.engines.handlers.common import decollated_items, source_file, to_numpy
-from monai_ms.engines.handlers.report import finish_report, write_sidecar
+from monai_ms.engines.handlers.report import ReportHandler, ReportParts
 from monai_ms.engines.metrics.bootstrap import DEFAULT_RESAMPLES
 from monai_ms.engines.metrics.segmentation import (
     CONNECTIVITY,
@@ -25,14 +25,14 @@ from monai_ms.engines.metrics.segmentation import (
     segmentation_metrics,
     summarize_segmentation,
 )
-from monai_ms.io import save_figure, write_csv, write_json
+from monai_ms.io import save_figure
 
 __all__ = ["SegmentationReportHandler"]
 
 logger = logging.getLogger(__name__)
 
 
-class SegmentationReportHandler:
+class SegmentationReportHandler(ReportHandler):
     """Per-scan and mean segmentation metrics in each scan's native T1 space, written after a run.
 
     Attach to a decollated ``SupervisedEvaluator`` whose post-processing maps the binary prediction back
@@ -100,10 +100,15 @@ class SegmentationReportHandler:
         self.rows.clear()
         self.baseline_rows.clear()
 
+    metric = "mean_dice"
+    lower_is_better = False
+    table_name = "per_scan.csv"
+    model_key = "summary"
+
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._clear)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+        super().attach(engine)
 
     def collect(self, engine: Engine) -> None:
         import nibabel as nib
@@ -127,7 +132,7 @@ class SegmentationReportHandler:
             empty = np.zeros_like(pred)
             self.baseline_rows.append({"session": session, **segmentation_metrics(empty, truth, spacing, **self.rules)})
 
-    def write(self, engine: Engine | None = None) -> dict[str, Any]:
+    def build(self) -> ReportParts:
         frame = pd.DataFrame(self.rows)
         summary = summarize_segmentation(self.rows)
         baselines = {"empty_mask": summarize_segmentation(self.baseline_rows)}
@@ -141,20 +146,20 @@ class SegmentationReportHandler:
                 "empty_mask": summarize_segmentation([empty[i] for i in index]),
             }
 
-        subjects = [row["subject"] for row in rows]
-        finish_report(report, compute, subjects, "mean_dice", False, self.provenance, self.n_resamples, self.seed, model_key="summary")
-        write_json(report, self.output_dir / "metrics.json")
-        write_csv(frame, self.output_dir / "per_scan.csv")
-        write_sidecar(self.output_dir / "per_scan.csv", self.provenance, frame.columns, len(frame))
-        self._plot(frame, summary)
+        return ReportParts(report, frame, compute, [row["subject"] for row in rows])
+
+    def after_write(self, parts: ReportParts) -> None:
+        self._plot(parts.table, parts.report["summary"])
+
+    def summary(self, parts: ReportParts) -> str:
+        summary = parts.report["summary"]
         interval = summary.get("ci95", {}).get("mean_dice")
         ci = f" (95% CI {interval[0]:.3f}-{interval[1]:.3f})" if interval else ""
-        logger.info(
+        return (
             f"evaluated {summary['n_scans']} scans: mean Dice {summary['mean_dice']:.3f}{ci}, lesion TPR "
             f"{summary['lesion_tpr']:.3f}, FDR {summary['lesion_fdr']:.3f}, F1 {summary['lesion_f1']:.3f}; "
             f"HD95 undefined on {summary['n_scans'] - summary['n_scans_hd95_defined']} scans; written to {self.output_dir}"
         )
-        return report
 
     def _plot(self, frame: pd.DataFrame, summary: Mapping[str, Any]) -> None:
         import matplotlib
