@@ -2,7 +2,10 @@
 
 Each replaces an expression that used to be written out (and copied) in the JSON files:
 
-- :func:`init_distributed`: the process group of a ``torchrun`` run (every ``multi_gpu_train.json``);
+- :func:`prepare_training`: the checks every training run makes first, in order (every ``train.json`` and
+  ``multi_gpu_train.json``, which used to copy them with their multi-GPU variants);
+- :func:`start_distributed` / :func:`init_distributed`: the process group of a ``torchrun`` run (every
+  ``multi_gpu_train.json``);
 - :func:`rank_partition`: this rank's share of a datalist (every ``multi_gpu_train.json``, training and
   validation);
 - :func:`scaled_head_param_groups`: optimizer parameter groups with one sub-module at a larger learning
@@ -13,10 +16,18 @@ Each replaces an expression that used to be written out (and copied) in the JSON
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["init_distributed", "rank_partition", "saliency_streams", "scaled_head_param_groups", "swap_transform"]
+__all__ = [
+    "prepare_training",
+    "start_distributed",
+    "init_distributed",
+    "rank_partition",
+    "saliency_streams",
+    "scaled_head_param_groups",
+    "swap_transform",
+]
 
 
 def init_distributed(timeout_hours: float | None = None) -> bool:
@@ -37,6 +48,81 @@ def init_distributed(timeout_hours: float | None = None) -> bool:
     if not dist.is_initialized():
         timeout = None if timeout_hours is None else datetime.timedelta(hours=float(timeout_hours))
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
+    return True
+
+
+def start_distributed(device: Any, timeout_hours: float | None = None) -> bool:
+    """The first step of a ``multi_gpu_train.json`` run: join the process group, pin this rank's GPU, sync ignite.
+
+    Args:
+        device: this rank's device (``cuda:<LOCAL_RANK>``, or the CPU under gloo).
+        timeout_hours: see :func:`init_distributed`.
+
+    Returns:
+        True (a config ``initialize`` step).
+    """
+    import ignite.distributed
+    import torch
+
+    init_distributed(timeout_hours)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(device)
+    ignite.distributed.sync()
+    return True
+
+
+def prepare_training(
+    ckpt_dir: str,
+    output_dir: str,
+    resume: bool,
+    seed: int,
+    cohort_checks: Sequence[Mapping[str, Any]],
+    main_process: bool = True,
+    distributed: bool = False,
+) -> bool:
+    """The checks every training run makes before anything is built, in this order, then the seed.
+
+    1. every override names a key of the config (:func:`monai_ms.bundle.check_overrides`);
+    2. ``resume`` has a checkpoint to resume from, and no finished run is overwritten by accident
+       (:func:`monai_ms.engines.check_resume`);
+    3. on the main process, each of ``cohort_checks`` passes (:func:`monai_ms.bundle.validate_cohort`), one
+       report of every problem and exit status 1 otherwise; the other ranks wait at a barrier;
+    4. on the main process, the output folders are writable (:func:`monai_ms.engines.check_writable`);
+    5. ``monai.utils.set_determinism(seed)``.
+
+    Args:
+        ckpt_dir: the bundle's ``ckpt_dir``.
+        output_dir: the bundle's ``output_dir``.
+        resume: the ``resume`` setting.
+        seed: the run's seed.
+        cohort_checks: keyword arguments of :func:`monai_ms.bundle.validate_cohort` for each check; a check with
+            ``"enabled": False`` is skipped (the EDSS lesion-mask check without a ``lesion_key``).
+        main_process: rank 0 (always True outside ``torchrun``).
+        distributed: a ``torchrun`` run (the barrier after the cohort checks).
+
+    Returns:
+        True (a config ``initialize`` step).
+    """
+    from monai.utils import set_determinism
+
+    from monai_ms.bundle.cohort import validate_cohort
+    from monai_ms.bundle.config import check_overrides
+    from monai_ms.engines import check_resume, check_writable
+
+    check_overrides()
+    check_resume(ckpt_dir, resume)
+    if main_process:
+        for check in cohort_checks:
+            arguments = dict(check)
+            if arguments.pop("enabled", True):
+                validate_cohort(**arguments)
+    if distributed:
+        import torch.distributed
+
+        torch.distributed.barrier()
+    if main_process:
+        check_writable(ckpt_dir, output_dir)
+    set_determinism(seed=seed)
     return True
 
 
