@@ -59,8 +59,11 @@ def test_training_on_t1_and_t2_stores_the_age_statistics_in_the_checkpoint(train
     assert float(state["target_mean"]) == pytest.approx(np.mean(train_ages), rel=1e-5)
     first_conv = next(v for k, v in state.items() if k.endswith("weight") and v.ndim == 5)
     assert first_conv.shape[1] == 2  # the image_keys switch: T1 and T2 as two channels
-    # the tissue-feature path was fitted on the training split (4 features of the T1), no histogram path
-    assert state["tissue.feature_std"].shape == (4,) and not torch.all(state["tissue.feature_std"] == 1)
+    # the tissue-feature path was fitted on the training split (4 features of the T1 and the 16 bins of its
+    # class-normalised histogram, tissue_bins), no histogram path
+    bins = json.loads((REPO / "bundles" / "brain_age" / "configs" / "train.json").read_text())["network_def"]["tissue_bins"]
+    assert state["tissue.feature_std"].shape == (4 + bins,) and bins == 16
+    assert not torch.all(state["tissue.feature_std"] == 1)
     assert not any(key.startswith("histogram") for key in state)
     assert "linear feature paths (tissue) fitted on" in result.stdout + result.stderr
     log = pd.read_csv(out / "eval" / "training_log.csv")
