@@ -15,7 +15,8 @@ import torch  # noqa: E402
 
 from monai_ms.bundle import demo_manifest  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before this file
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,17 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution, ResidualUnit, UpSample
 from monai.networks.layers.utils import get_act_layer
 
-__all__ = ["Conv3DBlock", "UpBlock", "GlobalPool", "IntensityHistogram", "TissueFeatures", "MLPHead", "POOLING_MODES"]
+__all__ = [
+    "Conv3DBlock",
+    "UpBlock",
+    "GlobalPool",
+    "soft_histogram",
+    "StandardisedFeatures",
+    "IntensityHistogram",
+    "TissueFeatures",
+    "MLPHead",
+    "POOLING_MODES",
+]
 
 POOLING_MODES = ("avg", "avgmax")
 
@@ -186,7 +196,64 @@ class GlobalPool(nn.Module):
         return pooled
 
 
-class IntensityHistogram(nn.Module):
+def soft_histogram(
+    values: torch.Tensor, start: float, width: float, bins: int, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Triangular-kernel histogram: each value adds ``1 - frac`` to the centre below it and ``frac`` to the one above.
+
+    Args:
+        values: ``(B, C, N)``.
+        start: the first of ``bins`` equally spaced centres; ``width``: their spacing. Values beyond the last
+            centre count towards it only within one ``width``, and likewise below the first.
+        weights: ``(B, C, N)`` voxel weights (e.g. a brain mask), or None for 1.
+
+    Returns:
+        ``(B, C, bins)`` summed weights (not normalised). Not differentiable where a value sits exactly on a
+        centre; no gradient is needed, the image is an input.
+    """
+    position = (values - start) / width
+    lower = torch.floor(position)
+    frac = position - lower
+    histogram = torch.zeros(values.shape[0], values.shape[1], bins, dtype=values.dtype, device=values.device)
+    for index, weight in ((lower, 1.0 - frac), (lower + 1.0, frac)):
+        inside = (index >= 0) & (index <= bins - 1)  # centres beyond the range get nothing
+        if weights is not None:
+            weight = weight * weights
+        histogram.scatter_add_(2, index.clamp(0, bins - 1).long(), torch.where(inside, weight, 0.0))
+    return histogram
+
+
+class StandardisedFeatures(nn.Module):
+    """Measured features of an image, standardised with training-split statistics stored as buffers.
+
+    A subclass sets the number of features and implements ``counts`` (the raw features ``(B, out_features)``);
+    :meth:`set_standardization` stores the training split's means and standard deviations, so checkpoints and
+    TorchScript exports carry them, and ``forward`` returns the standardised features.
+    """
+
+    def __init__(self, out_features: int) -> None:
+        super().__init__()
+        self.out_features = int(out_features)
+        self.register_buffer("feature_mean", torch.zeros(self.out_features))
+        self.register_buffer("feature_std", torch.ones(self.out_features))
+
+    def counts(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store the training split's feature means and standard deviations (``out_features`` each, std > 0)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean.numel() != self.out_features or std.numel() != self.out_features or not bool((std > 0).all()):
+            raise ValueError(f"{type(self).__name__} standardisation needs {self.out_features} means and positive stds")
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.counts(x) - self.feature_mean) / self.feature_std
+
+
+class IntensityHistogram(StandardisedFeatures):
     """Soft intensity histogram of every input channel over the whole volume, standardised.
 
     Each voxel adds a triangular weight (linear interpolation) to its two nearest of ``bins`` equally
@@ -218,51 +285,26 @@ class IntensityHistogram(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, bins: int = 24, value_range: Sequence[float] = (-3.0, 3.0)) -> None:
-        super().__init__()
         low, high = (float(v) for v in value_range)
         if int(bins) < 2 or not high > low:
             raise ValueError(
                 f"IntensityHistogram needs bins >= 2 and value_range low < high, got {bins}, {value_range}"
             )
+        super().__init__(int(in_channels) * int(bins))
         self.in_channels = int(in_channels)
         self.bins = int(bins)
+        self.start = low
         self.width: float = (high - low) / (self.bins - 1)
-        self.register_buffer("centres", torch.linspace(low, high, self.bins))
-        self.register_buffer("feature_mean", torch.zeros(self.in_channels * self.bins))
-        self.register_buffer("feature_std", torch.ones(self.in_channels * self.bins))
-
-    @property
-    def out_features(self) -> int:
-        """``in_channels * bins``."""
-        return self.in_channels * self.bins
+        self.register_buffer("centres", torch.linspace(low, high, self.bins))  # kept: 0.2-0.3 checkpoints hold it
 
     def counts(self, x: torch.Tensor) -> torch.Tensor:
         """Unstandardised histogram ``(B, in_channels * bins)``: the share of voxels at each centre."""
         flat = torch.flatten(x, start_dim=2).float()  # (B, C, N)
-        # one pass over the voxels: each adds (1 - frac) to the centre below it and frac to the one above
-        position = (flat - self.centres[0]) / self.width
-        lower = torch.floor(position)
-        frac = position - lower
-        histogram = torch.zeros(flat.shape[0], flat.shape[1], self.bins, dtype=flat.dtype, device=flat.device)
-        for index, weight in ((lower, 1.0 - frac), (lower + 1.0, frac)):
-            inside = (index >= 0) & (index <= self.bins - 1)  # centres beyond the range get nothing
-            histogram.scatter_add_(2, index.clamp(0, self.bins - 1).long(), torch.where(inside, weight, 0.0))
+        histogram = soft_histogram(flat, self.start, self.width, self.bins)
         return (histogram / flat.shape[-1]).flatten(1)
 
-    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Store the training split's feature means and standard deviations (``out_features`` each, std > 0)."""
-        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std = torch.as_tensor(std, dtype=torch.float32).flatten()
-        if mean.numel() != self.out_features or std.numel() != self.out_features or not bool((std > 0).all()):
-            raise ValueError(f"histogram standardisation needs {self.out_features} means and positive stds")
-        self.feature_mean.copy_(mean)
-        self.feature_std.copy_(std)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.counts(x) - self.feature_mean) / self.feature_std
-
-
-class TissueFeatures(nn.Module):
+class TissueFeatures(StandardisedFeatures):
     """Brain size and three tissue-class fractions of one input channel, measured per image, standardised.
 
     The features a volumetry script gives (brain volume; CSF, grey and white matter shares), measured inside
@@ -277,7 +319,7 @@ class TissueFeatures(nn.Module):
     With ``bins > 0`` it also measures the *shape* of the brain's intensity distribution on a scale the
     scan itself defines: each brain voxel is mapped piecewise linearly so that the dark, middle and bright
     class centres land on -1, 0 and +1 (landmark normalisation in the spirit of Nyul and Udupa, with the
-    k-means centres as landmarks), and its soft histogram (:class:`IntensityHistogram`, ``bins`` centres on
+    k-means centres as landmarks), and its soft histogram (:func:`soft_histogram`, ``bins`` centres on
     ``value_range``) is taken as shares of the brain. Partial-volume and lesion voxels between the classes
     keep their place on that scale when another scanner changes the contrast.
 
@@ -305,13 +347,15 @@ class TissueFeatures(nn.Module):
     def __init__(
         self, channel: int = 0, iterations: int = 20, bins: int = 0, value_range: Sequence[float] = (-2.0, 2.0)
     ) -> None:
-        super().__init__()
+        low, high = (float(v) for v in value_range)
+        if int(bins) == 1 or (int(bins) > 1 and not high > low):
+            raise ValueError(f"TissueFeatures needs bins 0 or >= 2 and value_range low < high, got {bins}, {value_range}")
+        super().__init__(4 + max(int(bins), 0))
         self.channel = int(channel)
         self.iterations = int(iterations)
-        self.histogram: IntensityHistogram | None = IntensityHistogram(1, bins, value_range) if bins > 0 else None
-        self.out_features: int = 4 + (self.histogram.out_features if self.histogram is not None else 0)
-        self.register_buffer("feature_mean", torch.zeros(self.out_features))
-        self.register_buffer("feature_std", torch.ones(self.out_features))
+        self.bins = max(int(bins), 0)
+        self.start = low
+        self.width: float = (high - low) / max(self.bins - 1, 1)
 
     def counts(self, x: torch.Tensor) -> torch.Tensor:
         """Unstandardised features ``(B, 4 + bins)``: brain share of the volume, dark / middle / bright class
@@ -336,29 +380,15 @@ class TissueFeatures(nn.Module):
             sums = torch.stack([s_dark, total - s_dark - s_bright, s_bright], dim=1)
             centres = torch.where(shares > 0, sums / shares.clamp_min(1.0), centres)
         features = [(voxels / values.shape[1])[:, None], shares / voxels[:, None]]
-        if self.histogram is not None:
-            # dark centre -> -1, middle -> 0, bright -> +1, linear in between and beyond; background far
-            # outside the bin range so that it counts nowhere, then shares of the brain instead of the volume
+        if self.bins > 0:
+            # dark centre -> -1, middle -> 0, bright -> +1, linear in between and beyond; brain voxels only
             below = (centres[:, 1] - centres[:, 0]).clamp_min(1e-6)[:, None]
             above = (centres[:, 2] - centres[:, 1]).clamp_min(1e-6)[:, None]
             offset = values - centres[:, 1:2]
             scaled = torch.where(offset < 0, offset / below, offset / above)
-            scaled = torch.where(brain > 0, scaled, torch.full_like(scaled, -1e6))
-            shares_of_volume = self.histogram.counts(scaled[:, None])
-            features.append(shares_of_volume * values.shape[1] / voxels[:, None])
+            histogram = soft_histogram(scaled[:, None], self.start, self.width, self.bins, weights=brain[:, None])
+            features.append(histogram[:, 0] / voxels[:, None])
         return torch.cat(features, dim=1)
-
-    def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Store the training split's feature means and standard deviations (``out_features`` each, std > 0)."""
-        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std = torch.as_tensor(std, dtype=torch.float32).flatten()
-        if mean.numel() != self.out_features or std.numel() != self.out_features or not bool((std > 0).all()):
-            raise ValueError(f"tissue-feature standardisation needs {self.out_features} means and positive stds")
-        self.feature_mean.copy_(mean)
-        self.feature_std.copy_(std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.counts(x) - self.feature_mean) / self.feature_std
 
 
 class MLPHead(nn.Sequential):
