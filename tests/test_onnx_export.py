@@ -42,6 +42,7 @@ def make_bundle(bundle: str, root: Path, seed: int = 0) -> Path:
     parser = ConfigParser()
     parser.read_config(str(folder / "configs" / "train.json"))
     parser["bundle_root"] = str(folder)
+    torch.manual_seed(seed)  # the initial weights must not depend on which tests ran before in this worker
     network = parser.get_parsed_content("network_def")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # zero-initialised heads would make every output the same constant
@@ -81,8 +82,10 @@ def test_changed_weights_fail_the_onnx_check(tmp_path):
     folder = make_bundle("sex", tmp_path)
     export_onnx(folder)
     state = torch.load(folder / "models/model.pt", weights_only=True)
-    first = next(k for k, v in state.items() if v.is_floating_point() and v.dim() > 1)
-    state[first] = state[first] + 0.05
+    # every weight moves: one early conv alone can be nearly cancelled by the normalisation after it
+    for key, value in state.items():
+        if value.is_floating_point() and value.dim() > 1:
+            state[key] = value * 1.1 + 0.05
     torch.save(state, folder / "models/model.pt")
     with pytest.raises(OnnxExportError, match="ONNX Runtime output differs from models/model.pt"):
         check_onnx(folder)
