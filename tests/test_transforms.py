@@ -213,3 +213,28 @@ def test_three_modalities_each_on_the_t1_grid_normalised_alone_and_augmented_tog
     overlap = ((moved["t1"][0] != 0) & (moved["flair"][0] != 0)).sum() / (moved["t1"][0] != 0).sum()
     assert overlap > 0.9  # the same rotation, scaling and flip moved both
 
+
+
+@pytest.mark.parametrize("concat_key", [None, "streams"])
+def test_monai_only_description_of_the_infer_chain_gives_the_same_item(pair, concat_key):
+    """The exported bundle's MONAI-only config is written from the same steps as the chain monai_ms runs."""
+    from monai.bundle import ConfigParser
+
+    from monai_ms.data.fields import SEX_CONFIG_CODES
+    from monai_ms.data.transforms import paired_steps
+
+    item, _ = pair
+    kwargs = dict(demographics=True, spacing=2.5, roi_size=(40, 40, 40), concat_key=concat_key, concat_keys=["t2"])
+    steps = paired_steps("infer", **kwargs)
+    entries = [entry for step in steps for entry in step.monai_config()]
+    assert all("monai_ms" not in str(entry) for entry in entries)
+    parser = ConfigParser({"imports": ["$import numpy", "$import torch"], "sex_codes": dict(SEX_CONFIG_CODES),
+                           "chain": {"_target_": "Compose", "transforms": entries}})
+    theirs = parser.get_parsed_content("chain")(dict(item))
+    ours = paired_transforms("infer", **kwargs)(dict(item))
+    for key in ["t1", "t2", "demographics"] + ([concat_key] if concat_key else []):
+        torch.testing.assert_close(torch.as_tensor(theirs[key]), torch.as_tensor(ours[key]), rtol=1e-5, atol=1e-5)
+    # a step without a MONAI equivalent is refused, not silently dropped
+    eval_steps = paired_steps("eval", target_key="edss", **kwargs)
+    with pytest.raises(ValueError, match="_ScalarTargetd has no MONAI-only equivalent"):
+        [entry for step in eval_steps for entry in step.monai_config()]

@@ -38,7 +38,7 @@ from typing import Any
 
 from monai_ms.bundle.verify import CHECKSUM_FILE, verify_bundle
 from monai_ms.data.fields import SEX_CONFIG_CODES, SPLITS
-from monai_ms.data.transforms import RESAMPLE_RESIDUE_TOL
+from monai_ms.data.transforms import Step
 from monai_ms.errors import UserError
 from monai_ms.io import atomic_path, sha256_file, write_json, write_text
 
@@ -695,7 +695,7 @@ def export_bundle(
             config_file=[str(train_json), str(stage / "configs" / "inference.json")],
             bundle_root=str(stage),
         )
-        wrote_monai_only = monai_only and _write_monai_only_config(stage, parser, metadata)
+        wrote_monai_only = monai_only and _write_monai_only_config(stage, metadata)
         if onnx:
             from monai_ms.bundle.onnx_export import OnnxExportError, export_onnx
 
@@ -796,8 +796,13 @@ def _exported_metadata(
     return metadata
 
 
-def _write_monai_only_config(stage: Path, parser: Any, metadata: Mapping[str, Any]) -> bool:
+def _write_monai_only_config(stage: Path, metadata: Mapping[str, Any]) -> bool:
     """Write ``configs/inference_monai.json`` when the bundle's inference fits it."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(stage / "configs" / "train.json"), str(stage / "configs" / "inference.json")])
+    parser["bundle_root"] = str(stage)
     config = monai_only_inference_config(parser, metadata)
     if config is None:
         return False
@@ -808,18 +813,19 @@ def _write_monai_only_config(stage: Path, parser: Any, metadata: Mapping[str, An
 def monai_only_inference_config(parser: Any, metadata: Mapping[str, Any]) -> dict[str, Any] | None:
     """A self-contained inference config that needs only MONAI: ``models/model.ts``, no ``monai_ms`` import.
 
-    It repeats, with MONAI transforms, the ``"infer"`` stage of
-    :func:`monai_ms.data.transforms.paired_transforms` at the bundle's ``spacing`` and ``roi_size``
-    (the round-trip test checks that its predictions equal the monai_ms inference), checks
-    ``models/SHA256SUMS`` before loading the model, and writes ``eval/inference_monai/predictions.csv``
-    (``session,<value>``). What it does not do: the manifest validation of ``monai_ms`` (a bad scan fails
-    inside MONAI, with MONAI's error) and the ``model_version`` column.
+    Its transforms are the bundle's own ``infer#preprocessing`` chain: the same arguments given to
+    :func:`monai_ms.data.transforms.paired_steps`, each step written with MONAI transforms
+    (:meth:`~monai_ms.data.transforms.Step.monai_config`; the round-trip test checks that its predictions
+    equal the monai_ms inference). It checks ``models/SHA256SUMS`` before loading the model, and writes
+    ``eval/inference_monai/predictions.csv`` (``session,<value>``). What it does not do: the manifest
+    validation of ``monai_ms`` (a bad scan fails inside MONAI, with MONAI's error) and the
+    ``model_version`` column.
 
-    Supported: the EDSS bundle (inputs ``t1``, ``t2``, ``demographics``; the network's output is the
-    prediction). Other bundles return None (their inference post-processing lives in monai_ms).
+    Supported: the EDSS bundle on T1 + T2 (inputs ``t1``, ``t2``, ``demographics``; the network's output is
+    the prediction). Other bundles return None (their inference post-processing lives in monai_ms).
 
     Args:
-        parser: a ``ConfigParser`` of the exported ``train.json``.
+        parser: a ``ConfigParser`` of the exported ``train.json`` and ``inference.json``, ``bundle_root`` set.
         metadata: the exported metadata.
 
     Returns:
@@ -831,44 +837,15 @@ def monai_only_inference_config(parser: Any, metadata: Mapping[str, Any]) -> dic
         return None
     if "modalities" in parser and list(parser.get_parsed_content("modalities")) != ["t1", "t2"]:
         return None  # the MONAI-only config is written for the T1 + T2 network only
+    from monai.transforms import CopyItemsd
+
     spacing = parser.get_parsed_content("spacing")
-    keys = ["t1", "t2"]
-    # the same steps, in the same order, as paired_transforms(stage="infer", demographics=True)
-    transforms = [
-        {"_target_": "LoadImaged", "keys": keys, "image_only": True, "ensure_channel_first": False},
-        {"_target_": "EnsureChannelFirstd", "keys": keys},
-        {"_target_": "Orientationd", "keys": keys, "axcodes": "RAS"},
-        {
-            "_target_": "Spacingd",
-            "keys": ["t1"],
-            "pixdim": spacing,
-            "mode": ["bilinear"],
-            "padding_mode": "zeros",
-            "dtype": "$numpy.float32",
-        },
-        {
-            "_target_": "ResampleToMatchd",
-            "keys": ["t2"],
-            "key_dst": "t1",
-            "padding_mode": "zeros",
-            "dtype": "$numpy.float32",
-        },
-        # ZeroResampleResidued: rounding residues of resampling are background
-        {
-            "_target_": "Lambdad",
-            "keys": keys,
-            "func": f"$lambda x: x.masked_fill(x.abs() <= {RESAMPLE_RESIDUE_TOL!r} * x.abs().max(), 0)",
-        },
-        {"_target_": "CropForegroundd", "keys": keys, "source_key": "t1", "margin": 2, "allow_smaller": True},
-        {"_target_": "ResizeWithPadOrCropd", "keys": keys, "spatial_size": list(roi)},
-        {"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32", "track_meta": True},
-        {"_target_": "NormalizeIntensityd", "keys": keys, "nonzero": True, "channel_wise": True},
-        {"_target_": "Lambdad", "keys": "age", "func": "$lambda age: torch.tensor([float(age)])"},
-        {"_target_": "Lambdad", "keys": "sex", "func": "$lambda s: torch.tensor([@sex_codes[str(s).strip().lower()]])"},
-        {"_target_": "ConcatItemsd", "keys": ["age", "sex"], "name": "demographics", "dim": 0},
-        # MONAI's default batch preparation reads the first input from "image"
-        {"_target_": "CopyItemsd", "keys": "t1", "times": 1, "names": "image"},
-    ]
+    # the description behind the bundle's own inference chain: its arguments, given to paired_steps
+    parser["infer#preprocessing#_target_"] = "monai_ms.data.transforms.paired_steps"
+    steps = parser.get_parsed_content("infer#preprocessing")
+    # MONAI's default batch preparation reads the first input from "image"
+    steps.append(Step(CopyItemsd, dict(keys="t1", times=1, names="image")))
+    transforms = [entry for step in steps for entry in step.monai_config()]
     return {
         "imports": ["$import os", "$import numpy", "$import torch", "$import monai", "$import monai.apps.utils"],
         "bundle_root": ".",

@@ -14,13 +14,16 @@ files) -> other modalities (T2) resampled onto the cropped T1 grid (one interpol
 ROI.
 Normalisation is a z-score of each modality over its non-zero (brain) voxels.
 
-Bundle configs refer to :func:`paired_transforms` by ``_target_``; nothing else builds a chain.
+The chain is described once, as :class:`Step` s (a transform class and its arguments) by
+:func:`paired_steps`. Bundle configs build it with :func:`paired_transforms` (by ``_target_``); the bundle
+export writes the same steps as a MONAI-only config (:meth:`Step.monai_config`). Nothing else builds a chain.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,8 +62,13 @@ __all__ = [
     "parse_sex",
     "EncodeDemographics",
     "EncodeDemographicsd",
+    "Step",
+    "build",
+    "preprocessing_steps",
     "preprocessing",
+    "augmentation_steps",
     "augmentation",
+    "paired_steps",
     "paired_transforms",
     "AfterCacheFloat32",
     "ZeroResampleResidued",
@@ -101,6 +109,19 @@ class EncodeDemographicsd(MapTransform):
         super().__init__(keys=[age_key, sex_key])
         self.age_key, self.sex_key, self.output_key = age_key, sex_key, output_key
         self.encoder = EncodeDemographics()
+
+    @staticmethod
+    def monai_equivalent(age_key: str = "age", sex_key: str = "sex", output_key: str = "demographics") -> list[dict[str, Any]]:
+        """This transform as MONAI-only config entries (see :meth:`Step.monai_config`).
+
+        The sex lookup reads ``@sex_codes``: the config that holds the entries defines ``"sex_codes"`` as
+        :data:`monai_ms.data.fields.SEX_CONFIG_CODES`.
+        """
+        return [
+            {"_target_": "Lambdad", "keys": age_key, "func": "$lambda age: torch.tensor([float(age)])"},
+            {"_target_": "Lambdad", "keys": sex_key, "func": "$lambda s: torch.tensor([@sex_codes[str(s).strip().lower()]])"},
+            {"_target_": "ConcatItemsd", "keys": [age_key, sex_key], "name": output_key, "dim": 0},
+        ]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -172,6 +193,12 @@ class ZeroResampleResidued(MapTransform):
         super().__init__(keys)
         self.rel_tol = rel_tol
 
+    @staticmethod
+    def monai_equivalent(keys: KeysCollection, rel_tol: float = RESAMPLE_RESIDUE_TOL) -> list[dict[str, Any]]:
+        """This transform as MONAI-only config entries (see :meth:`Step.monai_config`)."""
+        func = f"$lambda x: x.masked_fill(x.abs() <= {rel_tol!r} * x.abs().max(), 0)"
+        return [{"_target_": "Lambdad", "keys": _config_value(keys), "func": func}]
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
@@ -223,6 +250,13 @@ class ZScoreNonzerod(MapTransform):
         allow_missing_keys: skip keys absent from the item.
     """
 
+    @staticmethod
+    def monai_equivalent(keys: KeysCollection, allow_missing_keys: bool = False) -> list[dict[str, Any]]:
+        """This transform as MONAI-only config entries (see :meth:`Step.monai_config`)."""
+        keys = _config_value(keys)
+        return [{"_target_": "NormalizeIntensityd", "keys": keys, "nonzero": True, "channel_wise": True,
+                 "allow_missing_keys": allow_missing_keys}]
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
@@ -270,7 +304,64 @@ class RandGaussianNoise32d(RandGaussianNoised):
         self.rand_gaussian_noise = _GaussianNoise32(mean=mean, std=std, prob=1.0, dtype=np.float32, sample_std=sample_std)
 
 
-def preprocessing(
+@dataclass(frozen=True)
+class Step:
+    """One transform of a chain, described: its class and keyword arguments.
+
+    The chain builders (:func:`preprocessing_steps`, :func:`augmentation_steps`, :func:`paired_steps`)
+    return steps, so one description makes both the ``Compose`` a bundle runs (:meth:`build`) and the
+    MONAI-only config an exported bundle ships (:meth:`monai_config`).
+
+    Args:
+        target: the transform class.
+        kwargs: its keyword arguments.
+    """
+
+    target: type
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Any:
+        """The transform."""
+        return self.target(**self.kwargs)
+
+    def monai_config(self) -> list[dict[str, Any]]:
+        """Config entries (``{"_target_": ..., ...}``) that need MONAI alone and do what this step does.
+
+        A MONAI transform is written as itself; a monai_ms transform as its ``monai_equivalent(**kwargs)``.
+
+        Raises:
+            ValueError: a monai_ms transform without a MONAI equivalent, or an argument a JSON config
+                cannot hold.
+        """
+        if self.target.__module__.split(".")[0] == "monai":
+            return [{"_target_": self.target.__name__, **{k: _config_value(v) for k, v in self.kwargs.items()}}]
+        equivalent = getattr(self.target, "monai_equivalent", None)
+        if equivalent is None:
+            raise ValueError(f"{self.target.__name__} has no MONAI-only equivalent (it has no monai_equivalent)")
+        return list(equivalent(**self.kwargs))
+
+
+def _config_value(value: Any) -> Any:
+    """A transform argument as a bundle config writes it (dtypes as ``$`` expressions)."""
+    if isinstance(value, torch.dtype):
+        return f"$torch.{str(value).removeprefix('torch.')}"
+    if isinstance(value, type) and issubclass(value, np.generic):
+        return f"$numpy.{value.__name__}"
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_config_value(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise ValueError(f"a transform argument a JSON config cannot hold: {value!r}")
+
+
+def build(steps: Sequence[Step]) -> list[Any]:
+    """The transforms of ``steps``, in order."""
+    return [step.build() for step in steps]
+
+
+def preprocessing_steps(
     image_keys: Sequence[str] = DEFAULT_MODALITIES,
     label_key: str | None = None,
     spacing: Sequence[float] | float = 2.0,
@@ -278,7 +369,7 @@ def preprocessing(
     divisible_by: int | None = None,
     margin: int = 2,
     track_meta: bool = True,
-) -> list[Transform]:
+) -> list[Step]:
     """Deterministic spatial preprocessing, the part ``CacheDataset`` caches.
 
     Args:
@@ -294,42 +385,42 @@ def preprocessing(
             collating them costs time.
 
     Returns:
-        transforms producing float32 tensors of shape ``(1, *roi_size)`` per image key.
+        steps producing float32 tensors of shape ``(1, *roi_size)`` per image key.
     """
     image_keys = list(image_keys)
     reference, others = image_keys[0], image_keys[1:]
     ref_keys = [reference] + ([label_key] if label_key else [])
     all_keys = image_keys + ([label_key] if label_key else [])
-    chain: list[Transform] = [
-        LoadImaged(keys=all_keys, image_only=True, ensure_channel_first=False),
-        EnsureChannelFirstd(keys=all_keys),
-        Orientationd(keys=all_keys, axcodes="RAS"),
-        # MONAI's Spacing/ResampleToMatch default to float64: twice the memory and time for nothing
-        Spacingd(
-            keys=ref_keys,
-            pixdim=spacing,
-            mode=["bilinear"] + (["nearest"] if label_key else []),
-            padding_mode="zeros",
-            dtype=np.float32,
-        ),
+    # MONAI's Spacing/ResampleToMatch default to float64: twice the memory and time for nothing
+    spacing_mode = ["bilinear"] + (["nearest"] if label_key else [])
+    chain = [
+        Step(LoadImaged, dict(keys=all_keys, image_only=True, ensure_channel_first=False)),
+        Step(EnsureChannelFirstd, dict(keys=all_keys)),
+        Step(Orientationd, dict(keys=all_keys, axcodes="RAS")),
+        Step(Spacingd, dict(keys=ref_keys, pixdim=spacing, mode=spacing_mode, padding_mode="zeros", dtype=np.float32)),
+        # before the brain crop and the brain-only z-score, both of which treat any non-zero voxel as brain
+        Step(ZeroResampleResidued, dict(keys=reference)),
+        Step(CropForegroundd, dict(keys=ref_keys, source_key=reference, margin=margin, allow_smaller=True)),
     ]
-    # before the brain crop and the brain-only z-score, both of which treat any non-zero voxel as brain
-    chain.append(ZeroResampleResidued(keys=reference))
-    chain.append(CropForegroundd(keys=ref_keys, source_key=reference, margin=margin, allow_smaller=True))
     if others:
         # one interpolation of T2, straight onto the cropped T1 grid: the same values as resampling onto
         # the whole grid and cropping, for the brain box's voxels only (at 1 mm 2.4x fewer, 0.35 s a scan)
-        chain.append(ResampleToMatchd(keys=others, key_dst=reference, padding_mode="zeros", dtype=np.float32))
-        chain.append(ZeroResampleResidued(keys=others))
+        chain.append(Step(ResampleToMatchd, dict(keys=others, key_dst=reference, padding_mode="zeros", dtype=np.float32)))
+        chain.append(Step(ZeroResampleResidued, dict(keys=others)))
     if roi_size is not None:
-        chain.append(ResizeWithPadOrCropd(keys=all_keys, spatial_size=roi_size))
+        chain.append(Step(ResizeWithPadOrCropd, dict(keys=all_keys, spatial_size=roi_size)))
     elif divisible_by:
-        chain.append(DivisiblePadd(keys=all_keys, k=divisible_by))
-    chain.append(EnsureTyped(keys=all_keys, dtype=torch.float32, track_meta=track_meta))
+        chain.append(Step(DivisiblePadd, dict(keys=all_keys, k=divisible_by)))
+    chain.append(Step(EnsureTyped, dict(keys=all_keys, dtype=torch.float32, track_meta=track_meta)))
     return chain
 
 
-def augmentation(
+def preprocessing(*args: Any, **kwargs: Any) -> list[Transform]:
+    """The transforms of :func:`preprocessing_steps` (same arguments)."""
+    return build(preprocessing_steps(*args, **kwargs))
+
+
+def augmentation_steps(
     image_keys: Sequence[str] = DEFAULT_MODALITIES,
     label_key: str | None = None,
     prob: float = 0.5,
@@ -337,7 +428,7 @@ def augmentation(
     scale: float = 0.1,
     flip: bool = True,
     spatial_size: Sequence[int] | None = None,
-) -> list[Transform]:
+) -> list[Step]:
     """Random augmentation in raw intensity units (before normalisation).
 
     Spatial transforms act on all image keys and the label together (one random draw); intensity
@@ -357,28 +448,32 @@ def augmentation(
     image_keys = list(image_keys)
     all_keys = image_keys + ([label_key] if label_key else [])
     modes = ["bilinear"] * len(image_keys) + (["nearest"] if label_key else [])
-    angle = np.deg2rad(rotate_degrees)
-    chain: list[Transform] = [
-        RandAffined(
-            keys=all_keys,
-            prob=prob,
-            rotate_range=(angle, angle, angle),
-            scale_range=(scale, scale, scale),
-            mode=modes,
-            padding_mode="zeros",
-            spatial_size=spatial_size,
-            cache_grid=spatial_size is not None,
-        )
-    ]
+    angle = float(np.deg2rad(rotate_degrees))
+    affine = dict(
+        keys=all_keys,
+        prob=prob,
+        rotate_range=(angle, angle, angle),
+        scale_range=(scale, scale, scale),
+        mode=modes,
+        padding_mode="zeros",
+        spatial_size=spatial_size,
+        cache_grid=spatial_size is not None,
+    )
+    chain = [Step(RandAffined, affine)]
     if flip:
-        chain.append(RandFlipd(keys=all_keys, prob=prob, spatial_axis=0))
+        chain.append(Step(RandFlipd, dict(keys=all_keys, prob=prob, spatial_axis=0)))
     for key in image_keys:
-        chain.append(RandBiasFieldd(keys=key, prob=prob, coeff_range=(0.0, 0.2)))
-        chain.append(RandAdjustContrastd(keys=key, prob=prob, gamma=(0.7, 1.5)))
+        chain.append(Step(RandBiasFieldd, dict(keys=key, prob=prob, coeff_range=(0.0, 0.2))))
+        chain.append(Step(RandAdjustContrastd, dict(keys=key, prob=prob, gamma=(0.7, 1.5))))
     return chain
 
 
-def paired_transforms(
+def augmentation(*args: Any, **kwargs: Any) -> list[Transform]:
+    """The transforms of :func:`augmentation_steps` (same arguments)."""
+    return build(augmentation_steps(*args, **kwargs))
+
+
+def paired_steps(
     stage: str = "train",
     image_keys: Sequence[str] = DEFAULT_MODALITIES,
     label_key: str | None = None,
@@ -395,8 +490,8 @@ def paired_transforms(
     concat_key: str | None = None,
     cache_dtype: str | torch.dtype | None = None,
     concat_keys: Sequence[str] | None = None,
-) -> Compose:
-    """The dictionary transform chain of a bundle stage.
+) -> list[Step]:
+    """The steps of a bundle stage's dictionary transform chain (:func:`paired_transforms` builds them).
 
     Args:
         stage: ``"train"``, ``"eval"`` or ``"infer"`` (see module docstring).
@@ -426,12 +521,6 @@ def paired_transforms(
 
     Raises:
         ValueError: an unknown stage.
-
-    Examples:
-        >>> chain = paired_transforms("eval", target_key="edss", demographics=True)  # doctest: +SKIP
-        >>> item = chain({"t1": "T1.nii.gz", "t2": "T2.nii.gz", "age": 40, "sex": "F", "edss": 3.0})
-        >>> item["t1"].shape, item["demographics"].shape, item["edss"].shape
-        (torch.Size([1, 80, 96, 80]), torch.Size([2]), torch.Size([1]))
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -442,39 +531,59 @@ def paired_transforms(
     roi = None if patch_based else roi_size
     # training reads no metadata: plain tensors are cached, and stripped again after augmentation (MONAI's
     # spatial transforms re-wrap them); together about 15% of a cached epoch and 3% of the first
-    chain = preprocessing(image_keys, label_key, spacing, roi, divisible_by, track_meta=stage != "train")
+    chain = preprocessing_steps(image_keys, label_key, spacing, roi, divisible_by, track_meta=stage != "train")
     if patch_based:
-        chain.append(SpatialPadd(keys=image_keys + [label_key], spatial_size=patch_size))
+        chain.append(Step(SpatialPadd, dict(keys=image_keys + [label_key], spatial_size=patch_size)))
     if cache_dtype is not None and stage != "infer":
         cached_keys = image_keys + ([label_key] if label_key else [])
-        chain += [EnsureTyped(keys=cached_keys, dtype=_torch_dtype(cache_dtype)), AfterCacheFloat32(cached_keys)]
+        chain.append(Step(EnsureTyped, dict(keys=cached_keys, dtype=_torch_dtype(cache_dtype))))
+        chain.append(Step(AfterCacheFloat32, dict(keys=cached_keys)))
     if stage == "train" and augment:
-        chain += augmentation(image_keys, label_key, prob=augment_prob, spatial_size=roi)
-    chain.append(ZScoreNonzerod(keys=image_keys))
+        chain += augmentation_steps(image_keys, label_key, prob=augment_prob, spatial_size=roi)
+    chain.append(Step(ZScoreNonzerod, dict(keys=image_keys)))
     if patch_based:
         # a lesion-free session gives background patches only; MONAI warns about it at every draw
         warnings.filterwarnings("ignore", message="Num foregrounds 0, Num backgrounds", category=UserWarning)
-        chain.append(
-            RandCropByPosNegLabeld(
-                keys=image_keys + [label_key],
-                label_key=label_key,
-                spatial_size=patch_size,
-                pos=1.0,
-                neg=1.0,
-                num_samples=patches_per_volume,
-                image_key=image_keys[0],
-                image_threshold=0.0,
-            )
+        crop = dict(
+            keys=image_keys + [label_key],
+            label_key=label_key,
+            spatial_size=patch_size,
+            pos=1.0,
+            neg=1.0,
+            num_samples=patches_per_volume,
+            image_key=image_keys[0],
+            image_threshold=0.0,
         )
+        chain.append(Step(RandCropByPosNegLabeld, crop))
     if stage == "train" and augment and noise_std > 0:
-        chain += [RandGaussianNoise32d(keys=key, prob=augment_prob, std=noise_std) for key in image_keys]
+        chain += [Step(RandGaussianNoise32d, dict(keys=key, prob=augment_prob, std=noise_std)) for key in image_keys]
     if concat_key is not None:
-        chain.append(ConcatItemsd(keys=list(concat_keys or image_keys), name=concat_key, dim=0))
+        chain.append(Step(ConcatItemsd, dict(keys=list(concat_keys or image_keys), name=concat_key, dim=0)))
     if stage == "train":
         tensor_keys = image_keys + ([label_key] if label_key else []) + ([concat_key] if concat_key else [])
-        chain.append(EnsureTyped(keys=tensor_keys, track_meta=False))
+        chain.append(Step(EnsureTyped, dict(keys=tensor_keys, track_meta=False)))
     if demographics:
-        chain.append(EncodeDemographicsd())
+        chain.append(Step(EncodeDemographicsd))
     if target_key is not None:
-        chain.append(_ScalarTargetd(keys=target_key, encode_sex=target_key == "sex"))
-    return Compose(chain)
+        chain.append(Step(_ScalarTargetd, dict(keys=target_key, encode_sex=target_key == "sex")))
+    return chain
+
+
+def paired_transforms(stage: str = "train", **kwargs: Any) -> Compose:
+    """The dictionary transform chain of a bundle stage: the steps of :func:`paired_steps`, built.
+
+    Args:
+        stage: ``"train"``, ``"eval"`` or ``"infer"`` (see module docstring).
+        kwargs: the other arguments of :func:`paired_steps` (image keys, label and target keys, spacing,
+            ROI or patch size, augmentation, concatenation, cache dtype).
+
+    Raises:
+        ValueError: an unknown stage.
+
+    Examples:
+        >>> chain = paired_transforms("eval", target_key="edss", demographics=True)  # doctest: +SKIP
+        >>> item = chain({"t1": "T1.nii.gz", "t2": "T2.nii.gz", "age": 40, "sex": "F", "edss": 3.0})
+        >>> item["t1"].shape, item["demographics"].shape, item["edss"].shape
+        (torch.Size([1, 80, 96, 80]), torch.Size([2]), torch.Size([1]))
+    """
+    return Compose(build(paired_steps(stage, **kwargs)))
