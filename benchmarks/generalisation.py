@@ -69,7 +69,7 @@ METRICS = {
 }
 
 # --tiny: the 4 mm test cohorts and 1 epoch (the tests' tiny overrides: tests/bundle_runner.py TINY_OVERRIDES,
-# tests/test_bundle_lesion_seg.py LESION_TINY; EDSS trains its lesion stage with the latter when it needs one)
+# tests/bundle/test_bundle_lesion_seg.py LESION_TINY; EDSS trains its lesion stage with the latter when it needs one)
 TINY = {"spacing": [4.0, 4.0, 4.0], "roi_size": [32, 40, 32], "epochs": 1, "batch_size": 2, "num_workers": 0}
 TINY_LESION = {"spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "patches_per_volume": 2, "epochs": 1, "batch_size": 2, "num_workers": 0}
 TINY_BY_BUNDLE = {"lesion_seg": TINY_LESION, "edss": {**TINY, "lesion_stage": TINY_LESION}}

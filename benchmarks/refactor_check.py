@@ -5,7 +5,7 @@ compute. This script checks out ``--base`` (default ``HEAD``) into a temporary g
 bundle and for both trees (the base and the working tree), runs ``training`` (tiny settings, seeded) and
 ``evaluating`` on the same 4 mm test cohort with that tree's code (``PYTHONPATH``) and configs, and compares
 the two ``metrics.json`` files number by number (provenance, file paths and times left out). Training is
-deterministic on the CPU with the default workers (``tests/test_determinism.py``), so any difference is a
+deterministic on the CPU with the default workers (``tests/engines/test_determinism.py``), so any difference is a
 change in behaviour.
 
     python benchmarks/refactor_check.py --base 41f40e0            # all four bundles, about 6 min on 2 cores

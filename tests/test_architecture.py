@@ -58,3 +58,12 @@ def test_every_public_name_of_engines_lives_in_a_tier():
 
     homes = {name: home(name) for name in engines.__all__}
     assert {name: where for name, where in homes.items() if where.split(".")[2] not in TIERS} == {}
+
+
+def test_tests_mirror_the_package():
+    """tests/<package>/ for each subpackage of monai_ms (plus benchmarks/); only cross-cutting checks at the top."""
+    tests = Path(__file__).resolve().parent
+    packages = {p.name for p in (tests.parent / "monai_ms").iterdir() if (p / "__init__.py").is_file()}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders <= packages | {"benchmarks"}, f"test folders that are no monai_ms subpackage: {folders - packages}"
+    assert sorted(p.name for p in tests.glob("test_*.py")) == ["test_architecture.py", "test_errors.py", "test_lint.py"]

@@ -20,7 +20,7 @@ from monai_ms.data.manifest import (
     write_manifest,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------------ build

@@ -96,7 +96,7 @@ def test_every_field_is_documented():
 
 
 def test_every_field_and_shift_is_in_the_docs():
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "synthetic_cohort.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "synthetic_cohort.md").read_text()
     for section, values in SynthSettings().to_dict().items():
         if section != "name":
             missing = [key for key in values if f"| `{key}` |" not in docs]

@@ -260,7 +260,7 @@ def test_longitudinal_bundle_config_runs_the_change_pipeline(tmp_path):
         entry.update(age=40.0, sex="F")
     manifest = tmp_path / "manifest.json"
     write_manifest({"training": entries, "validation": [], "testing": []}, manifest)
-    configs = Path(__file__).resolve().parents[1] / "bundles" / "lesion_seg" / "configs"
+    configs = Path(__file__).resolve().parents[2] / "bundles" / "lesion_seg" / "configs"
     parser = ConfigParser()
     parser.read_config([str(configs / "train.json"), str(configs / "longitudinal.json")])
     parser.update({"data_manifest": str(manifest), "output_dir": str(tmp_path / "eval"), "location": False})
