@@ -14,6 +14,7 @@ from monai_ms.bundle.steps import (
     scaled_head_param_groups,
     start_distributed,
     swap_transform,
+    sync_batch_norm,
 )
 from monai_ms.bundle.verify import verify_checksums
 
@@ -25,6 +26,7 @@ __all__ = [
     "saliency_streams",
     "scaled_head_param_groups",
     "swap_transform",
+    "sync_batch_norm",
     "bundle_root",
     "check_overrides",
     "demo_manifest",

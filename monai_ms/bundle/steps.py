@@ -8,6 +8,8 @@ Each replaces an expression that used to be written out (and copied) in the JSON
   ``multi_gpu_train.json``);
 - :func:`rank_partition`: this rank's share of a datalist (every ``multi_gpu_train.json``, training and
   validation);
+- :func:`sync_batch_norm`: the network of a multi-GPU run with its batch norms synchronised across ranks
+  (brain_age and sex ``multi_gpu_train.json``);
 - :func:`scaled_head_param_groups`: optimizer parameter groups with one sub-module at a larger learning
   rate (the EDSS covariate head);
 - :func:`swap_transform`: a chain with one kind of transform replaced (the sex bundle's size-normalised
@@ -27,6 +29,7 @@ __all__ = [
     "saliency_streams",
     "scaled_head_param_groups",
     "swap_transform",
+    "sync_batch_norm",
 ]
 
 
@@ -149,6 +152,26 @@ def rank_partition(data: Sequence[Any], shuffle: bool = False, seed: int = 0, ev
         data=data, num_partitions=dist.get_world_size(), shuffle=shuffle, seed=seed, even_divisible=even_divisible
     )
     return parts[dist.get_rank()]
+
+
+def sync_batch_norm(network: Any, device: Any) -> Any:
+    """``network`` on ``device``, its batch norms synchronised across ranks when the run is on GPUs.
+
+    With ``DistributedDataParallel`` each rank's batch norm otherwise sees only its own share of a batch
+    (2 volumes of 4 on 2 GPUs). ``SyncBatchNorm`` needs CUDA, so a CPU (gloo) run keeps the network's own.
+
+    Args:
+        network: the model (``network_def``).
+        device: this rank's device.
+
+    Returns:
+        the network, converted or not, on ``device``.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    return network.to(device)
 
 
 def scaled_head_param_groups(network: Any, head: str, scale: float, learning_rate: float) -> list[dict[str, Any]]:
