@@ -21,6 +21,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with ``slow`` tests first, each group in collection order.
+
+    README's ``-n 2 --dist loadfile --no-loadscope-reorder`` makes pytest-xdist hand out whole files in this
+    order: the end-to-end files (tens of seconds to two minutes each) start first and the many fast files fill
+    the end, so the two workers finish close together. xdist's own reorder, by number of tests per file, put
+    the heaviest files (few tests each) last, and one worker ran alone for minutes.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: each group keeps its order
+
+
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory) -> Path:
     """Manifest of a tiny cohort: 14 patients (some with two sessions), split 70/15/15 by patient."""

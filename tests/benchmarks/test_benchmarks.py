@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from benchmark_scripts import load_benchmark
 
+pytestmark = pytest.mark.slow
+
 
 def _script(name: str):
     return load_benchmark(name)

@@ -16,6 +16,8 @@ from monai_ms.data import read_manifest, write_manifest
 from monai_ms.data.fields import IMAGE_KEYS
 from monai_ms.engines.training.lesion_pathway import read_provenance
 
+pytestmark = pytest.mark.slow
+
 LESION_TINY = {"spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "patches_per_volume": 2, "batch_size": 2, "num_workers": 0}
 SETTINGS = {
     "lesion_seg": {**LESION_TINY, "epochs": 1},
