@@ -7,6 +7,7 @@ Every layer type comes from MONAI's ``Act`` / ``Norm`` factories, so ``norm="ins
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -329,6 +330,10 @@ class TissueFeatures(StandardisedFeatures):
         iterations: k-means updates (1-D k-means on three well separated classes settles in about 10).
         bins: centres of the class-normalised histogram (0: none).
         value_range: its first and last centre, in class-normalised units (dark centre -1, bright +1).
+        smoothing: with ``bins > 0``, the histogram is taken of the brain smoothed by a Gaussian of this
+            standard deviation in voxels (inside the brain only: a normalised convolution, so the brain's edge
+            does not darken), with its own class centres. Scans acquired at other voxel sizes then reach
+            closer effective resolutions, at the cost of detail in the histogram; 0: none.
 
     Shapes:
         ``(B, C, *spatial)`` -> ``(B, 4 + bins)``: the brain's share of the input volume (the brain volume
@@ -345,27 +350,51 @@ class TissueFeatures(StandardisedFeatures):
     """
 
     def __init__(
-        self, channel: int = 0, iterations: int = 20, bins: int = 0, value_range: Sequence[float] = (-2.0, 2.0)
+        self,
+        channel: int = 0,
+        iterations: int = 20,
+        bins: int = 0,
+        value_range: Sequence[float] = (-2.0, 2.0),
+        smoothing: float = 0.0,
     ) -> None:
         low, high = (float(v) for v in value_range)
         if int(bins) == 1 or (int(bins) > 1 and not high > low):
             raise ValueError(f"TissueFeatures needs bins 0 or >= 2 and value_range low < high, got {bins}, {value_range}")
+        if not float(smoothing) >= 0.0:
+            raise ValueError(f"TissueFeatures needs smoothing >= 0 (voxels), got {smoothing}")
         super().__init__(4 + max(int(bins), 0))
         self.channel = int(channel)
         self.iterations = int(iterations)
         self.bins = max(int(bins), 0)
         self.start = low
         self.width: float = (high - low) / max(self.bins - 1, 1)
+        self.smoothing = float(smoothing)
+        radius = int(math.ceil(3.0 * self.smoothing)) if self.smoothing > 0 else 0
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-(offsets**2) / (2.0 * max(self.smoothing, 1e-6) ** 2))
+        # not in the state dict: checkpoints of earlier versions load unchanged
+        self.register_buffer("smoothing_kernel", kernel / kernel.sum(), persistent=False)
 
-    def counts(self, x: torch.Tensor) -> torch.Tensor:
-        """Unstandardised features ``(B, 4 + bins)``: brain share of the volume, dark / middle / bright class
-        shares, then the class-normalised histogram (shares of the brain)."""
-        values = torch.flatten(x[:, self.channel], start_dim=1).float()  # (B, N)
-        brain = (values != 0).float()
+    def _smooth(self, image: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+        """Gaussian smoothing of ``image`` inside ``brain`` (both ``(B, 1, D, H, W)``), background kept 0."""
+        k = self.smoothing_kernel
+        n, pad = k.numel(), k.numel() // 2
+        numerator, denominator = image * brain, brain
+        for weight, padding in (
+            (k.view(1, 1, n, 1, 1), (pad, 0, 0)),
+            (k.view(1, 1, 1, n, 1), (0, pad, 0)),
+            (k.view(1, 1, 1, 1, n), (0, 0, pad)),
+        ):
+            numerator = torch.nn.functional.conv3d(numerator, weight, padding=padding)
+            denominator = torch.nn.functional.conv3d(denominator, weight, padding=padding)
+        return torch.where(brain > 0, numerator / denominator.clamp_min(1e-6), torch.zeros_like(image))
+
+    def _classes(self, values: torch.Tensor, brain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """1-D k-means of the brain values ``(B, N)`` (``brain``: 0/1 weights): centres and voxel counts ``(B, 3)``."""
         voxels = brain.sum(dim=1).clamp_min(1.0)  # (B,)
         mean = (brain * values).sum(dim=1) / voxels
         std = torch.sqrt((brain * (values - mean[:, None]) ** 2).sum(dim=1) / voxels).clamp_min(1e-6)
-        centres = mean[:, None] + std[:, None] * torch.tensor([-1.0, 0.0, 1.0], device=x.device)  # (B, 3)
+        centres = mean[:, None] + std[:, None] * torch.tensor([-1.0, 0.0, 1.0], device=values.device)  # (B, 3)
         n_brain, total = brain.sum(dim=1), (brain * values).sum(dim=1)
         shares = torch.zeros_like(centres)
         for _ in range(self.iterations + 1):
@@ -379,8 +408,22 @@ class TissueFeatures(StandardisedFeatures):
             shares = torch.stack([n_dark, n_brain - n_dark - n_bright, n_bright], dim=1)  # (B, 3)
             sums = torch.stack([s_dark, total - s_dark - s_bright, s_bright], dim=1)
             centres = torch.where(shares > 0, sums / shares.clamp_min(1.0), centres)
+        return centres, shares
+
+    def counts(self, x: torch.Tensor) -> torch.Tensor:
+        """Unstandardised features ``(B, 4 + bins)``: brain share of the volume, dark / middle / bright class
+        shares, then the class-normalised histogram (shares of the brain)."""
+        values = torch.flatten(x[:, self.channel], start_dim=1).float()  # (B, N)
+        brain = (values != 0).float()
+        voxels = brain.sum(dim=1).clamp_min(1.0)  # (B,)
+        centres, shares = self._classes(values, brain)
         features = [(voxels / values.shape[1])[:, None], shares / voxels[:, None]]
         if self.bins > 0:
+            if self.smoothing > 0:
+                image = x[:, self.channel : self.channel + 1].float()
+                smoothed = self._smooth(image, (image != 0).float())
+                values = torch.flatten(smoothed, start_dim=1)
+                centres, _ = self._classes(values, brain)
             # dark centre -> -1, middle -> 0, bright -> +1, linear in between and beyond; brain voxels only
             below = (centres[:, 1] - centres[:, 0]).clamp_min(1e-6)[:, None]
             above = (centres[:, 2] - centres[:, 1]).clamp_min(1e-6)[:, None]

@@ -65,6 +65,7 @@ class PooledHeadNetwork3D(nn.Module):
         histogram_range: Sequence[float] = (-3.0, 3.0),
         tissue_features: bool = False,
         tissue_bins: int = 0,
+        tissue_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         self.out_channels = out_channels
@@ -94,7 +95,7 @@ class PooledHeadNetwork3D(nn.Module):
         self.tissue: TissueFeatures | None = None
         self.tissue_head: nn.Linear | None = None
         if tissue_features:
-            self.tissue = TissueFeatures(channel=0, bins=tissue_bins)
+            self.tissue = TissueFeatures(channel=0, bins=tissue_bins, smoothing=tissue_smoothing)
             self.tissue_head = nn.Linear(self.tissue.out_features, out_channels)
 
     def head_output(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,6 +145,8 @@ class BrainRegressor3D(PooledHeadNetwork3D):
             background (no noise augmentation outside the brain) and one input size, like the histogram.
         tissue_bins: ``> 0`` adds to the tissue path a histogram of the T1's brain intensities on the scale
             its own class centres define (dark -1, middle 0, bright +1; ``TissueFeatures(bins=...)``).
+        tissue_smoothing: the histogram of ``tissue_bins`` is taken of the T1 smoothed by a Gaussian of this
+            standard deviation in voxels (``TissueFeatures(smoothing=...)``); 0: none.
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, bad ``dropout``.
@@ -179,6 +182,7 @@ class BrainRegressor3D(PooledHeadNetwork3D):
         histogram_range: Sequence[float] = (-3.0, 3.0),
         tissue_features: bool = False,
         tissue_bins: int = 0,
+        tissue_smoothing: float = 0.0,
     ) -> None:
         super().__init__(
             spatial_dims=spatial_dims,
@@ -199,6 +203,7 @@ class BrainRegressor3D(PooledHeadNetwork3D):
             histogram_range=histogram_range,
             tissue_features=tissue_features,
             tissue_bins=tissue_bins,
+            tissue_smoothing=tissue_smoothing,
         )
         self.register_buffer("target_mean", torch.zeros(out_channels))
         self.register_buffer("target_std", torch.ones(out_channels))
@@ -267,6 +272,8 @@ class BrainClassifier3D(PooledHeadNetwork3D):
             background (no noise augmentation outside the brain) and one input size, like the histogram.
         tissue_bins: ``> 0`` adds to the tissue path a histogram of the T1's brain intensities on the scale
             its own class centres define (dark -1, middle 0, bright +1; ``TissueFeatures(bins=...)``).
+        tissue_smoothing: the histogram of ``tissue_bins`` is taken of the T1 smoothed by a Gaussian of this
+            standard deviation in voxels (``TissueFeatures(smoothing=...)``); 0: none.
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, bad ``dropout``.
