@@ -1,4 +1,4 @@
-"""benchmarks/generalisation.py in its tiny mode: one bundle (brain_age, the fastest), two shifts, both cases.
+"""benchmarks/generalisation.py in its tiny mode: one bundle (brain_age, the fastest), one shift, both cases.
 
 What the suite promises: a row per (bundle, shift, case) with the model's metric, the trivial and the
 imaging-feature baselines and n; the reference row (shift ``none``); case b scored with the reference-trained
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from benchmark_scripts import load_benchmark
 
-SHIFTS = ("contrast", "noise")
+SHIFTS = ("contrast",)  # one shift: the suite treats every shift alike, and each costs two tiny trainings
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ def test_the_docs_table_is_filled_between_the_markers(suite):
     assert "not run yet" not in inside and text.count("<!-- generalisation:table -->") == 1
     assert "Command: `python benchmarks/generalisation.py --tiny" in inside and "Machine:" in inside
     table = [line for line in inside.splitlines() if line.startswith("| brain_age")]
-    assert len(table) == len(second["rows"]) == 5
+    assert len(table) == len(second["rows"]) == 1 + 2 * len(SHIFTS)
     assert any("| contrast | b: shared bundle |" in line for line in table)
 
 
