@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -374,6 +375,14 @@ class TissueFeatures(StandardisedFeatures):
         kernel = torch.exp(-(offsets**2) / (2.0 * max(self.smoothing, 1e-6) ** 2))
         # not in the state dict: checkpoints of earlier versions load unchanged
         self.register_buffer("smoothing_kernel", kernel / kernel.sum(), persistent=False)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # checkpoints written before the features took one soft_histogram (brain_age 0.5.0 runs before f56d298)
+        # hold the buffers of a nested IntensityHistogram: its bin centres, which ``start`` and ``width`` now
+        # give, and a standardisation it never applied. Nothing reads them, so they are dropped, not refused.
+        for key in [k for k in state_dict if k.startswith(prefix + "histogram.")]:
+            del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _smooth(self, image: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
         """Gaussian smoothing of ``image`` inside ``brain`` (both ``(B, 1, D, H, W)``), background kept 0."""

@@ -196,3 +196,22 @@ def test_smoothing_brings_the_histograms_of_two_resolutions_closer() -> None:
     torch.testing.assert_close(scripted.counts(sharp), smoothed.counts(sharp))
     with pytest.raises(ValueError, match="smoothing >= 0"):
         TissueFeatures(bins=4, smoothing=-1.0)
+
+
+def test_a_checkpoint_with_the_former_nested_histogram_buffers_loads_with_the_same_features() -> None:
+    """brain_age 0.5.0 checkpoints from before the features took one soft_histogram (f56d298) hold a nested
+    IntensityHistogram's buffers (bin centres, an unused standardisation): they load, strictly, and the
+    features stay those of the same weights."""
+    network = BrainRegressor3D(channels=(4, 8), strides=(2, 2), tissue_features=True, tissue_bins=16)
+    state = network.state_dict()
+    old = dict(state)
+    old["tissue.histogram.centres"] = torch.linspace(-2.0, 2.0, 16)
+    old["tissue.histogram.feature_mean"] = torch.full((16,), 0.3)
+    old["tissue.histogram.feature_std"] = torch.full((16,), 2.0)
+    fresh = BrainRegressor3D(channels=(4, 8), strides=(2, 2), tissue_features=True, tissue_bins=16)
+    fresh.load_state_dict(old, strict=True)
+    x = torch.zeros(1, 1, 20, 20, 20)
+    x[0, 0, 2:18, 2:18, 2:18] = torch.rand(16, 16, 16, generator=torch.Generator().manual_seed(0)) + 0.1
+    torch.testing.assert_close(fresh.tissue(x), network.tissue(x))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        fresh.load_state_dict({**state, "tissue.other.weight": torch.zeros(1)}, strict=True)
