@@ -840,9 +840,14 @@ def monai_only_inference_config(parser: Any, metadata: Mapping[str, Any]) -> dic
     from monai.transforms import CopyItemsd
 
     spacing = parser.get_parsed_content("spacing")
-    # the description behind the bundle's own inference chain: its arguments, given to paired_steps
+    # the description behind the bundle's own inference chain: its arguments, given to paired_steps (the
+    # caller's parser is given back as it came)
+    target = parser.get("infer#preprocessing#_target_")
     parser["infer#preprocessing#_target_"] = "monai_ms.data.transforms.paired_steps"
-    steps = parser.get_parsed_content("infer#preprocessing")
+    try:
+        steps = parser.get_parsed_content("infer#preprocessing")
+    finally:
+        parser["infer#preprocessing#_target_"] = target
     # MONAI's default batch preparation reads the first input from "image"
     steps.append(Step(CopyItemsd, dict(keys="t1", times=1, names="image")))
     transforms = [entry for step in steps for entry in step.monai_config()]
