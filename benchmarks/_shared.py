@@ -184,12 +184,10 @@ def bundle_command(run_id: str, config_files: list[Any], overrides: dict[str, An
         >>> bundle_command("training", ["a/train.json"], {"epochs": 2})[3:]
         ['run', 'training', '--config_file', "['a/train.json']", '--epochs', '2']
     """
-    import json
+    from monai_ms.bundle.config import override_args
 
     command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", "[" + ",".join(f"'{f}'" for f in config_files) + "]"]
-    for key, value in (overrides or {}).items():
-        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    return command
+    return command + override_args(overrides or {})
 
 
 def fill_markers(path: Path, name: str, body: str) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from monai_ms.bundle.config import override_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,11 +27,6 @@ def config_arg(bundle: str, *names: str) -> str:
     return files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
 
 
-def override_args(overrides: dict) -> list[str]:
-    args = []
-    for key, value in overrides.items():
-        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
-    return args
 
 
 def run_bundle(

@@ -15,10 +15,28 @@ import inspect
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bundle_root", "check_overrides", "running_workflow"]
+__all__ = ["bundle_root", "check_overrides", "override_args", "running_workflow"]
+
+
+def override_args(overrides: Mapping[str, Any]) -> list[str]:
+    """``--key value`` arguments of a ``python -m monai.bundle run`` command line, one pair per override.
+
+    python-fire reads each value as a Python literal, so a non-string value is written as one (``True``,
+    ``None``, ``[80, 96, 80]``): JSON's ``true`` would arrive as the string ``"true"``, which
+    :func:`check_overrides` refuses. A string is passed as it is.
+
+    Examples:
+        >>> override_args({"augment": False, "roi_size": [80, 96, 80], "ckpt_dir": "runs/a"})
+        ['--augment', 'False', '--roi_size', '[80, 96, 80]', '--ckpt_dir', 'runs/a']
+    """
+    args: list[str] = []
+    for key, value in overrides.items():
+        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    return args
 
 
 def running_workflow() -> Any | None:

@@ -18,6 +18,12 @@ Then the predictions of all folds are concatenated and scored once more (``poole
 session predicted by a model that did not see its subject), and each metric's mean and SD over the
 folds are computed; ``OUT/cv.json`` and ``OUT/cv.md`` hold all three, the pooled metrics with a 95%
 percentile-bootstrap interval that resamples subjects (:mod:`monai_ms.engines.metrics.bootstrap`).
+The baselines are pooled the same way (:func:`pooled_report`): each fold's evaluation wrote what its
+baselines, fitted on that fold's training split, predict for every held-out session (``baseline_<name>``
+columns), so the pooled table scores the model against the training median, brain volume alone or the
+imaging-feature model on all non-test subjects at once, with ``beats_baselines`` and the interval of the
+difference. A model that does not beat its trivial baseline there gets a WARNING line and a bold NO in
+``cv.md``. With 5 folds of a 60-subject cohort that is about 50 subjects instead of a test split's 9.
 
 A manifest without folds gets them from the training + validation pool, split by subject with
 :func:`~monai_ms.data.split.split_entries` (stratified by sex and EDSS bin, ``seed``); ``cv.json``
@@ -56,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_ms.bundle.config import override_args
 from monai_ms.data.fields import SEX_CODES
 from monai_ms.data.manifest import ManifestError, read_manifest, rebase_paths, write_manifest
 from monai_ms.errors import UserError
@@ -72,7 +79,9 @@ __all__ = [
     "fold_manifest",
     "score_table",
     "summarize_folds",
-    "pooled_interval",
+    "score_baselines",
+    "pooled_report",
+    "pooled_summary",
     "run_cross_validation",
     "markdown_table",
 ]
@@ -109,11 +118,18 @@ class TaskScorer:
         table: the evaluation's per-session CSV in ``output_dir``.
         score: function of the concatenated table (a ``pandas.DataFrame``) returning a metrics dict.
         columns: headline metrics of the markdown table, in order.
+        metric: the metric that decides whether the model beats its baselines (as in ``metrics.json``).
+        lower_is_better: its direction.
+        prediction: the model's column of the table; each ``baseline_<name>`` column of the table is scored in
+            its place (None: the table holds no per-session baseline predictions).
     """
 
     table: str
     score: Callable[[Any], dict[str, Any]]
     columns: tuple[str, ...]
+    metric: str
+    lower_is_better: bool
+    prediction: str | None = None
 
 
 def _regression(target: str, prediction: str, within: float | None = None) -> Callable[[Any], dict[str, Any]]:
@@ -143,15 +159,25 @@ def _segmentation(frame: Any) -> dict[str, Any]:
 
 # task (the ``task`` key of train.json) -> scorer of its evaluation table
 TASK_SCORERS: dict[str, TaskScorer] = {
-    "brain_age": TaskScorer("predictions.csv", _regression("age", "age_pred"), ("n", "mae", "rmse", "pearson_r", "r2")),
-    "edss": TaskScorer(
-        "predictions.csv", _regression("edss", "prediction", within=1.0), ("n", "mae", "rmse", "pearson_r", "within_1")
+    "brain_age": TaskScorer(
+        "predictions.csv", _regression("age", "age_pred"), ("n", "mae", "rmse", "pearson_r", "r2"), "mae", True, "age_pred"
     ),
-    "sex": TaskScorer("predictions.csv", _sex, ("n", "auc", "accuracy", "balanced_accuracy", "brier", "ece")),
+    "edss": TaskScorer(
+        "predictions.csv",
+        _regression("edss", "prediction", within=1.0),
+        ("n", "mae", "rmse", "pearson_r", "within_1"),
+        "mae",
+        True,
+        "prediction",
+    ),
+    "sex": TaskScorer(
+        "predictions.csv", _sex, ("n", "auc", "accuracy", "balanced_accuracy", "brier", "ece"), "auc", False, "p_male"
+    ),
     "lesion_seg": TaskScorer(
-        "per_scan.csv", _segmentation, ("n_scans", "mean_dice", "median_dice", "lesion_tpr", "lesion_f1")
+        "per_scan.csv", _segmentation, ("n_scans", "mean_dice", "median_dice", "lesion_tpr", "lesion_f1"), "mean_dice", False
     ),
 }
+BASELINE_PREFIX = "baseline_"  # the evaluation tables' per-session baseline predictions: baseline_<name>
 
 
 # --------------------------------------------------------------------------------------------- folds
@@ -367,39 +393,100 @@ def summarize_folds(fold_metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict
     }
 
 
-def pooled_interval(
+def score_baselines(task: str, frame: Any) -> dict[str, dict[str, Any]]:
+    """Score every ``baseline_<name>`` column of an evaluation table in place of the model's predictions.
+
+    The evaluation writes, per session, what each baseline fitted on that run's training split predicts
+    (``baseline_training_median``, ``baseline_logistic_brain_volume``, ``baseline_imaging_features``, ...);
+    scored with the task's own metric function they give the baselines' figures on the same sessions.
+
+    Args:
+        task: a key of :data:`TASK_SCORERS`.
+        frame: ``pandas.DataFrame`` read from the task's table (one fold's, or the folds' concatenation).
+
+    Returns:
+        baseline name -> metric dict (empty for a task whose table has no baseline columns).
+
+    Examples:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"age": [30.0, 50.0], "age_pred": [32.0, 47.0], "baseline_training_median": [40.0, 40.0]})
+        >>> score_baselines("brain_age", frame)["training_median"]["mae"]
+        10.0
+    """
+    prediction = TASK_SCORERS[task].prediction if task in TASK_SCORERS else None
+    if prediction is None:
+        return {}
+    columns = [c for c in frame.columns if str(c).startswith(BASELINE_PREFIX)]
+    return {c[len(BASELINE_PREFIX) :]: score_table(task, frame.assign(**{prediction: frame[c]})) for c in columns}
+
+
+def pooled_report(
     task: str, frame: Any, subjects: Mapping[str, str], n_resamples: int = 1000, seed: int = 0
-) -> dict[str, Any] | None:
-    """Subject-bootstrap 95% intervals of the pooled metrics (:func:`monai_ms.engines.metrics.bootstrap.bootstrap_metrics`).
+) -> dict[str, Any]:
+    """The pooled predictions scored as an evaluation scores its split: the model, every baseline, intervals.
+
+    The same steps as an evaluation's ``metrics.json`` (:func:`monai_ms.engines.handlers.report.finish_report`),
+    on every non-test session of the folds: the model's metrics and each baseline's (:func:`score_baselines`;
+    each fold's baselines were fitted on that fold's training split), 95% subject-bootstrap intervals on paired
+    resamples, the interval of the model-minus-best-trivial-baseline difference, ``beats_baselines`` and, with
+    an imaging-feature baseline, ``beats_imaging_features``.
 
     Args:
         task: a key of :data:`TASK_SCORERS`.
         frame: the concatenated evaluation tables (a ``session`` column).
         subjects: session id -> subject id.
-        n_resamples: bootstrap resamples; 0 for none.
+        n_resamples: bootstrap resamples; 0 for none (no intervals).
         seed: resampling seed.
 
     Returns:
-        the ``bootstrap_metrics`` result (predictor ``"pooled"``), or None when ``n_resamples`` is 0.
+        ``{"model", "baselines", "beats_baselines", "baseline_comparison"}``, with ``"beats_imaging_features"``
+        and ``"uncertainty"`` where they apply.
 
     Raises:
         CrossValidationError: a session of the table with no known subject.
     """
-    from monai_ms.engines.metrics.bootstrap import bootstrap_metrics
+    from monai_ms.engines.handlers.report import finish_report
 
-    if n_resamples <= 0:
-        return None
     sessions = frame["session"].astype(str).tolist()
     unknown = [s for s in sessions if s not in subjects]
     if unknown:
         raise CrossValidationError(f"pooled predictions: session {unknown[0]} is in no fold")
     frame = frame.reset_index(drop=True)
-    return bootstrap_metrics(
-        lambda index: {"pooled": score_table(task, frame.iloc[index])},
+    scorer = TASK_SCORERS[task]
+
+    def compute(index: np.ndarray) -> dict[str, dict[str, Any]]:
+        part = frame.iloc[index]
+        return {"model": score_table(task, part), **score_baselines(task, part)}
+
+    report = {"model": score_table(task, frame), "baselines": score_baselines(task, frame)}
+    return finish_report(
+        report,
+        compute,
         [subjects[s] for s in sessions],
+        scorer.metric,
+        scorer.lower_is_better,
         n_resamples=n_resamples,
         seed=seed,
     )
+
+
+def pooled_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``cv.json`` taken from a :func:`pooled_report`: ``pooled`` (the model's metrics),
+    ``pooled_ci95`` (the bootstrap's settings and ``intervals``: ``pooled`` for the model, one per baseline;
+    None without resamples), ``pooled_baselines`` (each with its ``ci95``), ``beats_baselines``,
+    ``beats_imaging_features`` (None without an imaging-feature baseline) and ``baseline_comparison``."""
+    model = {k: v for k, v in report["model"].items() if k != "ci95"}
+    uncertainty = report.get("uncertainty")
+    intervals = {"pooled": report["model"].get("ci95", {})}
+    intervals.update({name: values.get("ci95", {}) for name, values in report["baselines"].items()})
+    return {
+        "pooled": model,
+        "pooled_ci95": {**uncertainty, "intervals": intervals} if uncertainty is not None else None,
+        "pooled_baselines": report["baselines"],
+        "beats_baselines": report["beats_baselines"],
+        "beats_imaging_features": report.get("beats_imaging_features"),
+        "baseline_comparison": report["baseline_comparison"],
+    }
 
 
 def _cell(value: Any) -> str:
@@ -426,26 +513,43 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     ]
     for record in summary["folds"]:
         lines.append(f"| fold {record['fold']} | " + " | ".join(_cell(record["metrics"].get(c)) for c in columns) + " |")
-    intervals = (summary.get("pooled_ci95") or {}).get("intervals", {}).get("pooled", {})
-    lines.append(
-        "| pooled (95% CI) | "
-        + " | ".join(
-            _cell(summary["pooled"].get(c)) + (f" [{_cell(intervals[c][0])}, {_cell(intervals[c][1])}]" if c in intervals else "")
-            for c in columns
-        )
-        + " |"
-    )
+    intervals = (summary.get("pooled_ci95") or {}).get("intervals", {})
+
+    def pooled_row(label: str, metrics: Mapping[str, Any], ci: Mapping[str, Any]) -> str:
+        cells = (_cell(metrics.get(c)) + (f" [{_cell(ci[c][0])}, {_cell(ci[c][1])}]" if c in ci else "") for c in columns)
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines.append(pooled_row("pooled (95% CI)", summary["pooled"], intervals.get("pooled", {})))
     across = summary["across_folds"]
     cells = [
         f"{_cell(across[c]['mean'])} +- {_cell(across[c]['sd'])}" if c in across else "n/a" for c in columns
     ]
     lines.append("| mean +- SD over folds | " + " | ".join(cells) + " |")
+    for name, metrics in (summary.get("pooled_baselines") or {}).items():
+        lines.append(pooled_row(f"baseline {name}, pooled", metrics, intervals.get(name, {})))
     lines += [
         "",
         "Pooled: the predictions of all folds concatenated and scored once; 95% CI: percentile bootstrap of the "
         "pooled predictions resampling subjects (it leaves out the variation from retraining); SD: sample SD over "
-        "folds (ddof 1).",
+        "folds (ddof 1). Baselines: what each fold's evaluation fitted on that fold's training split, on the same "
+        "sessions.",
     ]
+    comparison = summary.get("baseline_comparison") or {}
+    if comparison.get("baseline") is not None:
+        verdict = {True: "yes", False: "**NO: not a result**", None: "undefined"}[summary.get("beats_baselines")]
+        difference = comparison.get("difference_ci95")
+        lines += [
+            "",
+            f"Beats its trivial baselines (pooled {comparison['metric']}): {verdict}; model {_cell(comparison['model'])} "
+            f"vs {comparison['baseline']} {_cell(comparison['baseline_value'])}"
+            + (f", difference 95% CI [{_cell(difference[0])}, {_cell(difference[1])}]" if difference else "")
+            + "."
+            + (
+                f" Beats the imaging-feature baseline: {'yes' if summary['beats_imaging_features'] else 'no'}."
+                if summary.get("beats_imaging_features") is not None
+                else ""
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -466,13 +570,6 @@ def _bundle_files(bundle: Path) -> tuple[Path, Path, dict[str, Any]]:
     except json.JSONDecodeError as error:
         raise CrossValidationError(f"{train}: not valid JSON ({error})") from None
     return train, evaluate, config
-
-
-def _override_args(overrides: Mapping[str, Any]) -> list[str]:
-    args: list[str] = []
-    for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    return args
 
 
 def _run_logged(command: list[str], log: Path, what: str) -> None:
@@ -526,8 +623,9 @@ def run_cross_validation(
 
     Returns:
         the summary written to ``cv.json``: ``folds`` (per fold: ``fold``, sessions, subjects, metrics,
-        ``skipped``), ``pooled``, ``pooled_ci95`` (subject bootstrap), ``across_folds`` (mean, SD,
-        n_folds per metric) and the settings.
+        ``skipped``), the keys of :func:`pooled_summary` (``pooled``, ``pooled_ci95``, ``pooled_baselines``,
+        ``beats_baselines``, ``beats_imaging_features``, ``baseline_comparison``), ``across_folds`` (mean,
+        SD, n_folds per metric) and the settings.
 
     Raises:
         CrossValidationError: a bad bundle, a reserved override, a fold's training or evaluation that
@@ -617,13 +715,13 @@ def run_cross_validation(
                 f"{len(manifest['validation'])} (log: {fold_dir / 'train.log'})"
             )
             train_cmd = [python, "-m", "monai.bundle", "run", "training", "--config_file", str(train_json)]
-            _run_logged(train_cmd + _override_args(fold_overrides), fold_dir / "train.log", f"fold {fold} training")
+            _run_logged(train_cmd + override_args(fold_overrides), fold_dir / "train.log", f"fold {fold} training")
             write_json({"fold": fold, "settings": training_settings}, fold_dir / TRAINED_RECORD)
         logger.info(f"fold {fold}: evaluating the held-out fold (log: {fold_dir / 'evaluate.log'})")
         configs = f"['{train_json}','{evaluate_json}']"
         eval_cmd = [python, "-m", "monai.bundle", "run", "evaluating", "--config_file", configs]
         eval_overrides = {**fold_overrides, "eval_split": "testing" if inner_validation else "validation"}
-        _run_logged(eval_cmd + _override_args(eval_overrides), fold_dir / "evaluate.log", f"fold {fold} evaluation")
+        _run_logged(eval_cmd + override_args(eval_overrides), fold_dir / "evaluate.log", f"fold {fold} evaluation")
         table = pd.read_csv(table_path)
         expected = sorted(str(e["session"]) for e in per_fold[fold])
         if "session" in table and sorted(table["session"].astype(str)) != expected:
@@ -666,10 +764,16 @@ def run_cross_validation(
         "selection": INNER_SELECTION_NOTE.format(share=inner_validation) if inner_validation else SELECTION_NOTE,
         "inner_validation": inner_validation,
         "folds": records,
-        "pooled": score_table(task, pooled_table),
-        "pooled_ci95": pooled_interval(task, pooled_table, subjects, n_resamples=n_resamples),
+        **pooled_summary(pooled_report(task, pooled_table, subjects, n_resamples=n_resamples)),
         "across_folds": summarize_folds([r["metrics"] for r in records]),
     }
+    if summary["beats_baselines"] is False:
+        comparison = summary["baseline_comparison"]
+        logger.warning(
+            f"cross-validation of {bundle}: the model does NOT beat its trivial baseline on the pooled folds "
+            f"({comparison['metric']} {_cell(comparison['model'])} vs {comparison['baseline']} "
+            f"{_cell(comparison['baseline_value'])}); it is not a result"
+        )
     write_csv(pooled_table, out / "predictions.csv")
     write_json(summary, out / "cv.json")
     write_text(markdown_table(summary), out / "cv.md")

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_ms.bundle.config import override_args
 from monai_ms.engines.training.lesion_pathway import (
     AUTO,
     check_lesion_provenance,
@@ -149,8 +150,7 @@ def train_lesion_stage(
     settings = _stage_settings(data_manifest, ckpt_dir, fold, seed, overrides)
     (stage / STAGE_RECORD).unlink(missing_ok=True)  # an interrupted stage is never taken for a finished one
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(config)]
-    for key, value in settings.items():
-        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    command += override_args(settings)
     logger.info(
         f"lesion stage: no lesion segmenter trained on this manifest yet, so this run trains one first "
         f"(the lesion_seg bundle's defaults, into {stage}); the EDSS model starts from it"

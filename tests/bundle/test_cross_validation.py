@@ -62,10 +62,19 @@ def test_folds_are_trained_evaluated_and_pooled(cv_run):
     again = bootstrap_metrics(lambda i: {"pooled": regression_metrics(pooled["age_pred"][i], pooled["age"][i])},
                               [subject[s] for s in pooled["session"]], n_resamples=ci["n_resamples"], seed=ci["seed"])
     assert ci["intervals"]["pooled"]["mae"] == pytest.approx(again["intervals"]["pooled"]["mae"])
+    # the baselines each fold fitted on its own training split, pooled over the same sessions
+    assert set(summary["pooled_baselines"]) == {"training_median", "imaging_features"}
+    median = summary["pooled_baselines"]["training_median"]
+    assert median["mae"] == pytest.approx(regression_metrics(pooled["baseline_training_median"], pooled["age"])["mae"])
+    assert ci["intervals"]["training_median"]["mae"] == pytest.approx(median["ci95"]["mae"])
+    comparison = summary["baseline_comparison"]
+    assert comparison["baseline"] == "training_median" and comparison["metric"] == "mae"
+    assert summary["beats_baselines"] == (summary["pooled"]["mae"] < median["mae"])
     maes = [r["metrics"]["mae"] for r in summary["folds"]]
     assert summary["across_folds"]["mae"] == pytest.approx({"mean": np.mean(maes), "sd": np.std(maes, ddof=1), "n_folds": 2})
     table = (out / "cv.md").read_text()
     assert "| pooled (95% CI) |" in table and "mean +- SD over folds" in table and "monai-ms cv" in table
+    assert "| baseline training_median, pooled |" in table and "Beats its trivial baselines (pooled mae)" in table
     assert not (REPO / "bundles" / "brain_age" / "models" / "cv").exists()
 
 
@@ -224,3 +233,44 @@ def test_sex_folds_are_scored_with_calibration():
     metrics = score_table("sex", frame)
     assert metrics["ece"] == pytest.approx(expected_calibration_error(frame["p_male"], [0, 1, 1, 0, 1, 0]))
     assert "ece" in TASK_SCORERS["sex"].columns  # a column of cv.md
+
+
+def test_pooled_baselines_decide_whether_the_model_is_a_result():
+    """A sex model that ranks no better than brain volume alone is marked, in cv.json's keys and in cv.md."""
+    from monai_ms.bundle.cross_validation import markdown_table, pooled_report, pooled_summary
+    from monai_ms.engines.metrics.scores import classification_metrics
+
+    rng = np.random.default_rng(0)
+    sex = np.array(["F", "M"] * 20)
+    labels = (sex == "M").astype(int)
+    volume = labels + rng.normal(0, 0.6, 40)  # brain volume separates the sexes well ...
+    frame = pd.DataFrame({
+        "session": [f"s{i}" for i in range(40)], "sex": sex,
+        "p_male": 1 / (1 + np.exp(-(labels + rng.normal(0, 1.5, 40)))),  # ... the model less well
+        "baseline_training_prevalence": 0.5, "baseline_logistic_brain_volume": 1 / (1 + np.exp(-volume)),
+        "baseline_imaging_features": 1 / (1 + np.exp(-volume)),
+    })
+    subjects = {f"s{i}": f"P{i // 2}" for i in range(40)}  # two sessions per subject
+    report = pooled_report("sex", frame, subjects, n_resamples=200)
+    summary = pooled_summary(report)
+    expected = classification_metrics(frame["baseline_logistic_brain_volume"].to_numpy(), labels)["auc"]
+    assert summary["pooled_baselines"]["logistic_brain_volume"]["auc"] == pytest.approx(expected)
+    assert summary["pooled"]["auc"] < expected
+    assert summary["beats_baselines"] is False and summary["beats_imaging_features"] is False
+    assert summary["baseline_comparison"]["baseline"] == "logistic_brain_volume"
+    low, high = summary["baseline_comparison"]["difference_ci95"]
+    assert low < summary["pooled"]["auc"] - expected < high
+    assert summary["pooled_ci95"]["n_subjects"] == 20 and summary["pooled_ci95"]["unit"] == "subject"
+    table = markdown_table({"bundle": "bundles/sex", "task": "sex", "k": 2, "command": "monai-ms cv", "folds_source": "x",
+                            "subjects_per_fold": [10, 10], "selection": "inner", "folds": [], "across_folds": {}, **summary})
+    assert "**NO: not a result**" in table and "| baseline logistic_brain_volume, pooled |" in table
+    # a better model flips the verdict
+    better = frame.assign(p_male=frame["baseline_logistic_brain_volume"] * 0.5 + labels * 0.5)
+    assert pooled_summary(pooled_report("sex", better, subjects, n_resamples=0))["beats_baselines"] is True
+
+
+def test_a_table_without_baseline_columns_has_no_baselines():
+    from monai_ms.bundle.cross_validation import score_baselines
+
+    assert score_baselines("lesion_seg", pd.DataFrame({"dice": [0.5]})) == {}
+    assert score_baselines("brain_age", pd.DataFrame({"age": [30.0], "age_pred": [31.0]})) == {}
