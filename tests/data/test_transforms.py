@@ -238,3 +238,31 @@ def test_monai_only_description_of_the_infer_chain_gives_the_same_item(pair, con
     eval_steps = paired_steps("eval", target_key="edss", **kwargs)
     with pytest.raises(ValueError, match="_ScalarTargetd has no MONAI-only equivalent"):
         [entry for step in eval_steps for entry in step.monai_config()]
+
+
+def test_augmentation_can_keep_the_brain_volume_that_sex_and_brain_age_read(pair):
+    """Scaling and the rotation's blended edge change the non-zero volume (the size signal of sex, the CSF share
+    of atrophy); ``augment_scale=0`` with ``augment_keep_extent`` keeps the volume the evaluation measures."""
+    from monai.transforms import Compose
+
+    from monai_ms.data.transforms import ZScoreNonzerod, build, paired_steps
+
+    item, _ = pair
+
+    def chain(**augment) -> Compose:  # in raw units: the z-score sets the voxels at the brain's mean to 0
+        steps = paired_steps("train", spacing=2.0, roi_size=(48, 48, 48), augment_prob=1.0, noise_std=0.0, **augment)
+        return Compose(build([s for s in steps if s.target is not ZScoreNonzerod]))
+
+    volume = float((chain(augment=False)(dict(item))["t1"] != 0).sum())
+
+    def volumes(scale: float, keep_extent: bool) -> np.ndarray:
+        chain_ = chain(augment_scale=scale, augment_keep_extent=keep_extent)
+        chain_.set_random_state(seed=0)
+        outs = [chain_(dict(item)) for _ in range(6)]
+        assert all(set(o) == set(outs[0]) and "t1_extent" not in o for o in outs)
+        return np.array([float((o["t1"] != 0).sum()) for o in outs]) / volume
+
+    default, unscaled, kept = volumes(0.1, False), volumes(0.0, False), volumes(0.0, True)
+    assert np.ptp(default) > 0.08  # +-10% per axis: the volume differs from draw to draw
+    assert np.ptp(unscaled) < 0.02 and unscaled.min() > 1.1  # rotation alone: the same, but with a dim shell
+    assert np.abs(kept - 1).max() < 0.03  # the evaluation's volume
