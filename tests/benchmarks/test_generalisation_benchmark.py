@@ -108,3 +108,27 @@ def test_unknown_names_are_refused():
         module.main(["--tiny", "--shifts", "blur"])
     with pytest.raises(SystemExit, match="unknown bundles: age"):
         module.main(["--tiny", "--bundles", "age"])
+
+
+def test_a_cross_validated_row_reads_the_pooled_model_and_baselines(tmp_path):
+    """Case c: the row of a ``monai-ms cv`` summary, with the model and baselines pooled over the held-out folds."""
+    import numpy as np
+    import pandas as pd
+
+    from monai_ms.bundle.cross_validation import pooled_report, pooled_summary
+
+    rng = np.random.default_rng(1)
+    age = rng.uniform(20, 60, 50)
+    frame = pd.DataFrame({"session": [f"s{i}" for i in range(50)], "age": age, "age_pred": age + rng.normal(0, 4, 50),
+                          "baseline_training_median": 40.0, "baseline_imaging_features": age + rng.normal(0, 8, 50)})
+    summary = {"k": 5, **pooled_summary(pooled_report("brain_age", frame, {f"s{i}": f"P{i}" for i in range(50)}, n_resamples=200))}
+    (tmp_path / "cv.json").write_text(json.dumps(summary))
+    row = _script().summarise({"bundle": "brain_age", "shift": "bias", "case": "c", "reused": False}, tmp_path)
+    assert row["case_name"] == "own cohort, cross-validated" and row["split"].startswith("cross-validation: 5 folds")
+    assert row["model"]["value"] == pytest.approx(summary["pooled"]["mae"]) and len(row["model"]["ci95"]) == 2
+    assert row["trivial"]["name"] == "training_median"
+    assert row["trivial"]["value"] == pytest.approx(np.abs(age - 40.0).mean())
+    assert row["imaging_features"]["value"] == pytest.approx(summary["pooled_baselines"]["imaging_features"]["mae"])
+    assert row["beats_baselines"] is True and row["beats_imaging_features"] is True
+    assert row["n_sessions"] == 50 and row["n_subjects"] == 50 and row["validation_curve"] is None
+    assert row["target"]["met"] is True  # MAE about 3.2 against 0.8 x about 10 for the median
