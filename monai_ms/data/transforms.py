@@ -51,6 +51,7 @@ from monai.transforms import (
     RandGaussianNoise,
     RandGaussianNoised,
     RandomizableTransform,
+    RandSimulateLowResolutiond,
     ResampleToMatchd,
     ResizeWithPadOrCropd,
     Spacingd,
@@ -438,6 +439,7 @@ def augmentation_steps(
     flip: bool = True,
     spatial_size: Sequence[int] | None = None,
     keep_extent: bool = False,
+    low_resolution: float = 0.0,
 ) -> list[Step]:
     """Random augmentation in raw intensity units (before normalisation).
 
@@ -460,6 +462,9 @@ def augmentation_steps(
             the zero background into a shell of dim non-zero voxels (7% more "brain" on the demo cohort's
             2 mm scans), which features measured on the non-zero voxels (``TissueFeatures``: brain share, darkest
             class share) read as brain and CSF in training but never see in evaluation.
+        low_resolution: probability of simulating a coarser acquisition (``RandSimulateLowResolutiond``, nnU-Net's
+            augmentation: down to 0.5-1x the resolution and back, per image), so that scans acquired at
+            larger voxels than the training cohort's look familiar; 0: none.
     """
     image_keys = list(image_keys)
     extent_keys = [f"{key}_extent" for key in image_keys] if keep_extent else []
@@ -481,6 +486,8 @@ def augmentation_steps(
         chain.insert(0, Step(CopyItemsd, dict(keys=image_keys, names=extent_keys)))
         chain += [Step(MaskIntensityd, dict(keys=k, mask_key=m, select_fn=is_nonzero)) for k, m in zip(image_keys, extent_keys)]
         chain.append(Step(DeleteItemsd, dict(keys=extent_keys)))
+    if low_resolution > 0:
+        chain.append(Step(RandSimulateLowResolutiond, dict(keys=image_keys, prob=low_resolution, zoom_range=(0.5, 1.0))))
     if flip:
         chain.append(Step(RandFlipd, dict(keys=all_keys, prob=prob, spatial_axis=0)))
     for key in image_keys:
@@ -509,6 +516,7 @@ def paired_steps(
     augment_prob: float = 0.5,
     augment_scale: float = 0.1,
     augment_keep_extent: bool = False,
+    augment_low_resolution: float = 0.0,
     noise_std: float = 0.05,
     concat_key: str | None = None,
     cache_dtype: str | torch.dtype | None = None,
@@ -536,6 +544,8 @@ def paired_steps(
             as large as the signal itself: men's heads are about 6% larger per dimension than women's.
         augment_keep_extent: keep each brain's extent through the random affine (``keep_extent`` of
             :func:`augmentation_steps`): for networks that measure the non-zero voxels (``tissue_features``).
+        augment_low_resolution: probability of a simulated coarser acquisition (``low_resolution`` of
+            :func:`augmentation_steps`).
         noise_std: std of the Gaussian noise added after normalisation (``stage="train"``).
         concat_key: also stack the image keys as channels of one tensor under this key, shape
             ``(len(image_keys), *spatial)`` (the input of a multi-channel network such as
@@ -568,7 +578,8 @@ def paired_steps(
         chain.append(Step(AfterCacheFloat32, dict(keys=cached_keys)))
     if stage == "train" and augment:
         chain += augmentation_steps(
-            image_keys, label_key, augment_prob, scale=augment_scale, spatial_size=roi, keep_extent=augment_keep_extent
+            image_keys, label_key, augment_prob, scale=augment_scale, spatial_size=roi, keep_extent=augment_keep_extent,
+            low_resolution=augment_low_resolution,
         )
     chain.append(Step(ZScoreNonzerod, dict(keys=image_keys)))
     if patch_based:

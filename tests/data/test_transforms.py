@@ -266,3 +266,23 @@ def test_augmentation_can_keep_the_brain_volume_that_sex_and_brain_age_read(pair
     assert np.ptp(default) > 0.08  # +-10% per axis: the volume differs from draw to draw
     assert np.ptp(unscaled) < 0.02 and unscaled.min() > 1.1  # rotation alone: the same, but with a dim shell
     assert np.abs(kept - 1).max() < 0.03  # the evaluation's volume
+
+
+def test_low_resolution_augmentation_removes_fine_detail_and_keeps_the_grid():
+    """``augment_low_resolution``: a coarser acquisition simulated on the training grid (nnU-Net's augmentation)."""
+    from monai.transforms import Compose
+
+    from monai_ms.data.transforms import augmentation
+
+    texture = torch.rand(1, 32, 32, 32, generator=torch.Generator().manual_seed(0)) + 1.0
+    chain = Compose(augmentation(["t1"], prob=0.0, low_resolution=1.0, spatial_size=(32, 32, 32)))
+    chain.set_random_state(seed=0)
+    out = chain({"t1": texture.clone()})["t1"]
+    assert out.shape == texture.shape
+
+    def detail(x: torch.Tensor) -> float:  # mean absolute difference of neighbouring voxels
+        return float((x[:, 1:] - x[:, :-1]).abs().mean())
+
+    assert detail(out) < 0.8 * detail(texture)
+    unchanged = Compose(augmentation(["t1"], prob=0.0, low_resolution=0.0, spatial_size=(32, 32, 32)))({"t1": texture.clone()})["t1"]
+    assert torch.equal(torch.as_tensor(unchanged), texture)
