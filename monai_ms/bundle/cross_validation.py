@@ -116,7 +116,8 @@ class TaskScorer:
 
     Args:
         table: the evaluation's per-session CSV in ``output_dir``.
-        score: function of the concatenated table (a ``pandas.DataFrame``) returning a metrics dict.
+        score: function of the concatenated table (a ``pandas.DataFrame``) and the name of the column to score
+            as the prediction, returning a metrics dict.
         columns: headline metrics of the markdown table, in order.
         metric: the metric that decides whether the model beats its baselines (as in ``metrics.json``).
         lower_is_better: its direction.
@@ -125,15 +126,15 @@ class TaskScorer:
     """
 
     table: str
-    score: Callable[[Any], dict[str, Any]]
+    score: Callable[[Any, str | None], dict[str, Any]]
     columns: tuple[str, ...]
     metric: str
     lower_is_better: bool
     prediction: str | None = None
 
 
-def _regression(target: str, prediction: str, within: float | None = None) -> Callable[[Any], dict[str, Any]]:
-    def score(frame: Any) -> dict[str, Any]:
+def _regression(target: str, within: float | None = None) -> Callable[[Any, str | None], dict[str, Any]]:
+    def score(frame: Any, prediction: str | None) -> dict[str, Any]:
         from monai_ms.engines.metrics.scores import regression_metrics
 
         return regression_metrics(frame[prediction].to_numpy(float), frame[target].to_numpy(float), within)
@@ -141,17 +142,17 @@ def _regression(target: str, prediction: str, within: float | None = None) -> Ca
     return score
 
 
-def _sex(frame: Any) -> dict[str, Any]:
+def _sex(frame: Any, prediction: str | None) -> dict[str, Any]:
     from monai_ms.engines.metrics.scores import classification_metrics
 
     labels = frame["sex"].astype(str).str.upper().map(SEX_CODES)
     if labels.isna().any():
         bad = frame.loc[labels.isna(), "sex"].iloc[0]
         raise CrossValidationError(f"predictions.csv: sex must be F or M, got {bad!r}")
-    return classification_metrics(frame["p_male"].to_numpy(float), labels.to_numpy(int))
+    return classification_metrics(frame[prediction].to_numpy(float), labels.to_numpy(int))
 
 
-def _segmentation(frame: Any) -> dict[str, Any]:
+def _segmentation(frame: Any, prediction: str | None) -> dict[str, Any]:  # per-scan metrics, no column
     from monai_ms.engines.metrics.segmentation import summarize_segmentation
 
     return summarize_segmentation(frame.to_dict("records"))
@@ -160,11 +161,11 @@ def _segmentation(frame: Any) -> dict[str, Any]:
 # task (the ``task`` key of train.json) -> scorer of its evaluation table
 TASK_SCORERS: dict[str, TaskScorer] = {
     "brain_age": TaskScorer(
-        "predictions.csv", _regression("age", "age_pred"), ("n", "mae", "rmse", "pearson_r", "r2"), "mae", True, "age_pred"
+        "predictions.csv", _regression("age"), ("n", "mae", "rmse", "pearson_r", "r2"), "mae", True, "age_pred"
     ),
     "edss": TaskScorer(
         "predictions.csv",
-        _regression("edss", "prediction", within=1.0),
+        _regression("edss", within=1.0),
         ("n", "mae", "rmse", "pearson_r", "within_1"),
         "mae",
         True,
@@ -334,12 +335,13 @@ def fold_manifest(
 # --------------------------------------------------------------------------------------------- scores
 
 
-def score_table(task: str, frame: Any) -> dict[str, Any]:
+def score_table(task: str, frame: Any, prediction: str | None = None) -> dict[str, Any]:
     """Score one evaluation table (a fold's, or the folds' concatenation) with the task's metric function.
 
     Args:
         task: a key of :data:`TASK_SCORERS`.
         frame: ``pandas.DataFrame`` read from the task's table.
+        prediction: the column scored as the prediction (default: the model's, ``TaskScorer.prediction``).
 
     Returns:
         the metric dict of the project's metric function (``n`` / ``n_scans`` included).
@@ -350,7 +352,7 @@ def score_table(task: str, frame: Any) -> dict[str, Any]:
     if task not in TASK_SCORERS:
         raise CrossValidationError(f"task must be one of {', '.join(TASK_SCORERS)}, got {task!r}")
     try:
-        return TASK_SCORERS[task].score(frame)
+        return TASK_SCORERS[task].score(frame, prediction or TASK_SCORERS[task].prediction)
     except KeyError as error:
         raise CrossValidationError(
             f"{TASK_SCORERS[task].table}: column {error} missing (columns: {', '.join(map(str, frame.columns))})"
@@ -413,11 +415,10 @@ def score_baselines(task: str, frame: Any) -> dict[str, dict[str, Any]]:
         >>> score_baselines("brain_age", frame)["training_median"]["mae"]
         10.0
     """
-    prediction = TASK_SCORERS[task].prediction if task in TASK_SCORERS else None
-    if prediction is None:
+    if task not in TASK_SCORERS or TASK_SCORERS[task].prediction is None:
         return {}
     columns = [c for c in frame.columns if str(c).startswith(BASELINE_PREFIX)]
-    return {c[len(BASELINE_PREFIX) :]: score_table(task, frame.assign(**{prediction: frame[c]})) for c in columns}
+    return {c[len(BASELINE_PREFIX) :]: score_table(task, frame, prediction=c) for c in columns}
 
 
 def pooled_report(
