@@ -215,3 +215,45 @@ def test_a_checkpoint_with_the_former_nested_histogram_buffers_loads_with_the_sa
     torch.testing.assert_close(fresh.tissue(x), network.tissue(x))
     with pytest.raises(RuntimeError, match="Unexpected key"):
         fresh.load_state_dict({**state, "tissue.other.weight": torch.zeros(1)}, strict=True)
+
+
+def _sized_brain(side: int, dark: float, seed: int) -> torch.Tensor:
+    """A (1, 1, 20, 20, 20) volume: a brain cube of ``side`` voxels, ``dark`` of it CSF, the rest grey and white."""
+    generator = torch.Generator().manual_seed(seed)
+    n = side**3
+    labels = torch.cat([torch.full((round(dark * n),), 0), torch.full((n - round(dark * n),), 1)])
+    labels = torch.where((labels == 1) & (torch.rand(n, generator=generator) < 0.5), 2, labels)
+    labels = labels[torch.randperm(n, generator=generator)]
+    values = torch.tensor((-2.0, -0.2, 0.9))[labels] + 0.08 * torch.randn(n, generator=generator)
+    volume = torch.zeros(1, 1, 20, 20, 20)
+    volume[0, 0, :side, :side, :side] = values.reshape(side, side, side)
+    return volume
+
+
+@pytest.mark.parametrize("signal", ["size", "dark"])
+def test_leading_features_keep_brain_size_alone_unless_the_fractions_clearly_help(signal: str) -> None:
+    """Sex set by brain size (the fractions are noise): the start keeps the size alone and the fractions
+    start at weight 0. Sex set by the CSF share (size is noise): all four features are kept."""
+    generator = torch.Generator().manual_seed(1)
+    entries = []
+    for i in range(40):
+        male = i % 2
+        draw, share = int(torch.randint(0, 3, (), generator=generator)), float(torch.rand((), generator=generator))
+        if signal == "size":
+            side, dark = 15 + male + draw % 2, 0.1 + 0.3 * share
+        else:
+            side, dark = 14 + draw, 0.15 + 0.1 * male + 0.05 * share
+        entries.append({"image": _sized_brain(side, dark, seed=i), "sex": float(male), "subject": f"P{i}"})
+    network = BrainClassifier3D(channels=TINY, strides=(2, 2), tissue_features=True).eval()
+    result = fit_feature_paths(network, entries, transform=lambda d: d, target_key="sex", leading_features=1)
+    assert set(result["scores"]) == {"first 1", "all 4"}
+    weights = network.tissue_head.weight.detach()[0]
+    if signal == "size":
+        assert result["used"] == 1 and float(weights[0]) != 0.0
+        assert torch.count_nonzero(weights[1:]) == 0
+    else:
+        assert result["used"] == 4 and torch.count_nonzero(weights[1:]) > 0
+        first, full = result["scores"]["first 1"], result["scores"]["all 4"]
+        assert full[0] > first[0] + full[1]
+    plain = fit_feature_paths(network, entries, transform=lambda d: d, target_key="sex")
+    assert plain["used"] == 4 and "scores" not in plain

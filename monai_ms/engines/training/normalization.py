@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -157,6 +158,7 @@ def fit_feature_paths(
     target_key: str,
     input_key: str = "image",
     alphas: Sequence[float] = tuple(np.logspace(-3, 4, 30)),
+    leading_features: int | None = None,
 ) -> dict[str, Any]:
     """Start a whole-volume network's linear feature paths at the linear model fitted on the training split.
 
@@ -178,19 +180,25 @@ def fit_feature_paths(
         target_key: key of the target (age in years; sex as produced by the chain, 1 = male).
         input_key: key of the network input.
         alphas: ridge penalties to choose from (regressor); the classifier chooses ``C = 1 / alpha``.
+        leading_features: also fit the model on only the first ``k`` features (in path order: histogram bins,
+            then tissue features, whose first is the brain share) and keep it unless all the features score
+            better in the same inner cross-validation by more than one standard error of their fold scores
+            (the one-standard-error rule); the features left out start at weight 0. With a few dozen
+            training sessions a feature that carries no signal is not free: on coarse voxels the tissue
+            fractions follow head size through partial volume, and a sex model fitted on size and fractions
+            ranked worse than size alone (docs/generalisation.md). None: all features.
 
     Returns:
-        ``{"penalty": chosen alpha, "features": number of features, "paths": names, "sessions": n, "cv": the
-        inner folds}``; ``{}`` (and nothing changed) for a network without a feature path, so
-        ``histogram_bins=0, tissue_features=False`` is a plain override.
+        ``{"penalty": chosen alpha, "features": number of features, "used": features with a fitted weight,
+        "paths": names, "sessions": n, "cv": the inner folds}`` (with ``leading_features``, also
+        ``"scores"``: the inner-CV score and its standard error of each candidate); ``{}`` (and nothing
+        changed) for a network without a feature path, so ``histogram_bins=0, tissue_features=False`` is a
+        plain override.
 
     Raises:
         ValueError: the network has more than one output, the training split is empty, or (classifier) it
             has fewer than 2 sessions of a class.
     """
-    from sklearn.linear_model import LogisticRegression, RidgeCV
-    from sklearn.model_selection import GridSearchCV
-
     module = getattr(network, "module", network)
     paths = _feature_paths(module)
     if not paths:
@@ -220,25 +228,28 @@ def fit_feature_paths(
         blocks.append((x - x.mean(dim=0)) / std)
     x = torch.cat(blocks, dim=1).numpy()
     y = np.asarray(targets)
-    if hasattr(module, "target_mean"):  # regressor: the head predicts the standardised target
-        y = (y - float(module.target_mean[0])) / float(module.target_std[0])
-        splits, cv = subject_folds(entries)
-        model = RidgeCV(alphas=list(alphas), cv=splits).fit(x, y)
-        weight, bias, penalty = model.coef_.reshape(1, -1), float(model.intercept_), float(model.alpha_)
-    else:
+    classifier = not hasattr(module, "target_mean")
+    if classifier:
         smallest = int(np.bincount(y.astype(int), minlength=2).min())
         if smallest < 2:
             class_counts = np.bincount(y.astype(int), minlength=2).tolist()
             raise ValueError(f"the training split needs at least 2 sessions of each class for {target_key!r}, got {class_counts}")
-        splits, cv = subject_folds(entries, labels=y.astype(int))
-        search = GridSearchCV(
-            LogisticRegression(class_weight="balanced", max_iter=10000),
-            {"C": [1.0 / a for a in alphas]},
-            scoring="neg_log_loss",
-            cv=splits,
-        ).fit(x, y.astype(int))
-        model = search.best_estimator_
-        weight, bias, penalty = model.coef_, float(model.intercept_[0]), 1.0 / float(model.C)
+        y = y.astype(int)
+        splits, cv = subject_folds(entries, labels=y)
+    else:  # regressor: the head predicts the standardised target
+        y = (y - float(module.target_mean[0])) / float(module.target_std[0])
+        splits, cv = subject_folds(entries)
+    used = x.shape[1]
+    weight, bias, penalty, score, spread = _fit_linear(x, y, splits, alphas, classifier)
+    scores: dict[str, list[float]] = {}
+    if leading_features is not None and 0 < int(leading_features) < x.shape[1]:
+        k = int(leading_features)
+        small = _fit_linear(x[:, :k], y, splits, alphas, classifier)
+        scores = {f"first {k}": [small[3], small[4]], f"all {x.shape[1]}": [score, spread]}
+        if not score > small[3] + spread:  # the one-standard-error rule: the smaller model unless clearly worse
+            used = k
+            weight = np.concatenate([small[0], np.zeros((1, x.shape[1] - k))], axis=1)
+            bias, penalty = small[1], small[2]
     start = 0
     with torch.no_grad():
         for index, (_, features, head) in enumerate(paths):
@@ -248,11 +259,45 @@ def fit_feature_paths(
             start += width
     _zero_last_linear(module.head)
     names = [name for name, _, _ in paths]
+    chosen = ""
+    if scores:
+        pairs = ", ".join(f"{name} {value:.4g} +- {se:.2g}" for name, (value, se) in scores.items())
+        if used < x.shape[1]:
+            chosen = f"; the first {used} of them kept by the one-standard-error rule ({pairs})"
+        else:
+            chosen = f"; all of them kept, better than the first {leading_features} by more than one standard error ({pairs})"
     logger.info(
         f"linear feature paths ({' + '.join(names)}) fitted on {len(entries)} sessions ({x.shape[1]} features, "
-        f"penalty {penalty:.3g} chosen by {cv})"
+        f"penalty {penalty:.3g} chosen by {cv}{chosen})"
     )
-    return {"penalty": penalty, "features": int(x.shape[1]), "paths": names, "sessions": len(entries), "cv": cv}
+    result = {"penalty": penalty, "features": int(x.shape[1]), "used": used, "paths": names, "sessions": len(entries), "cv": cv}
+    if scores:
+        result["scores"] = scores
+    return result
+
+
+def _fit_linear(
+    x: np.ndarray, y: np.ndarray, splits: Any, alphas: Sequence[float], classifier: bool
+) -> tuple[np.ndarray, float, float, float, float]:
+    """Fit one penalised linear model, the penalty chosen by ``splits``; the classifier is class balanced.
+
+    Returns ``(weight (1, features), intercept, penalty, best mean inner-CV score, its standard error)``: the
+    score is the negative log loss (classifier) or R^2 (regressor; what ``RidgeCV`` chose by before).
+    """
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import GridSearchCV
+
+    if classifier:
+        estimator = LogisticRegression(class_weight="balanced", max_iter=10000)
+        grid, scoring = {"C": [1.0 / a for a in alphas]}, "neg_log_loss"
+    else:
+        estimator, grid, scoring = Ridge(), {"alpha": list(alphas)}, None
+    search = GridSearchCV(estimator, grid, scoring=scoring, cv=splits).fit(x, y)
+    model, best = search.best_estimator_, int(search.best_index_)
+    penalty = 1.0 / float(model.C) if classifier else float(model.alpha)
+    spread = float(search.cv_results_["std_test_score"][best]) / math.sqrt(len(splits))
+    intercept = float(np.ravel(model.intercept_)[0])
+    return np.asarray(model.coef_, dtype=np.float64).reshape(1, -1), intercept, penalty, float(search.best_score_), spread
 
 
 fit_histogram_head = fit_feature_paths  # the 0.4 name, kept for configs written against it
