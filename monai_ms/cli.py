@@ -38,6 +38,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "monai_ms.bundle.cv_cli",
         "K-fold cross-validation of a bundle on the manifest's subject-grouped folds (never the test split)",
     ),
+    ("cv-compare",): (
+        "monai_ms.bundle.cv_compare_cli",
+        "two cross-validation runs of one task on the same sessions: the paired difference and its interval",
+    ),
 }
 
 GROUP_HELP = {

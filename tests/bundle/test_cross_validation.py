@@ -274,3 +274,43 @@ def test_a_table_without_baseline_columns_has_no_baselines():
 
     assert score_baselines("lesion_seg", pd.DataFrame({"dice": [0.5]})) == {}
     assert score_baselines("brain_age", pd.DataFrame({"age": [30.0], "age_pred": [31.0]})) == {}
+
+
+def _finished_run(folder: Path, prediction: np.ndarray, frame: pd.DataFrame, task: str = "brain_age", manifest: str = "m1") -> Path:
+    """A monai-ms cv output folder as run_cross_validation leaves it: cv.json and the pooled predictions.csv."""
+    folder.mkdir()
+    (folder / "cv.json").write_text(json.dumps({"task": task, "manifest_sha256": manifest, "bundle_version": "0.5.0", "overrides": {}}))
+    frame.assign(age_pred=prediction, baseline_training_median=40.0).to_csv(folder / "predictions.csv", index=False)
+    return folder
+
+
+def test_two_runs_are_compared_on_the_same_resamples(tmp_path, capsys):
+    """A design whose errors are a third of the other's is decidedly better either way round; the difference is
+    the plain difference of the two pooled MAEs; runs that cannot be paired get one line."""
+    from monai_ms.bundle.cross_validation import compare_runs
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"session": [f"s{i}" for i in range(40)], "subject": [f"P{i // 2}" for i in range(40)]})
+    frame["age"] = rng.uniform(20, 60, 40)
+    noise = rng.normal(0, 6, 40)
+    coarse = _finished_run(tmp_path / "coarse", frame["age"] + noise, frame)
+    fine = _finished_run(tmp_path / "fine", frame["age"] + noise / 3, frame)
+    result = compare_runs(coarse, fine, n_resamples=200)
+    direct = [regression_metrics(frame["age"] + n, frame["age"])["mae"] for n in (noise, noise / 3)]
+    assert result["first"]["value"] == pytest.approx(direct[0]) and result["second"]["value"] == pytest.approx(direct[1])
+    assert result["difference"] == pytest.approx(direct[1] - direct[0])
+    low, high = result["difference_ci95"]
+    assert low < result["difference"] < high < 0
+    assert result["decided"] == "second better" and result["n_sessions"] == 40 and result["n_subjects"] == 20
+    assert compare_runs(fine, coarse, n_resamples=200)["decided"] == "first better"
+    alike = _finished_run(tmp_path / "alike", frame["age"] + rng.permutation(noise), frame)  # the same errors, shuffled
+    assert compare_runs(coarse, alike, n_resamples=200)["decided"] == "undecided"
+    out = tmp_path / "comparison.json"
+    assert main(["cv-compare", str(coarse), str(fine), "--resamples", "100", "--out", str(out)]) == 0
+    assert "second better" in capsys.readouterr().out and json.loads(out.read_text())["task"] == "brain_age"
+    other_sessions = _finished_run(tmp_path / "fewer", frame["age"][:30], frame[:30])
+    other_cohort = _finished_run(tmp_path / "other", frame["age"], frame, manifest="m2")
+    for folder, message in ((other_sessions, "session s30 is pooled in one run"), (other_cohort, "another manifest"), (tmp_path, "not a finished")):
+        assert main(["cv-compare", str(coarse), str(folder)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
