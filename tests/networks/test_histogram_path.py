@@ -257,3 +257,5 @@ def test_leading_features_keep_brain_size_alone_unless_the_fractions_clearly_hel
         assert full[0] > first[0] + full[1]
     plain = fit_feature_paths(network, entries, transform=lambda d: d, target_key="sex")
     assert plain["used"] == 4 and "scores" not in plain
+    with pytest.raises(ValueError, match="leading_features must be None or at least 1, got 0"):
+        fit_feature_paths(network, entries, transform=lambda d: d, target_key="sex", leading_features=0)

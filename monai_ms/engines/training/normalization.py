@@ -196,14 +196,16 @@ def fit_feature_paths(
         plain override.
 
     Raises:
-        ValueError: the network has more than one output, the training split is empty, or (classifier) it
-            has fewer than 2 sessions of a class.
+        ValueError: the network has more than one output, the training split is empty, (classifier) it has
+            fewer than 2 sessions of a class, or ``leading_features`` is below 1.
     """
     module = getattr(network, "module", network)
     paths = _feature_paths(module)
     if not paths:
         logger.info("the network has no linear feature path (histogram_bins=0, tissue_features=False): nothing to fit")
         return {}
+    if leading_features is not None and int(leading_features) < 1:
+        raise ValueError(f"leading_features must be None or at least 1, got {leading_features}")
     outputs = max(int(head.out_features) for _, _, head in paths)
     if outputs != 1:
         raise ValueError(f"fit_feature_paths fits one output, the network has {outputs}")
