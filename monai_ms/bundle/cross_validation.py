@@ -828,9 +828,14 @@ def compare_runs(first: str | Path, second: str | Path, n_resamples: int = 1000,
     if sessions_a != sessions_b:
         missing = sorted(sessions_a ^ sessions_b)[0]
         raise CrossValidationError(f"session {missing} is pooled in one run and not the other; the runs must hold the same sessions")
+    for folder, table in ((path_a, table_a), (path_b, table_b)):
+        missing_columns = [c for c in (scorer.prediction, "subject") if c not in table]
+        if missing_columns:
+            raise CrossValidationError(f"{folder / 'predictions.csv'}: column {missing_columns[0]!r} missing")
     earlier = table_a.set_index(table_a["session"].astype(str))[scorer.prediction]
-    frame = table_b.drop(columns=[c for c in table_b.columns if c.startswith("baseline_")])
-    frame = frame.assign(baseline_first=frame["session"].astype(str).map(earlier).to_numpy(float))
+    # the second run's table with the first run's prediction as its only baseline column
+    frame = table_b.drop(columns=[c for c in table_b.columns if str(c).startswith(BASELINE_PREFIX)])
+    frame[f"{BASELINE_PREFIX}first"] = frame["session"].astype(str).map(earlier).to_numpy(float)
     subjects = dict(zip(frame["session"].astype(str), frame["subject"].astype(str), strict=True))
     report = pooled_report(str(task), frame, subjects, n_resamples=n_resamples, seed=seed)
     comparison = report["baseline_comparison"]

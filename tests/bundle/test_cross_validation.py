@@ -310,7 +310,9 @@ def test_two_runs_are_compared_on_the_same_resamples(tmp_path, capsys):
     assert "second better" in capsys.readouterr().out and json.loads(out.read_text())["task"] == "brain_age"
     other_sessions = _finished_run(tmp_path / "fewer", frame["age"][:30], frame[:30])
     other_cohort = _finished_run(tmp_path / "other", frame["age"], frame, manifest="m2")
+    anonymous = _finished_run(tmp_path / "anonymous", frame["age"], frame.drop(columns="subject"))
     refused = {other_sessions: "session s30 is pooled in one run", other_cohort: "another manifest", tmp_path: "not a finished"}
+    refused[anonymous] = "column 'subject' missing"
     for folder, message in refused.items():
         assert main(["cv-compare", str(coarse), str(folder)]) == 1
         err = capsys.readouterr().err.strip()
