@@ -25,6 +25,11 @@ Two cases per bundle (edss, lesion_seg, brain_age, sex) and shift:
   read. The row then holds about 50 subjects of a 60-subject cohort instead of the test split's 9, which is
   what it takes to tell a model from its baseline; it costs ``--folds`` trainings.
 
+``--cohort NAME=MANIFEST`` (repeatable) adds a cohort that is not generated here: a manifest of your own scans, or
+of another generator's (the held-out test of issue 20). It gets cases ``a``, ``b`` and ``c`` as a shift does, under
+the name given; its split is the manifest's own. Its people are not the reference cohort's, so the check that case
+``b`` scores unseen subjects is by subject id only and a shared id is reported, not refused.
+
 The reference row (shift ``none``, case ``a``) is always reported: it is the in-distribution figure a shift
 is compared with. EDSS case ``a`` starts its lesion pathway from the lesion_seg case-``a`` model of the same
 cohort when that run is finished (what ``lesion_init: auto`` would train itself: the lesion_seg defaults on
@@ -45,6 +50,7 @@ target met) and a markdown table, printed and written into ``docs/generalisation
     python benchmarks/generalisation.py --bundles brain_age --shifts noise --cases a,b
     python benchmarks/generalisation.py --tiny                # seconds per run: 4 mm, 1 epoch (checks the script)
     python benchmarks/generalisation.py --bundles sex --cases c --folds 5   # cross-validated rows, every shift
+    python benchmarks/generalisation.py --shifts none --cohort site2=site2/manifest.json   # your own cohort, cases a and b
 """
 
 from __future__ import annotations
@@ -141,6 +147,35 @@ def shifted_cohort(shift: str, subjects: int, spacing: float | None, seed: int, 
     seconds = round(time.time() - start, 1)
     record_path.write_text(json.dumps({**key, "digest": digest, "shift": shift, "generation_s": seconds}, indent=1))
     return {**info, "generation_s": seconds, "reused": False}
+
+
+def external_cohort(name: str, manifest: str) -> dict[str, Any]:
+    """A cohort given as ``--cohort NAME=MANIFEST``: used as it is (its split, its files), never generated.
+
+    Its digest is the manifest file's, so editing the manifest redoes its runs.
+
+    Returns:
+        ``{"shift", "manifest", "digest", "settings_changes": None, "external": True, "generation_s": None, "reused": True}``.
+    """
+    path = Path(manifest).expanduser().resolve()
+    if not path.is_file():
+        raise SystemExit(f"--cohort {name}: manifest {path} does not exist")
+    return {"shift": name, "manifest": str(path), "digest": _file_sha(path), "settings_changes": None, "external": True,
+            "generation_s": None, "reused": True}
+
+
+def _external(values: list[str], taken: list[str]) -> dict[str, str]:
+    """``NAME=MANIFEST`` arguments -> ``{name: manifest}``; a malformed value or a name already used is refused in one line."""
+    cohorts: dict[str, str] = {}
+    for value in values:
+        name, sep, manifest = value.partition("=")
+        name = name.strip()
+        if not sep or not name or not manifest.strip() or "/" in name:
+            raise SystemExit(f"--cohort {value!r}: expected NAME=MANIFEST (a name without '/', then the manifest path)")
+        if name in taken or name in cohorts:
+            raise SystemExit(f"--cohort {value!r}: the name {name!r} is already a cohort of this run; choose another")
+        cohorts[name] = manifest.strip()
+    return cohorts
 
 
 def _split_subjects(manifest: str) -> dict[str, list[str]]:
@@ -496,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=str(RESULTS / "generalisation"), help="trainings and evaluations")
     parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/generalisation[_tiny].json)")
     parser.add_argument("--docs", default=None, help="markdown file whose table markers are filled (default docs/generalisation.md; --tiny: none)")
+    parser.add_argument("--cohort", action="append", default=[], metavar="NAME=MANIFEST",
+                        help="a cohort of your own (or another generator's) manifest, scored like a shift under NAME; repeatable")
     parser.add_argument("--table", default="generalisation", help="name of the table markers: <!-- NAME:table --> ... <!-- /NAME:table -->")
     args = parser.parse_args(argv)
 
@@ -503,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     bundles = [b for b in BUNDLES if b in bundles]  # lesion_seg before edss
     shifts = _names(args.shifts or (QUICK["shifts"] if args.quick else ",".join(SHIFTS)), [REFERENCE, *SHIFTS], "shifts")
     shifts = [s for s in shifts if s != REFERENCE]
+    external = _external(args.cohort, [REFERENCE, *SHIFTS])
     cases = _names(args.cases, CASES, "cases")
     subjects = args.subjects or (TINY_SUBJECTS if args.tiny else QUICK["subjects"] if args.quick else 60)
     spacing = None if args.tiny else args.spacing
@@ -518,18 +556,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cohort {shift}: ", end="", flush=True)
         cohorts[shift] = shifted_cohort(shift, subjects, spacing, args.seed, args.tiny, Path(args.cache_dir), workers)
         print(("cached " if cohorts[shift]["reused"] else f"generated in {cohorts[shift]['generation_s']} s ") + cohorts[shift]["manifest"], flush=True)
+    for name, manifest in external.items():
+        cohorts[name] = external_cohort(name, manifest)
+        print(f"cohort {name}: given {cohorts[name]['manifest']}", flush=True)
     reference_split = _split_subjects(cohorts[REFERENCE]["manifest"])
-    for shift in shifts:  # case b scores the reference model on subjects it was neither trained nor selected on
+    for shift in [*shifts, *external]:  # case b scores the reference model on subjects it was neither trained nor selected on
         split = _split_subjects(cohorts[shift]["manifest"])
         cohorts[shift]["same_split_as_reference"] = split == reference_split
         seen = set(split["testing"]) & set(reference_split["training"] + reference_split["validation"])
-        if "b" in cases and seen:
+        if "b" in cases and seen and shift in external:  # other people: a shared id is a naming coincidence, said not refused
+            print(f"cohort {shift}: test subject ids {sorted(seen)[:5]} also name reference training/validation subjects "
+                  "(another cohort's people: check this is a coincidence of naming)", flush=True)
+        elif "b" in cases and seen:
             raise SystemExit(f"cohort {shift}: test subjects {sorted(seen)} are in the reference model's training or validation split")
 
     suite = Suite(Path(args.runs_dir), tag, args.tiny, None if max_minutes is None else max_minutes * 60)
     rows: list[dict[str, Any]] = []
     for bundle in bundles:
-        for shift in [REFERENCE, *shifts]:
+        for shift in [REFERENCE, *shifts, *external]:
             for case in ("a", "b", "c"):
                 needed = case in cases or (shift == REFERENCE and case == "a")  # the reference model: row and case b's source
                 if not needed or (shift == REFERENCE and case == "b"):
@@ -559,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         "cohorts": cohorts,
         "bundles": bundles,
         "shifts": shifts,
+        "external_cohorts": list(external),
         "cases": cases,
         "max_minutes": max_minutes,
         "wall_s": round(time.time() - start, 1),

@@ -1,8 +1,9 @@
-"""benchmarks/generalisation.py in its tiny mode: one bundle (brain_age, the fastest), one shift, both cases.
+"""benchmarks/generalisation.py in its tiny mode: one bundle (brain_age, the fastest), one shift and one given cohort, both cases.
 
 What the suite promises: a row per (bundle, shift, case) with the model's metric, the trivial and the
 imaging-feature baselines and n; the reference row (shift ``none``); case b scored with the reference-trained
-model and leaving its folder alone; a rerun that redoes nothing; the docs table filled between its markers.
+model and leaving its folder alone; a cohort given as ``--cohort NAME=MANIFEST`` scored from that manifest as it
+is; a rerun that redoes nothing; the docs table filled between its markers.
 Timings and metric values are not asserted (tiny cohorts, 1 epoch).
 """
 
@@ -15,6 +16,7 @@ import pytest
 from benchmark_scripts import load_benchmark
 
 SHIFTS = ("contrast",)  # one shift: the suite treats every shift alike, and each costs two tiny trainings
+GIVEN = "site2"  # a cohort given by its manifest (here another settings' tiny cohort, made before the run)
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +30,11 @@ def suite(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("generalisation")
     docs = root / "generalisation.md"
     docs.write_text("# Generalisation\n\nintro\n\n<!-- generalisation:table -->\nnot run yet\n<!-- /generalisation:table -->\n\nafter\n")
-    argv = ["--tiny", "--bundles", "brain_age", "--shifts", ",".join(SHIFTS), "--cases", "a,b", "--cache-dir", str(root / "cache"),
-            "--runs-dir", str(root / "runs"), "--out", str(root / "generalisation.json"), "--docs", str(docs)]
     module = _script()
+    given = module.shifted_cohort("noise", module.TINY_SUBJECTS, None, 0, True, root / "given", 1)["manifest"]
+    argv = ["--tiny", "--bundles", "brain_age", "--shifts", ",".join(SHIFTS), "--cases", "a,b", "--cache-dir", str(root / "cache"),
+            "--runs-dir", str(root / "runs"), "--out", str(root / "generalisation.json"), "--docs", str(docs),
+            "--cohort", f"{GIVEN}={given}"]
     assert module.main(argv) == 0
     first = json.loads((root / "generalisation.json").read_text())
     models = root / "runs" / first["cohort"]["tag"] / "none" / "brain_age" / "a" / "models"
@@ -43,7 +47,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory):
 def test_a_row_per_bundle_shift_and_case_with_model_baselines_and_n(suite):
     root, _, first, _, _, _ = suite
     keys = [(r["bundle"], r["shift"], r["case"]) for r in first["rows"]]
-    expected = [("brain_age", "none", "a")] + [("brain_age", shift, case) for shift in SHIFTS for case in ("a", "b")]
+    expected = [("brain_age", "none", "a")] + [("brain_age", shift, case) for shift in (*SHIFTS, GIVEN) for case in ("a", "b")]
     assert keys == expected
     for row in first["rows"]:
         assert "error" not in row, row.get("error")
@@ -61,6 +65,10 @@ def test_a_row_per_bundle_shift_and_case_with_model_baselines_and_n(suite):
         assert cohort["same_split_as_reference"] is True and cohort["settings_changes"]
         assert Path(cohort["manifest"]).is_relative_to(root / "cache" / shift)
     assert first["cohorts"]["none"]["settings_changes"] == {}
+    # the given cohort is read from its manifest where it is, never generated or copied
+    given = first["cohorts"][GIVEN]
+    assert given["external"] is True and given["settings_changes"] is None and first["external_cohorts"] == [GIVEN]
+    assert Path(given["manifest"]).is_relative_to(root / "given") and not (root / "cache" / GIVEN).exists()
     assert first["command"].startswith("python benchmarks/generalisation.py --tiny") and first["machine"]["cpu_count"] >= 1
 
 
@@ -98,8 +106,9 @@ def test_the_docs_table_is_filled_between_the_markers(suite):
     assert "not run yet" not in inside and text.count("<!-- generalisation:table -->") == 1
     assert "Command: `python benchmarks/generalisation.py --tiny" in inside and "Machine:" in inside
     table = [line for line in inside.splitlines() if line.startswith("| brain_age")]
-    assert len(table) == len(second["rows"]) == 1 + 2 * len(SHIFTS)
+    assert len(table) == len(second["rows"]) == 1 + 2 * (len(SHIFTS) + 1)
     assert any("| contrast | b: shared bundle |" in line for line in table)
+    assert any(f"| {GIVEN} | a: own cohort |" in line for line in table)
 
 
 def test_unknown_names_are_refused():
@@ -108,6 +117,10 @@ def test_unknown_names_are_refused():
         module.main(["--tiny", "--shifts", "blur"])
     with pytest.raises(SystemExit, match="unknown bundles: age"):
         module.main(["--tiny", "--bundles", "age"])
+    with pytest.raises(SystemExit, match="expected NAME=MANIFEST"):
+        module.main(["--tiny", "--cohort", "site2.json"])
+    with pytest.raises(SystemExit, match="the name 'contrast' is already a cohort"):
+        module.main(["--tiny", "--cohort", "contrast=site2.json"])
 
 
 def test_a_cross_validated_row_reads_the_pooled_model_and_baselines(tmp_path):
