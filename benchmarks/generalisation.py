@@ -540,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     bundles = [b for b in BUNDLES if b in bundles]  # lesion_seg before edss
     shifts = _names(args.shifts or (QUICK["shifts"] if args.quick else ",".join(SHIFTS)), [REFERENCE, *SHIFTS], "shifts")
     shifts = [s for s in shifts if s != REFERENCE]
-    external = _external(args.cohort, [REFERENCE, *SHIFTS])
+    # the given manifests are checked before any cohort is generated (minutes), not after
+    external = {name: external_cohort(name, manifest) for name, manifest in _external(args.cohort, [REFERENCE, *SHIFTS]).items()}
     cases = _names(args.cases, CASES, "cases")
     subjects = args.subjects or (TINY_SUBJECTS if args.tiny else QUICK["subjects"] if args.quick else 60)
     spacing = None if args.tiny else args.spacing
@@ -556,9 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cohort {shift}: ", end="", flush=True)
         cohorts[shift] = shifted_cohort(shift, subjects, spacing, args.seed, args.tiny, Path(args.cache_dir), workers)
         print(("cached " if cohorts[shift]["reused"] else f"generated in {cohorts[shift]['generation_s']} s ") + cohorts[shift]["manifest"], flush=True)
-    for name, manifest in external.items():
-        cohorts[name] = external_cohort(name, manifest)
-        print(f"cohort {name}: given {cohorts[name]['manifest']}", flush=True)
+    for name, given in external.items():
+        cohorts[name] = given
+        print(f"cohort {name}: given {given['manifest']}", flush=True)
     reference_split = _split_subjects(cohorts[REFERENCE]["manifest"])
     for shift in [*shifts, *external]:  # case b scores the reference model on subjects it was neither trained nor selected on
         split = _split_subjects(cohorts[shift]["manifest"])

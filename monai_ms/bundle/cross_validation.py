@@ -824,14 +824,14 @@ def compare_runs(first: str | Path, second: str | Path, n_resamples: int = 1000,
     scorer = TASK_SCORERS.get(str(task))
     if scorer is None or scorer.prediction is None:
         raise CrossValidationError(f"{path_a}: task {task!r} is scored per scan, not from one prediction column; no comparison")
+    for folder, table in ((path_a, table_a), (path_b, table_b)):
+        missing_columns = [c for c in ("session", "subject", scorer.prediction) if c not in table]
+        if missing_columns:
+            raise CrossValidationError(f"{folder / 'predictions.csv'}: column {missing_columns[0]!r} missing")
     sessions_a, sessions_b = (set(t["session"].astype(str)) for t in (table_a, table_b))
     if sessions_a != sessions_b:
         missing = sorted(sessions_a ^ sessions_b)[0]
         raise CrossValidationError(f"session {missing} is pooled in one run and not the other; the runs must hold the same sessions")
-    for folder, table in ((path_a, table_a), (path_b, table_b)):
-        missing_columns = [c for c in (scorer.prediction, "subject") if c not in table]
-        if missing_columns:
-            raise CrossValidationError(f"{folder / 'predictions.csv'}: column {missing_columns[0]!r} missing")
     earlier = table_a.set_index(table_a["session"].astype(str))[scorer.prediction]
     # the second run's table with the first run's prediction as its only baseline column
     frame = table_b.drop(columns=[c for c in table_b.columns if str(c).startswith(BASELINE_PREFIX)])

@@ -121,6 +121,8 @@ def test_unknown_names_are_refused():
         module.main(["--tiny", "--cohort", "site2.json"])
     with pytest.raises(SystemExit, match="the name 'contrast' is already a cohort"):
         module.main(["--tiny", "--cohort", "contrast=site2.json"])
+    with pytest.raises(SystemExit, match="site2: manifest .*missing.json does not exist"):
+        module.main(["--tiny", "--cohort", "site2=missing.json"])
 
 
 def test_a_cross_validated_row_reads_the_pooled_model_and_baselines(tmp_path):
