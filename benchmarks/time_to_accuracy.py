@@ -44,6 +44,8 @@ METRICS = {"lesion_seg": ("val_mean_dice", True), "edss": ("val_mae", False), "b
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "lesion_seg": {
         "default": {},
+        # the 0.4.0 defaults: 40 epochs (cosine over 40); 0.5.0 doubled them for the coarse-voxel cohorts
+        "v0.4": {"epochs": 40},
         # the 0.3.0 defaults: 80 epochs, patience 20, lr 0.002, fp32, PyTorch's default output bias
         "v0.3": {"epochs": 80, "patience": 20, "learning_rate": 0.002, "autocast": None, "network_def#prior_probability": None},
         "fp32": {"autocast": None},
