@@ -822,7 +822,7 @@ def monai_only_inference_config(parser: Any, metadata: Mapping[str, Any]) -> dic
     ``model_version`` column.
 
     Supported: the EDSS bundle on T1 + T2 (inputs ``t1``, ``t2``, ``demographics``; the network's output is
-    the prediction). Other bundles return None (their inference post-processing lives in monai_ms).
+    the prediction), without ``bias_correction``. Other bundles return None (their inference post-processing lives in monai_ms).
 
     Args:
         parser: a ``ConfigParser`` of the exported ``train.json`` and ``inference.json``, ``bundle_root`` set.
@@ -837,6 +837,8 @@ def monai_only_inference_config(parser: Any, metadata: Mapping[str, Any]) -> dic
         return None
     if "modalities" in parser and list(parser.get_parsed_content("modalities")) != ["t1", "t2"]:
         return None  # the MONAI-only config is written for the T1 + T2 network only
+    if parser.get_parsed_content("bias_correction", default=False):
+        return None  # N4 is SimpleITK's; MONAI has no bias-field correction to write it with
     from monai.transforms import CopyItemsd
 
     spacing = parser.get_parsed_content("spacing")
