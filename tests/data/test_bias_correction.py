@@ -101,6 +101,10 @@ def test_every_bundle_chain_reads_the_bundle_setting():
             assert chain.get("bias_correction") == "@bias_correction", config
             chains += 1
     assert chains == 15  # 4 bundles x (train, validate, infer), and explain for 3 of them
+    # the imaging-feature baseline of each evaluation measures the images the way the chain sees them
+    for bundle in ("brain_age", "sex", "edss"):
+        text = (BUNDLES / bundle / "configs" / "evaluate.json").read_text()
+        assert text.count('"imaging_task"') == 1 and text.count('"bias_correction": "@bias_correction"') == 1, bundle
     # on by default where it was chosen (brain_age 0.6.0, cross-validated: docs/generalisation.md), off elsewhere
     defaults = {"brain_age": True, "sex": False, "edss": False, "lesion_seg": False}
     for bundle, default in defaults.items():

@@ -93,3 +93,19 @@ def test_feature_baseline_finds_the_lesion_signal_a_median_cannot(tmp_path) -> N
     assert "log_lesion_volume_ml" not in fit_feature_model(bare[:10], bare[10:], "edss", "edss")["features"]
     with pytest.raises(ValueError, match="at least 2 training subjects"):
         fit_feature_model(train[:1], held_out, "edss", "edss")
+
+
+def test_session_features_follow_the_bundles_bias_correction(tmp_path) -> None:
+    """With ``bias_correction`` (the bundle's N4 setting) the tissue model reads the corrected image: a strong field
+    that moves the class fractions is taken out; the brain volume does not change."""
+    image = _brain(np.random.default_rng(3), shape=(48, 48, 48), bias=0.5)
+    nib.save(nib.Nifti1Image(image.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "t1.nii.gz")
+    entry = {"subject": "S", "session": "S-1", "t1": str(tmp_path / "t1.nii.gz")}
+    raw, corrected = session_features(entry, lesion_key=None), session_features(entry, lesion_key=None, bias_correction=True)
+    raw_error = max(abs(raw[f"{n}_fraction"] - truth) for n, truth in FRACTIONS.items())
+    corrected_error = max(abs(corrected[f"{n}_fraction"] - truth) for n, truth in FRACTIONS.items())
+    assert raw_error > 0.05 and corrected_error < 0.03, (raw, corrected)
+    assert corrected["brain_volume_ml"] == raw["brain_volume_ml"]
+    # the evaluation's baselines pass the setting on
+    rows = feature_table([entry], lesion_key=None, bias_correction=True)
+    assert rows[0]["csf_fraction"] == corrected["csf_fraction"]

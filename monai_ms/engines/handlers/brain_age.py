@@ -52,6 +52,7 @@ class BrainAgeReportHandler(ReportHandler, PredictionCollector):
         n_resamples: bootstrap resamples of the intervals (0: none).
         seed: bootstrap seed.
         imaging_task: add the imaging-feature baseline of this task (``"brain_age"``), or None.
+        bias_correction: measure its features on N4-corrected images (the bundle's ``bias_correction``).
 
     Raises:
         RuntimeError: at write time, ``calibration`` is a collector that has collected nothing (the
@@ -72,8 +73,9 @@ class BrainAgeReportHandler(ReportHandler, PredictionCollector):
         n_resamples: int = DEFAULT_RESAMPLES,
         seed: int = 0,
         imaging_task: str | None = None,
+        bias_correction: bool = False,
     ) -> None:
-        self.imaging_task = imaging_task
+        self.imaging_task, self.bias_correction = imaging_task, bool(bias_correction)
         super().__init__(id_key="session", pred_key="pred", label_key="label")
         self.output_dir = Path(output_dir)
         self.entries = {str(e["session"]): e for e in entries}
@@ -110,7 +112,10 @@ class BrainAgeReportHandler(ReportHandler, PredictionCollector):
         age = np.asarray(self.labels, dtype=np.float64)
         pred = np.asarray(self.preds, dtype=np.float64)
         model = regression_metrics(pred, age)
-        baselines = regression_baselines(self.train_entries, entries, "age", linear_on_demographics=False, imaging_task=self.imaging_task)
+        baselines = regression_baselines(
+            self.train_entries, entries, "age", linear_on_demographics=False, imaging_task=self.imaging_task,
+            bias_correction=self.bias_correction,
+        )
         bias, note = self.fit_bias()
         gaps = brain_age_gap(pred, age, bias)
 

@@ -63,6 +63,7 @@ class ClassificationReportHandler(ReportHandler, PredictionCollector):
         n_resamples: bootstrap resamples of the intervals (0: none).
         seed: bootstrap seed.
         imaging_task: add the imaging-feature baseline of this task (``"sex"``), or None.
+        bias_correction: measure its features on N4-corrected images (the bundle's ``bias_correction``).
 
     Examples:
         In ``evaluate.json``: ``{"_target_": "monai_ms.engines.ClassificationReportHandler",
@@ -85,8 +86,9 @@ class ClassificationReportHandler(ReportHandler, PredictionCollector):
         n_resamples: int = DEFAULT_RESAMPLES,
         seed: int = 0,
         imaging_task: str | None = None,
+        bias_correction: bool = False,
     ) -> None:
-        self.imaging_task = imaging_task
+        self.imaging_task, self.bias_correction = imaging_task, bool(bias_correction)
         super().__init__(id_key="session", pred_key="pred", label_key="label", pred_transform=probability_from_logit)
         if len(class_names) != 2:
             raise ValueError(f"class_names must name two classes, got {list(class_names)}")
@@ -113,7 +115,8 @@ class ClassificationReportHandler(ReportHandler, PredictionCollector):
         labels = np.asarray(self.labels, dtype=np.float64)
         model = classification_metrics(probability, labels, self.threshold)
         baselines = classification_baselines(
-            self.train_entries, entries, self.target_key, self.threshold, self.volume_key, self.imaging_task
+            self.train_entries, entries, self.target_key, self.threshold, self.volume_key, self.imaging_task,
+            self.bias_correction,
         )
         frame = pd.DataFrame({"session": self.ids})
         for column in self.extra_columns:

@@ -276,6 +276,7 @@ class RegressionReportHandler(ReportHandler, PredictionCollector):
         seed: bootstrap seed.
         imaging_task: add the imaging-feature baseline of this task (``"edss"``; see
             :func:`regression_baselines`), or None.
+        bias_correction: measure its features on N4-corrected images (the bundle's ``bias_correction``).
     """
 
     def __init__(
@@ -294,9 +295,10 @@ class RegressionReportHandler(ReportHandler, PredictionCollector):
         n_resamples: int = DEFAULT_RESAMPLES,
         seed: int = 0,
         imaging_task: str | None = None,
+        bias_correction: bool = False,
     ) -> None:
         super().__init__(id_key="session", pred_key="pred", label_key="label")
-        self.imaging_task = imaging_task
+        self.imaging_task, self.bias_correction = imaging_task, bool(bias_correction)
         self.output_dir = Path(output_dir)
         self.entries = {str(e["session"]): e for e in entries}
         self.train_entries = list(train_entries)
@@ -319,7 +321,8 @@ class RegressionReportHandler(ReportHandler, PredictionCollector):
         true = np.asarray(self.labels, dtype=np.float64)
         model = regression_metrics(pred, true, self.within)
         baselines = regression_baselines(
-            self.train_entries, entries, self.target_key, self.within, self.linear_on_demographics, self.imaging_task
+            self.train_entries, entries, self.target_key, self.within, self.linear_on_demographics, self.imaging_task,
+            self.bias_correction,
         )
         frame = pd.DataFrame({"session": self.ids})
         for column in self.extra_columns:

@@ -201,6 +201,7 @@ def classification_baselines(
     threshold: float = 0.5,
     volume_key: str | None = "t1",
     imaging_task: str | None = None,
+    bias_correction: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Trivial baselines on the test split, fitted on the training split only.
 
@@ -217,6 +218,7 @@ def classification_baselines(
         volume_key: image key to measure, or ``None`` to skip the volume baseline.
         imaging_task: ``"sex"`` to add ``imaging_features``, a class-balanced logistic model on brain volume
             and tissue fractions (:mod:`monai_ms.engines.metrics.imaging_features`), or None.
+        bias_correction: measure the imaging features on N4-corrected images (the bundle's ``bias_correction``).
 
     Returns:
         baseline name -> :func:`~monai_ms.engines.metrics.scores.classification_metrics` dict, with a
@@ -241,7 +243,7 @@ def classification_baselines(
     if imaging_task is not None:
         from monai_ms.engines.metrics.imaging_features import IMAGING_BASELINE, imaging_baseline
 
-        fitted = imaging_baseline(train_entries, test_entries, label_key, imaging_task)
+        fitted = imaging_baseline(train_entries, test_entries, label_key, imaging_task, bias_correction)
         if fitted is not None:
             probability = np.asarray(fitted["probabilities"])
             baselines[IMAGING_BASELINE] = {

@@ -120,7 +120,9 @@ def _lesion_volume_and_count(path: str) -> tuple[float, int]:
     return float(np.count_nonzero(labels) * np.prod(spacing) / 1000.0), int(count)
 
 
-def session_features(entry: Mapping[str, Any], image_key: str = "t1", lesion_key: str | None = "lesion") -> dict[str, Any]:
+def session_features(
+    entry: Mapping[str, Any], image_key: str = "t1", lesion_key: str | None = "lesion", bias_correction: bool = False
+) -> dict[str, Any]:
     """Imaging features of one session, measured on its images in their own space.
 
     Args:
@@ -128,6 +130,9 @@ def session_features(entry: Mapping[str, Any], image_key: str = "t1", lesion_key
         image_key: the skull-stripped image whose non-zero voxels are the brain and whose contrast the
             tissue model reads (its key names the modality).
         lesion_key: the lesion-mask key, or None; a session without a mask gets NaN lesion features.
+        bias_correction: divide the image by its N4 bias field first
+            (:func:`monai_ms.data.bias_correction.n4_log_bias_field`), as the bundle's chain does when its
+            ``bias_correction`` is on: a researcher runs N4 before a tissue model, so the baseline gets it too.
 
     Returns:
         ``session``, ``subject``, ``brain_volume_ml``, the three tissue fractions, ``lesion_volume_ml``,
@@ -135,6 +140,10 @@ def session_features(entry: Mapping[str, Any], image_key: str = "t1", lesion_key
     """
     image = nib.load(str(entry[image_key]))
     data = np.asanyarray(image.dataobj).astype(np.float32)
+    if bias_correction:
+        from monai_ms.data.bias_correction import n4_log_bias_field
+
+        data = data * np.exp(-n4_log_bias_field(data, image.header.get_zooms()[:3]))  # background stays 0
     voxel_ml = abs(float(np.linalg.det(image.affine[:3, :3]))) / 1000.0
     brain = data > 0
     row: dict[str, Any] = {"session": entry.get("session"), "subject": entry.get("subject")}
@@ -148,18 +157,22 @@ def session_features(entry: Mapping[str, Any], image_key: str = "t1", lesion_key
 
 
 def feature_table(
-    entries: Sequence[Mapping[str, Any]], image_key: str = "t1", lesion_key: str | None = "lesion", workers: int | None = None
+    entries: Sequence[Mapping[str, Any]],
+    image_key: str = "t1",
+    lesion_key: str | None = "lesion",
+    workers: int | None = None,
+    bias_correction: bool = False,
 ) -> list[dict[str, Any]]:
     """:func:`session_features` of every entry, in entry order (threads; nibabel and sklearn release the GIL).
 
     Args:
         entries: manifest entries with absolute paths.
-        image_key, lesion_key: see :func:`session_features`.
+        image_key, lesion_key, bias_correction: see :func:`session_features`.
         workers: threads (default: the CPU count, at most 4).
     """
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda entry: session_features(entry, image_key, lesion_key), entries))
+        return list(pool.map(lambda entry: session_features(entry, image_key, lesion_key, bias_correction), entries))
 
 
 def _number(value: Any, key: str, entry: Mapping[str, Any]) -> float:
@@ -192,6 +205,7 @@ def fit_feature_model(
     eval_rows: Sequence[Mapping[str, Any]] | None = None,
     image_key: str = "t1",
     lesion_key: str | None = "lesion",
+    bias_correction: bool = False,
 ) -> dict[str, Any]:
     """Fit the imaging-feature baseline on the training split and predict the evaluated split.
 
@@ -207,7 +221,7 @@ def fit_feature_model(
         target_key: ``"edss"``, ``"age"`` or ``"sex"``.
         task: a key of :data:`TASK_FEATURES`.
         train_rows, eval_rows: precomputed :func:`feature_table` rows (measured when None).
-        image_key, lesion_key: see :func:`session_features`.
+        image_key, lesion_key, bias_correction: see :func:`session_features`.
 
     Returns:
         ``{"features": [...], "predictions": [...]}`` for regression, ``{"features", "probabilities"}``
@@ -225,8 +239,9 @@ def fit_feature_model(
 
     if task not in TASK_FEATURES:
         raise ValueError(f"task must be one of {', '.join(TASK_FEATURES)}, got {task!r}")
-    train_rows = feature_table(train_entries, image_key, lesion_key) if train_rows is None else train_rows
-    eval_rows = feature_table(eval_entries, image_key, lesion_key) if eval_rows is None else eval_rows
+    measure = dict(image_key=image_key, lesion_key=lesion_key, bias_correction=bias_correction)
+    train_rows = feature_table(train_entries, **measure) if train_rows is None else train_rows
+    eval_rows = feature_table(eval_entries, **measure) if eval_rows is None else eval_rows
     with_lesions = all(np.isfinite(r["lesion_volume_ml"]) for r in [*train_rows, *eval_rows])
     features = [f for f in TASK_FEATURES[task] if with_lesions or f not in LESION_FEATURES]
     if len({str(e.get("subject") or e.get("session")) for e in train_entries}) < 2:
@@ -247,7 +262,11 @@ def fit_feature_model(
 
 
 def imaging_baseline(
-    train_entries: Sequence[Mapping[str, Any]], eval_entries: Sequence[Mapping[str, Any]], target_key: str, task: str
+    train_entries: Sequence[Mapping[str, Any]],
+    eval_entries: Sequence[Mapping[str, Any]],
+    target_key: str,
+    task: str,
+    bias_correction: bool = False,
 ) -> dict[str, Any] | None:
     """:func:`fit_feature_model`, or None with one WARNING line when the features cannot be measured.
 
@@ -256,7 +275,7 @@ def imaging_baseline(
     and the report simply has no imaging-feature baseline.
     """
     try:
-        return fit_feature_model(train_entries, eval_entries, target_key, task)
-    except (ValueError, OSError) as error:
+        return fit_feature_model(train_entries, eval_entries, target_key, task, bias_correction=bias_correction)
+    except (ValueError, OSError, RuntimeError) as error:  # RuntimeError: SimpleITK's N4
         logger.warning(f"no imaging-feature baseline for {task}: {error}")
         return None

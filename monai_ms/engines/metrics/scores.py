@@ -87,6 +87,7 @@ def regression_baselines(
     within: float | None = None,
     linear_on_demographics: bool = True,
     imaging_task: str | None = None,
+    bias_correction: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Baselines on the test split, fitted on the training split only.
 
@@ -104,6 +105,7 @@ def regression_baselines(
         within: passed to :func:`regression_metrics`.
         linear_on_demographics: include the age + sex linear model.
         imaging_task: ``"edss"`` or ``"brain_age"`` to add the imaging-feature baseline, or None.
+        bias_correction: measure the imaging features on N4-corrected images (the bundle's ``bias_correction``).
 
     Returns:
         baseline name -> metrics dict, with a ``"predictions"`` list in test order (and ``"features"``
@@ -120,7 +122,7 @@ def regression_baselines(
     if imaging_task is not None:
         from monai_ms.engines.metrics.imaging_features import IMAGING_BASELINE, imaging_baseline
 
-        fitted = imaging_baseline(train_entries, test_entries, target_key, imaging_task)
+        fitted = imaging_baseline(train_entries, test_entries, target_key, imaging_task, bias_correction)
         if fitted is not None:
             metrics = regression_metrics(fitted["predictions"], y_test, within)
             baselines[IMAGING_BASELINE] = {**metrics, "predictions": fitted["predictions"], "features": fitted["features"]}
