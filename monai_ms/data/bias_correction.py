@@ -8,7 +8,7 @@ fits a smooth multiplicative field to the brain's intensities and divides it out
 of MRI pipelines (nnU-Net expects it done, FreeSurfer and FAST do their own).
 
 Here it runs on the skull-stripped images after they are resampled and cropped to the brain, so it fits
-the brain voxels (the non-zero ones) of a small grid: about 1 s per 2 mm image on one core, once per
+the brain voxels (the non-zero ones) of a small grid: about 1-2 s per 2 mm image on one core, once per
 image, cached with the rest of the deterministic chain.
 """
 
@@ -100,7 +100,14 @@ class N4BiasCorrectiond(MapTransform):
             image = d[key]
             spacing = [float(s) for s in image.pixdim] if isinstance(image, MetaTensor) else [1.0] * (image.ndim - 1)
             values = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
-            fields = [n4_log_bias_field(c.numpy(), spacing, self.grid_mm, self.iterations) for c in values.detach().cpu().float()]
+            try:
+                fields = [n4_log_bias_field(c.numpy(), spacing, self.grid_mm, self.iterations) for c in values.detach().cpu().float()]
+            except RuntimeError as error:  # SimpleITK's errors are multi-line ITK exception reports
+                source = image.meta.get("filename_or_obj", key) if isinstance(image, MetaTensor) else key
+                reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+                raise ValueError(
+                    f"{source}: N4 bias-field correction failed ({reason}); check the image, or set bias_correction false"
+                ) from None
             field = torch.from_numpy(np.exp(-np.stack(fields))).to(dtype=values.dtype, device=values.device)
             d[key] = image * field  # a MetaTensor keeps its affine and applied operations
         return d

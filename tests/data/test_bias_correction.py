@@ -136,3 +136,11 @@ def test_monai_only_export_is_not_written_for_a_bias_corrected_bundle():
         parser["bias_correction"] = bias_correction
         configs_written[bias_correction] = monai_only_inference_config(parser, metadata)
     assert configs_written[False] is not None and configs_written[True] is None
+
+
+def test_a_failed_fit_is_one_line_naming_the_file():
+    """SimpleITK's multi-line exception becomes one line with the image's file (here: a brain too small to shrink)."""
+    image = MetaTensor(torch.full((1, 2, 2, 2), 5.0), affine=torch.eye(4), meta={"filename_or_obj": "/data/sub-1_T1.nii.gz"})
+    with pytest.raises(ValueError, match=r"^/data/sub-1_T1\.nii\.gz: N4 bias-field correction failed \(.+\); check") as error:
+        N4BiasCorrectiond(keys="t1")({"t1": image})
+    assert "\n" not in str(error.value)
