@@ -204,6 +204,7 @@ def start_lesion_pathway(
     lesion_key: str | None = "lesion",
     stage_inherited: Mapping[str, Any] | None = None,
     modalities: Sequence[str] | None = None,
+    bias_correction: bool | None = None,
 ) -> bool:
     """The EDSS ``initialize`` step: choose (or train) the segmenter, then :func:`init_lesion_pathway`.
 
@@ -226,6 +227,9 @@ def start_lesion_pathway(
             cache settings), so an EDSS run at 1 mm gets a 1 mm segmenter; ``stage_overrides`` win over them.
         modalities: the run's ``modalities``: a segmenter trained on other images is not used (the sibling is
             passed over, a ``lesion_init`` path refused), and the stage is trained on these.
+        bias_correction: the run's ``bias_correction``: a segmenter recorded with the other setting is used with
+            a warning (:func:`monai_ms.engines.training.lesion_pathway.warn_bias_correction_mismatch`); a stage
+            trained here takes it from ``stage_inherited``.
 
     Returns:
         True when a segmenter was loaded.
@@ -257,4 +261,6 @@ def start_lesion_pathway(
                 lesion_init = str(train_lesion_stage(data_manifest, ckpt_dir, lesion_bundle, fold, seed, stage_overrides, training))
             except ValueError as error:
                 stop_or_raise(error, f"{error}\n\nstopped before training.")
-    return init_lesion_pathway(network, lesion_init, bundle_root, held_out, freeze=freeze, modalities=modalities)
+    return init_lesion_pathway(
+        network, lesion_init, bundle_root, held_out, freeze=freeze, modalities=modalities, bias_correction=bias_correction
+    )

@@ -105,10 +105,18 @@ def test_every_bundle_chain_reads_the_bundle_setting():
     for bundle in ("brain_age", "sex", "edss"):
         text = (BUNDLES / bundle / "configs" / "evaluate.json").read_text()
         assert text.count('"imaging_task"') == 1 and text.count('"bias_correction": "@bias_correction"') == 1, bundle
-    # on by default where it was chosen (brain_age 0.6.0, cross-validated: docs/generalisation.md), off elsewhere
-    defaults = {"brain_age": True, "sex": False, "edss": False, "lesion_seg": False}
+    # on by default where it was chosen (brain_age 0.6.0 cross-validated, lesion_seg 0.6.0 on validation splits:
+    # docs/generalisation.md), off elsewhere
+    defaults = {"brain_age": True, "sex": False, "edss": False, "lesion_seg": True}
     for bundle, default in defaults.items():
-        assert json.loads((BUNDLES / bundle / "configs" / "train.json").read_text())["bias_correction"] is default, bundle
+        text = (BUNDLES / bundle / "configs" / "train.json").read_text()
+        assert json.loads(text)["bias_correction"] is default, bundle
+        # every checkpoint's provenance record says which images it saw (the EDSS lesion pathway checks it)
+        assert "@task, @modalities, @bias_correction)" in text, bundle
+    # the EDSS lesion stage trains on the images the EDSS run reads, not on lesion_seg's default
+    edss = json.loads((BUNDLES / "edss" / "configs" / "train.json").read_text())
+    (stage,) = [step for step in edss["fit_starts"] if isinstance(step, dict) and step["_target_"].endswith("start_lesion_pathway")]
+    assert stage["bias_correction"] == stage["stage_inherited"]["bias_correction"] == "@bias_correction"
 
 
 def test_bundle_override_builds_the_corrected_chain():

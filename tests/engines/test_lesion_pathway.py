@@ -58,6 +58,24 @@ def test_a_segmenter_without_a_record_is_refused(segmenter) -> None:
         init_lesion_pathway(_regressor(), str(segmenter), segmenter.parents[2] / "edss", {"validation": _entries("P5")})
 
 
+def test_a_segmenter_from_other_bias_correction_is_used_with_one_warning(segmenter, caplog) -> None:
+    """lesion_seg 0.6.0 trains on N4-corrected images and EDSS reads uncorrected ones by default: the record says
+    which, and the EDSS run says, in one line, that its lesion features see other intensities and how to match."""
+    edss_root, held_out = segmenter.parents[2] / "edss", {"validation": _entries("P5")}
+    write_json(training_provenance(_entries("P1"), bias_correction=True), provenance_path(segmenter))
+    assert read_provenance(segmenter)["bias_correction"] is True
+    with caplog.at_level("WARNING"):
+        assert init_lesion_pathway(_regressor(), str(segmenter), edss_root, held_out, bias_correction=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "bias_correction true" in warnings[0] and "--bias_correction True" in warnings[0], warnings
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the same setting, or a record from before it was kept: nothing to say
+        assert init_lesion_pathway(_regressor(), str(segmenter), edss_root, held_out, bias_correction=True)
+        write_json(training_provenance(_entries("P1")), provenance_path(segmenter))
+        assert init_lesion_pathway(_regressor(), str(segmenter), edss_root, held_out, bias_correction=False)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_lesion_init_auto_explicit_and_empty(segmenter, tmp_path, caplog) -> None:
     edss_root = segmenter.parents[2] / "edss"
     assert resolve_lesion_init("auto", edss_root) == str(segmenter)

@@ -28,6 +28,7 @@ __all__ = [
     "read_provenance",
     "resolve_lesion_init",
     "check_lesion_provenance",
+    "warn_bias_correction_mismatch",
     "init_lesion_pathway",
 ]
 
@@ -52,6 +53,7 @@ def training_provenance(
     manifest: str | os.PathLike | None = None,
     task: str | None = None,
     modalities: Sequence[str] | None = None,
+    bias_correction: bool | None = None,
 ) -> dict[str, Any]:
     """The record written beside a best checkpoint.
 
@@ -61,10 +63,11 @@ def training_provenance(
         manifest: the manifest file, recorded with its SHA-256.
         task: the bundle's task name.
         modalities: the bundle's ``modalities`` (the network's input images, in channel order).
+        bias_correction: the bundle's ``bias_correction`` (whether the network saw N4-corrected images).
 
     Returns:
         ``{"task", "manifest", "manifest_sha256", "training_subjects", "validation_subjects"}`` and, when
-        given, ``"modalities"``.
+        given, ``"modalities"`` and ``"bias_correction"``.
 
     Examples:
         >>> training_provenance([{"subject": "P2"}, {"subject": "P1"}])["training_subjects"]
@@ -77,6 +80,7 @@ def training_provenance(
         "training_subjects": _subjects(training),
         "validation_subjects": _subjects(validation),
         **({"modalities": list(modalities)} if modalities is not None else {}),
+        **({"bias_correction": bool(bias_correction)} if bias_correction is not None else {}),
     }
 
 
@@ -177,6 +181,27 @@ def check_lesion_provenance(
             )
 
 
+def warn_bias_correction_mismatch(checkpoint: str | os.PathLike, bias_correction: bool | None) -> bool:
+    """One WARNING line when ``checkpoint`` saw N4-corrected images and this run does not, or the reverse.
+
+    Not refused, unlike other modalities: the channels match and the segmenter still runs; N4 only takes a
+    smooth multiplicative field out, a shift like a shared bundle meets on another scanner. A record without
+    the setting (trained before it was recorded) is not checked.
+
+    Returns:
+        True when the settings differ.
+    """
+    record = read_provenance(checkpoint) if bias_correction is not None else None
+    if record is None or "bias_correction" not in record or bool(record["bias_correction"]) == bool(bias_correction):
+        return False
+    logger.warning(
+        f"lesion_init: {checkpoint} was trained with bias_correction {str(bool(record['bias_correction'])).lower()} and this "
+        f"run reads images with bias_correction {str(bool(bias_correction)).lower()}; its lesion features will see other "
+        f"intensities than it was trained on. Pass --bias_correction {bool(record['bias_correction'])} to match it"
+    )
+    return True
+
+
 def init_lesion_pathway(
     network: Any,
     lesion_init: str | os.PathLike | None,
@@ -184,6 +209,7 @@ def init_lesion_pathway(
     held_out: Mapping[str, Sequence[Mapping[str, Any]]],
     freeze: bool = True,
     modalities: Sequence[str] | None = None,
+    bias_correction: bool | None = None,
 ) -> bool:
     """Start the EDSS lesion pathway from a checked segmenter checkpoint (the ``initialize`` step).
 
@@ -194,6 +220,8 @@ def init_lesion_pathway(
         held_out: see :func:`check_lesion_provenance`.
         freeze: stop gradients into the loaded segmenter.
         modalities: the run's ``modalities`` (see :func:`check_lesion_provenance`).
+        bias_correction: the run's ``bias_correction``; a segmenter recorded with the other setting is used,
+            with one WARNING line (see :func:`warn_bias_correction_mismatch`). None: not checked.
 
     Returns:
         True when a segmenter was loaded, False for a start from scratch.
@@ -207,6 +235,7 @@ def init_lesion_pathway(
         if not checkpoint:
             return False
         check_lesion_provenance(checkpoint, held_out, modalities)
+        warn_bias_correction_mismatch(checkpoint, bias_correction)
         return bool(network.load_lesion_network(checkpoint, freeze=freeze))
     except ValueError as error:
         stop_or_raise(error, f"{error}\n\nstopped before training.")  # one line under python -m monai.bundle
