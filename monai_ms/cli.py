@@ -42,6 +42,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "monai_ms.bundle.cv_compare_cli",
         "two cross-validation runs of one task on the same sessions: the paired difference and its interval",
     ),
+    ("compare-eval",): (
+        "monai_ms.bundle.compare_eval_cli",
+        "two evaluations of one split by two models of one task: the paired difference and its interval",
+    ),
 }
 
 GROUP_HELP = {

@@ -786,10 +786,11 @@ def run_cross_validation(
 def compare_runs(first: str | Path, second: str | Path, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Paired comparison of two cross-validation runs of one task on the same sessions (two designs).
 
-    Both runs' pooled predictions (``OUT/predictions.csv``) are scored on the same subject-bootstrap resamples
-    (:func:`pooled_report`, the first run's prediction in the place of a baseline), so the interval of the
-    difference leaves out the between-subject variation the two runs share: two designs whose own intervals
-    overlap can still differ decidedly. Use it to choose a design on cross-validation, never on a test split.
+    Both runs' pooled tables (``OUT/predictions.csv``; per scan for lesion_seg) are scored with the task's metric
+    function on the same subject-bootstrap resamples (:func:`monai_ms.bundle.compare.compare_tables`), so the
+    interval of the difference leaves out the between-subject variation the two runs share: two designs whose own
+    intervals overlap can still differ decidedly. Use it to choose a design on cross-validation, never on a test
+    split. ``monai-ms compare-eval`` does the same for two evaluations of one split.
 
     Args:
         first: output folder of ``monai-ms cv`` (``cv.json`` and ``predictions.csv``), e.g. the current default.
@@ -798,15 +799,16 @@ def compare_runs(first: str | Path, second: str | Path, n_resamples: int = 1000,
         seed: resampling seed.
 
     Returns:
-        ``{"task", "metric", "lower_is_better", "first": {"run", "bundle_version", "overrides", "value"},
-        "second": {...}, "difference": second minus first, "difference_ci95", "decided": "second better",
-        "first better" or "undecided" (the interval holds 0), "n_sessions", "n_subjects"}``.
+        :func:`~monai_ms.bundle.compare.compare_tables`' dict, with ``"first"`` and ``"second"`` each
+        ``{"run", "bundle_version", "overrides", "value"}``.
 
     Raises:
-        CrossValidationError: a run folder without its files, two tasks or manifests, a task scored per scan
-            (lesion_seg), or sessions that are not the same in both runs.
+        CrossValidationError: a run folder without its files, two tasks or manifests, or sessions that are not
+            the same in both runs.
     """
     import pandas as pd
+
+    from monai_ms.bundle.compare import compare_tables
 
     runs = []
     for folder in (Path(first), Path(second)):
@@ -821,46 +823,12 @@ def compare_runs(first: str | Path, second: str | Path, n_resamples: int = 1000,
         raise CrossValidationError(f"{path_b}: task {run_b.get('task')!r}, {path_a} has {task!r}; compare runs of one task")
     if run_a.get("manifest_sha256") != run_b.get("manifest_sha256"):
         raise CrossValidationError(f"{path_b}: made from another manifest than {path_a} (manifest_sha256 differs)")
-    scorer = TASK_SCORERS.get(str(task))
-    if scorer is None or scorer.prediction is None:
-        raise CrossValidationError(f"{path_a}: task {task!r} is scored per scan, not from one prediction column; no comparison")
-    for folder, table in ((path_a, table_a), (path_b, table_b)):
-        missing_columns = [c for c in ("session", "subject", scorer.prediction) if c not in table]
-        if missing_columns:
-            raise CrossValidationError(f"{folder / 'predictions.csv'}: column {missing_columns[0]!r} missing")
-    sessions_a, sessions_b = (set(t["session"].astype(str)) for t in (table_a, table_b))
-    if sessions_a != sessions_b:
-        missing = sorted(sessions_a ^ sessions_b)[0]
-        raise CrossValidationError(f"session {missing} is pooled in one run and not the other; the runs must hold the same sessions")
-    earlier = table_a.set_index(table_a["session"].astype(str))[scorer.prediction]
-    # the second run's table with the first run's prediction as its only baseline column
-    frame = table_b.drop(columns=[c for c in table_b.columns if str(c).startswith(BASELINE_PREFIX)])
-    frame[f"{BASELINE_PREFIX}first"] = frame["session"].astype(str).map(earlier).to_numpy(float)
-    subjects = dict(zip(frame["session"].astype(str), frame["subject"].astype(str), strict=True))
-    report = pooled_report(str(task), frame, subjects, n_resamples=n_resamples, seed=seed)
-    comparison = report["baseline_comparison"]
-    low, high = comparison.get("difference_ci95") or (math.nan, math.nan)
-    sign = -1.0 if scorer.lower_is_better else 1.0
-    if min(sign * low, sign * high) > 0:
-        decided = "second better"
-    elif max(sign * low, sign * high) < 0:
-        decided = "first better"
-    else:
-        decided = "undecided"
+    if str(task) not in TASK_SCORERS:
+        raise CrossValidationError(f"{path_a / 'cv.json'}: task {task!r} is not one of {', '.join(TASK_SCORERS)}")
+    sources = (str(path_a / "predictions.csv"), str(path_b / "predictions.csv"))
+    result = compare_tables(str(task), table_a, table_b, n_resamples=n_resamples, seed=seed, sources=sources)
 
     def side(folder: Path, run: Mapping[str, Any], value: float) -> dict[str, Any]:
         return {"run": str(folder), "bundle_version": run.get("bundle_version"), "overrides": run.get("overrides"), "value": value}
 
-    return {
-        "task": task,
-        "metric": scorer.metric,
-        "lower_is_better": scorer.lower_is_better,
-        "first": side(path_a, run_a, comparison["baseline_value"]),
-        "second": side(path_b, run_b, comparison["model"]),
-        "difference": comparison["model"] - comparison["baseline_value"],
-        "difference_ci95": [low, high],
-        "decided": decided,
-        "n_sessions": len(frame),
-        "n_subjects": len(set(subjects.values())),
-        "resamples": n_resamples,
-    }
+    return {**result, "first": side(path_a, run_a, result["first"]), "second": side(path_b, run_b, result["second"])}

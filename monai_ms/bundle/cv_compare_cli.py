@@ -30,17 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print one line: the two values, the difference and its interval, the verdict. Returns 0."""
+    from monai_ms.bundle.compare import comparison_line
     from monai_ms.bundle.cross_validation import compare_runs
     from monai_ms.io import write_json
 
     result = compare_runs(args.first, args.second, n_resamples=args.resamples, seed=args.seed)
-    low, high = result["difference_ci95"]
-    print(
-        f"{result['task']} {result['metric']} ({'lower' if result['lower_is_better'] else 'higher'} is better), "
-        f"{result['n_sessions']} sessions of {result['n_subjects']} subjects: first {result['first']['value']:.4g}, "
-        f"second {result['second']['value']:.4g}; second minus first {result['difference']:+.4g} "
-        f"[{low:+.4g}, {high:+.4g}] (paired 95% subject bootstrap): {result['decided']}"
-    )
+    print(comparison_line(result))
     if args.out:
         write_json(result, args.out)
     return 0
