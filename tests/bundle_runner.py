@@ -12,6 +12,12 @@ from monai_ms.bundle.config import override_args
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The N4 fit of every image (the brain_age and lesion_seg default) costs about 0.25 s per tiny image, half the
+# time of a small lesion_seg test. Tests of something else turn it off; the tests of the default keep it on: the
+# trained run of tests/bundle/test_bundle_lesion_seg.py (training, evaluation, inference), tests/engines/
+# test_determinism.py (brain_age, bit-identical runs) and tests/data/test_bias_correction.py.
+NO_N4 = {"bias_correction": False}
+
 # tiny settings for the 4 mm test cohort: a few seconds per epoch on 2 cores
 TINY_OVERRIDES = {
     "spacing": [4.0, 4.0, 4.0],
@@ -19,6 +25,7 @@ TINY_OVERRIDES = {
     "epochs": 2,
     "batch_size": 2,
     "num_workers": 0,
+    **NO_N4,
 }
 
 

@@ -16,15 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from bundle_runner import REPO, check, run_bundle
+from bundle_runner import NO_N4, REPO, check, run_bundle
 
 from monai_ms.data import read_manifest, write_manifest
+from monai_ms.engines.training.lesion_pathway import read_provenance
 from monai_ms.networks import BrainSegmenter3D
 
 pytestmark = pytest.mark.slow
 
 BUNDLE = REPO / "bundles" / "lesion_seg"
-# tiny settings for the 4 mm test cohort: a few seconds per epoch on 2 cores
+# tiny settings for the 4 mm test cohort: a few seconds per epoch on 2 cores; N4 (the default) stays on here
 LESION_TINY = {
     "spacing": [4.0, 4.0, 4.0],
     "patch_size": [32, 32, 32],
@@ -69,6 +70,8 @@ def test_training_writes_checkpoints_curves_and_logs(trained):
     assert (out / "eval" / "learning_curve.png").stat().st_size > 1000
     assert list((out / "eval" / "tensorboard").glob("events.out.tfevents.*"))
     assert "val_mean_dice" in result.stdout + result.stderr
+    # the run used the default N4 bias-field correction (the other tests of this kind turn it off) and says so
+    assert read_provenance(out / "models" / "model.pt")["bias_correction"] is True
 
 
 def test_evaluate_writes_per_scan_and_mean_metrics_in_native_space(trained, tiny_manifest):
@@ -216,7 +219,7 @@ def test_cohort_without_masks_stops_training_with_the_session(tiny_manifest, tmp
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_process_ddp_training(tiny_manifest, tmp_path):
-    overrides = {**LESION_TINY, "epochs": 1, "data_manifest": str(tiny_manifest), "output_dir": str(tmp_path / "eval"),
+    overrides = {**LESION_TINY, **NO_N4, "epochs": 1, "data_manifest": str(tiny_manifest), "output_dir": str(tmp_path / "eval"),
                  "ckpt_dir": str(tmp_path / "models")}
     launcher = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle"]
     check(run_bundle("lesion_seg", "training", ["train", "multi_gpu_train"], overrides, launcher=launcher))

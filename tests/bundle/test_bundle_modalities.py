@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from bundle_runner import REPO, TINY_OVERRIDES, check, run_bundle
+from bundle_runner import NO_N4, REPO, TINY_OVERRIDES, check, run_bundle
 
 from monai_ms.bundle import demo_manifest
 from monai_ms.data import read_manifest, write_manifest
@@ -18,7 +18,7 @@ from monai_ms.engines.training.lesion_pathway import read_provenance
 
 pytestmark = pytest.mark.slow
 
-LESION_TINY = {"spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "patches_per_volume": 2, "batch_size": 2, "num_workers": 0}
+LESION_TINY = {"spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "patches_per_volume": 2, "batch_size": 2, "num_workers": 0, **NO_N4}
 SETTINGS = {
     "lesion_seg": {**LESION_TINY, "epochs": 1},
     "brain_age": {**TINY_OVERRIDES, "epochs": 1},

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from bundle_runner import REPO, run_bundle
+from bundle_runner import NO_N4, REPO, run_bundle
 from monai.bundle import ConfigParser
 
 from monai_ms.data import read_manifest, write_manifest
@@ -23,7 +23,7 @@ from monai_ms.data.transforms import paired_transforms
 from monai_ms.engines import FAILED_KEY, BatchInference
 
 BAD = "sub-99-01"
-LESION_TINY = {"spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "num_workers": 0}
+LESION_TINY = {"spacing": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32], "num_workers": 0, **NO_N4}
 EDSS_TINY = {"spacing": [4.0, 4.0, 4.0], "roi_size": [32, 40, 32], "batch_size": 2, "num_workers": 0}
 
 

@@ -23,8 +23,9 @@ EPOCHS = 2
 def test_two_seeded_runs_with_the_default_workers_and_cache_fill_are_identical(tiny_manifest, tmp_path):
     defaults = json.loads((REPO / "bundles" / "brain_age" / "configs" / "train.json").read_text())
     # what users run: these are left at their defaults below
-    assert (defaults["num_workers"], defaults["cache"], defaults["cache_fill"], defaults["augment"]) == (2, "memory", "workers", True)
-    tiny = {k: v for k, v in TINY_OVERRIDES.items() if k != "num_workers"}
+    keys = ("num_workers", "cache", "cache_fill", "augment", "bias_correction")
+    assert tuple(defaults[k] for k in keys) == (2, "memory", "workers", True, True)
+    tiny = {k: v for k, v in TINY_OVERRIDES.items() if k not in ("num_workers", "bias_correction")}
     logs, states = [], []
     for run in ("first", "second"):
         overrides = {**tiny, "epochs": EPOCHS, "data_manifest": str(tiny_manifest),
