@@ -49,6 +49,15 @@ def _seed_every_test():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache(tmp_path_factory) -> Path:
+    """The imaging-feature cache (``monai_ms.engines.metrics.imaging_features``) of this test session: a temporary
+    folder, shared by the bundle runs the tests start (they inherit the variable), never the user's ``~/.cache``."""
+    folder = tmp_path_factory.mktemp("monai_ms_cache")
+    os.environ["MONAI_MS_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory) -> Path:
     """Manifest of a tiny cohort: 14 patients (some with two sessions), split 70/15/15 by patient."""

@@ -109,3 +109,30 @@ def test_session_features_follow_the_bundles_bias_correction(tmp_path) -> None:
     # the evaluation's baselines pass the setting on
     rows = feature_table([entry], lesion_key=None, bias_correction=True)
     assert rows[0]["csf_fraction"] == corrected["csf_fraction"]
+
+
+def test_features_are_cached_by_file_content_and_settings(tmp_path, monkeypatch) -> None:
+    """A second evaluation (or cross-validation fold) reads a session's features from the cache: the same values,
+    NaN lesion features included; a changed image, mask or N4 setting is measured afresh; an empty variable turns
+    the cache off."""
+    from monai_ms.engines.metrics.imaging_features import feature_cache_dir
+
+    monkeypatch.setenv("MONAI_MS_CACHE_DIR", str(tmp_path / "cache"))
+    entry = _cohort(tmp_path, subjects=2)[1]
+    first = session_features(entry)
+    (stored,) = list(feature_cache_dir().glob("*.json"))
+    assert session_features(entry) == first
+    bare = {**entry, "lesion": None}
+    assert math.isnan(session_features(bare)["lesion_volume_ml"]) and math.isnan(session_features(bare)["lesion_count"])
+    # the row comes from the file: what is stored there is what the next call returns
+    stored.write_text(stored.read_text().replace(str(first["brain_volume_ml"]), "123.0"))
+    assert session_features(entry)["brain_volume_ml"] == 123.0
+    assert session_features(entry, bias_correction=True)["brain_volume_ml"] == first["brain_volume_ml"]
+    image = nib.load(entry["t1"])
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj)[::-1].copy(), image.affine), entry["t1"])  # same voxels, new bytes
+    assert session_features(entry)["brain_volume_ml"] == first["brain_volume_ml"]
+    mask = nib.load(entry["lesion"])
+    nib.save(nib.Nifti1Image(np.zeros(mask.shape, np.uint8), mask.affine), entry["lesion"])
+    assert session_features(entry)["lesion_volume_ml"] == 0.0
+    monkeypatch.setenv("MONAI_MS_CACHE_DIR", "")
+    assert feature_cache_dir() is None and session_features(entry)["lesion_volume_ml"] == 0.0

@@ -18,15 +18,23 @@ the CSF fraction is recovered to 0.013-0.02 (mean absolute error), the split bet
 matter is not (0.19-0.26): at 2 mm most cortical voxels mix grey matter with CSF or white matter, and
 deep grey matter is nearly as bright as white matter on T1. The baselines use all three fractions; read
 the grey/white ones as intensity classes, not as volumetry.
+
+Every evaluation measures its training split again, and each fold of a cross-validation the same sessions, so
+the features of each session are cached on disk (:func:`feature_cache_dir`), keyed by the SHA-256 of the image
+and mask files, the settings and this code: a changed file or a changed measurement is measured afresh.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -35,6 +43,7 @@ import numpy as np
 __all__ = [
     "TISSUE_ORDER",
     "TASK_FEATURES",
+    "feature_cache_dir",
     "tissue_fractions",
     "session_features",
     "feature_table",
@@ -60,6 +69,29 @@ TASK_FEATURES: dict[str, tuple[str, ...]] = {
 }
 LESION_FEATURES = ("log_lesion_volume_ml", "log_lesion_count")
 IMAGING_BASELINE = "imaging_features"  # its name among an evaluation's baselines (tier 2)
+CACHE_ENV = "MONAI_MS_CACHE_DIR"
+
+
+def feature_cache_dir() -> Path | None:
+    """Where :func:`session_features` caches its rows: ``$MONAI_MS_CACHE_DIR/imaging_features``, by default
+    ``$XDG_CACHE_HOME/monai_ms/imaging_features`` (``~/.cache/...``); None (no cache) when the variable is set empty.
+    """
+    value = os.environ.get(CACHE_ENV)
+    if value is not None and not value.strip():
+        return None
+    root = Path(value) if value else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "monai_ms"
+    return root / "imaging_features"
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    # the measurement's own code: a change to the tissue model or to N4 must not read rows measured before it
+    from monai_ms.data import bias_correction
+
+    digest = hashlib.sha256()
+    for module_file in (__file__, bias_correction.__file__):
+        digest.update(Path(module_file).read_bytes())
+    return digest.hexdigest()
 
 
 def tissue_fractions(
@@ -137,7 +169,37 @@ def session_features(
     Returns:
         ``session``, ``subject``, ``brain_volume_ml``, the three tissue fractions, ``lesion_volume_ml``,
         ``lesion_count`` and their ``log1p`` versions (``log_lesion_volume_ml``, ``log_lesion_count``).
+        Read from the cache (:func:`feature_cache_dir`) when the same files were measured the same way before.
     """
+    from monai_ms.io import sha256_file, write_json
+
+    lesion_path = str(entry[lesion_key]) if lesion_key and entry.get(lesion_key) else None
+    identity = {"session": entry.get("session"), "subject": entry.get("subject")}
+    cache, cached = feature_cache_dir(), None
+    if cache is not None:
+        key = {
+            "code": _code_digest(),
+            "image": sha256_file(entry[image_key]),
+            "image_key": image_key,
+            "lesion": sha256_file(lesion_path) if lesion_path else None,
+            "bias_correction": bool(bias_correction),
+        }
+        cached = cache / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()}.json"
+        try:
+            values = json.loads(cached.read_text())
+            return {**identity, **{k: math.nan if v is None else v for k, v in values.items()}}  # JSON has no NaN
+        except (OSError, ValueError):
+            pass
+    row = {**identity, **_measure(entry, image_key, lesion_path, bias_correction)}
+    if cached is not None:
+        try:
+            write_json({k: v for k, v in row.items() if k not in identity}, cached)
+        except OSError as error:  # a read-only or full cache costs time, never the result
+            logger.debug(f"imaging features not cached ({cached}): {error}")
+    return row
+
+
+def _measure(entry: Mapping[str, Any], image_key: str, lesion_path: str | None, bias_correction: bool) -> dict[str, Any]:
     image = nib.load(str(entry[image_key]))
     data = np.asanyarray(image.dataobj).astype(np.float32)
     if bias_correction:
@@ -146,12 +208,11 @@ def session_features(
         data = data * np.exp(-n4_log_bias_field(data, image.header.get_zooms()[:3]))  # background stays 0
     voxel_ml = abs(float(np.linalg.det(image.affine[:3, :3]))) / 1000.0
     brain = data > 0
-    row: dict[str, Any] = {"session": entry.get("session"), "subject": entry.get("subject")}
-    row["brain_volume_ml"] = float(brain.sum()) * voxel_ml
+    row: dict[str, Any] = {"brain_volume_ml": float(brain.sum()) * voxel_ml}
     row.update(tissue_fractions(data, brain, modality=image_key if image_key in TISSUE_ORDER else "t1"))
     volume, count = (math.nan, math.nan)
-    if lesion_key and entry.get(lesion_key):
-        volume, count = _lesion_volume_and_count(str(entry[lesion_key]))
+    if lesion_path:
+        volume, count = _lesion_volume_and_count(lesion_path)
     row.update(lesion_volume_ml=volume, lesion_count=count, log_lesion_volume_ml=math.log1p(volume), log_lesion_count=math.log1p(count))
     return row
 
