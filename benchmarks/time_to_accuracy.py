@@ -53,6 +53,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
             "epochs": 80, "patience": 20, "learning_rate": 0.002, "autocast": None, "network_def#prior_probability": None,
             "bias_correction": False,
         },
+        # one change each from today's defaults (with N4 since 0.6.0: not comparable with results recorded before it)
         "fp32": {"autocast": None},
         "no_prior": {"network_def#prior_probability": None},
     },

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,9 +129,15 @@ def read_text(path: str | os.PathLike, what: str, error: type[Exception]) -> str
         raise error(f"{path}: cannot read the {what}: {err}") from None
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    # os.umask can only be read by setting it: two threads writing files at once (feature_table's workers) must
+    # not interleave here, or the process is left with umask 0 (world-writable outputs from then on)
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return mask
 
 

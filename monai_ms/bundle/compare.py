@@ -17,6 +17,7 @@ validation split or on cross-validation, never on a test split.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,8 @@ from monai_ms.bundle.cross_validation import TASK_SCORERS, CrossValidationError,
 from monai_ms.engines.metrics.bootstrap import DEFAULT_RESAMPLES, bootstrap_metrics
 
 __all__ = ["ComparisonError", "compare_tables", "compare_evaluations", "detect_task", "comparison_line"]
+
+logger = logging.getLogger(__name__)
 
 
 class ComparisonError(CrossValidationError):
@@ -56,11 +59,13 @@ def compare_tables(
     Returns:
         ``{"task", "metric", "lower_is_better", "first": value, "second": value, "difference",
         "difference_ci95": [low, high], "decided", "ci95": {"first": [..], "second": [..]}, "n_sessions",
-        "n_subjects", "resamples", "seed"}`` (lesion_seg also ``"n_sessions_with_lesions"``). ``decided`` is
+        "n_subjects", "resamples", "seed", "undefined_resamples"}`` (lesion_seg also ``"n_sessions_with_lesions"``;
+        ``undefined_resamples``: resamples left out of the interval, e.g. with no scan with lesions). ``decided`` is
         ``"second better"`` or ``"first better"`` when the interval excludes 0, else ``"undecided"``.
 
     Raises:
-        ComparisonError: a missing column, sessions not the same in both tables, or a session given two subjects.
+        ComparisonError: a missing column, a session listed twice, sessions not the same in both tables, a session
+            given two subjects, or (lesion_seg) a scan with reference lesions in one table only.
 
     Examples:
         >>> import pandas as pd
@@ -78,11 +83,14 @@ def compare_tables(
         missing = [c for c in needed if c not in table]
         if missing:
             raise ComparisonError(f"{name}: column {missing[0]!r} missing")
+    for name, table in zip(sources, (first, second), strict=True):
+        twice = table["session"].astype(str)[table["session"].astype(str).duplicated()]
+        if len(twice):
+            raise ComparisonError(f"{name}: session {twice.iloc[0]} is listed twice; one row per session")
     sessions_a, sessions_b = (set(t["session"].astype(str)) for t in (first, second))
-    if sessions_a != sessions_b or len(first) != len(second):
-        odd = sorted(sessions_a ^ sessions_b)
-        which = f"session {odd[0]} is in one table and not the other" if odd else "a session is listed twice in one table"
-        raise ComparisonError(f"{sources[1]}: {which}; the two results must hold the same sessions")
+    for name, other, extra in ((sources[0], sources[1], sessions_a - sessions_b), (sources[1], sources[0], sessions_b - sessions_a)):
+        if extra:
+            raise ComparisonError(f"{name}: session {sorted(extra)[0]} is not in {other}; the two results must hold the same sessions")
     # the first table in the second's row order: both are indexed by the same resamples
     second = second.reset_index(drop=True)
     first = first.set_index(first["session"].astype(str)).loc[second["session"].astype(str)].reset_index(drop=True)
@@ -90,6 +98,14 @@ def compare_tables(
     if mismatch.any():
         session = second["session"].astype(str)[int(np.argmax(mismatch))]
         raise ComparisonError(f"{sources[1]}: session {session} has another subject than in {sources[0]}")
+    if task == "lesion_seg":  # Dice is defined on the scans with lesions: both sides must average the same scans
+        lesioned = [t["volume_true_ml"].to_numpy(float) > 0 for t in (first, second)]
+        if (lesioned[0] != lesioned[1]).any():
+            session = second["session"].astype(str)[int(np.argmax(lesioned[0] != lesioned[1]))]
+            raise ComparisonError(
+                f"{sources[1]}: session {session} has a reference lesion in one table and none in the other "
+                "(volume_true_ml); the two evaluations did not read the same masks"
+            )
     subjects = second["subject"].astype(str).tolist()
 
     def compute(index: np.ndarray) -> dict[str, dict[str, Any]]:
@@ -119,6 +135,8 @@ def compare_tables(
         low, high = uncertainty["difference"]["interval"]
         result["difference_ci95"] = [low, high]
         result["ci95"] = {k: uncertainty["intervals"][k].get(scorer.metric) for k in ("first", "second")}
+        # resamples where the metric is undefined (e.g. no scan with lesions drawn) are left out of the interval
+        result["undefined_resamples"] = int(uncertainty.get("undefined_resamples", {}).get("second", {}).get(scorer.metric, 0))
         sign = -1.0 if scorer.lower_is_better else 1.0
         if min(sign * low, sign * high) > 0:
             result["decided"] = "second better"
@@ -156,12 +174,16 @@ def _evaluation(folder: Path) -> tuple[str, dict[str, Any], Any]:
     except (OSError, json.JSONDecodeError):
         raise ComparisonError(f"{folder}: not a finished evaluation (needs metrics.json and its table)") from None
     task = detect_task(folder)
-    provenance = metrics.get("provenance") or {}
+    provenance = (metrics.get("provenance") if isinstance(metrics, dict) else None) or {}
     if not provenance.get("manifest_sha256") or not provenance.get("split"):
         raise ComparisonError(
             f"{folder / 'metrics.json'}: no provenance (manifest_sha256 and split); evaluate again to compare it"
         )
-    return task, metrics, pd.read_csv(folder / TASK_SCORERS[task].table)
+    try:
+        table = pd.read_csv(folder / TASK_SCORERS[task].table)
+    except (OSError, ValueError) as error:  # pandas' parser errors are ValueErrors
+        raise ComparisonError(f"{folder / TASK_SCORERS[task].table}: cannot read the table ({error})") from None
+    return task, metrics, table
 
 
 def compare_evaluations(
@@ -196,9 +218,18 @@ def compare_evaluations(
         raise ComparisonError(f"{paths[1]}: a {task_b} evaluation, {paths[0]} is {task_a}; compare one task")
     if prov_a["manifest_sha256"] != prov_b["manifest_sha256"]:
         raise ComparisonError(f"{paths[1]}: evaluated on another manifest than {paths[0]} (manifest_sha256 differs)")
-    if prov_a["split"] != prov_b["split"] or prov_a.get("fold") != prov_b.get("fold"):
+    if prov_a["split"] != prov_b["split"]:
         raise ComparisonError(
             f"{paths[1]}: split {prov_b['split']!r}, {paths[0]} has {prov_a['split']!r}; compare evaluations of one split"
+        )
+    if prov_a.get("fold") != prov_b.get("fold"):
+        raise ComparisonError(
+            f"{paths[1]}: fold {prov_b.get('fold')!r}, {paths[0]} has fold {prov_a.get('fold')!r}; compare evaluations of one fold"
+        )
+    if prov_a["split"] == "testing":
+        logger.warning(
+            "comparing two evaluations of the test split: choose a design on a validation split or by cross-validation, "
+            "and score the test split once, after the choice"
         )
     sources = tuple(str(p / TASK_SCORERS[task_a].table) for p in paths)
     result = compare_tables(task_a, table_a, table_b, n_resamples, seed, sources=(sources[0], sources[1]))

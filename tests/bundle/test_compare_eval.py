@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monai_ms.bundle.compare import compare_evaluations, compare_tables, detect_task
+from monai_ms.bundle.compare import ComparisonError, compare_evaluations, compare_tables, detect_task
 from monai_ms.cli import main
 from monai_ms.engines.metrics.bootstrap import resample_indices
 from monai_ms.engines.metrics.segmentation import segmentation_metrics, summarize_segmentation
@@ -54,8 +54,9 @@ def test_two_segmenters_are_compared_on_the_mean_dice_of_metrics_json(tmp_path, 
     ]
     assert result["difference_ci95"] == pytest.approx(list(np.nanpercentile(differences, [2.5, 97.5])))
     assert result["decided"] == "second better" and compare_tables("lesion_seg", fine, coarse, 300)["decided"] == "first better"
-    # rows in another order pair by session, not by position
-    assert compare_tables("lesion_seg", coarse.iloc[::-1], fine, 300)["difference"] == pytest.approx(result["difference"])
+    # rows in another order pair by session, not by position: the same resamples, the same interval
+    shuffled = compare_tables("lesion_seg", coarse.iloc[::-1], fine, 300)
+    assert shuffled["difference_ci95"] == pytest.approx(result["difference_ci95"]) and shuffled["undefined_resamples"] == 0
 
     first = _evaluation(tmp_path / "default", coarse, "per_scan.csv")
     second = _evaluation(tmp_path / "variant", fine, "per_scan.csv")
@@ -78,7 +79,8 @@ def test_evaluations_that_cannot_be_paired_get_one_line(tmp_path, capsys):
     refused = {
         _evaluation(tmp_path / "test_split", ages, "predictions.csv", split="testing"): "compare evaluations of one split",
         _evaluation(tmp_path / "other", ages, "predictions.csv", manifest="m2"): "another manifest",
-        _evaluation(tmp_path / "fewer", ages[:15], "predictions.csv"): "session s15 is in one table and not the other",
+        _evaluation(tmp_path / "fewer", ages[:15], "predictions.csv"): "base/predictions.csv: session s15 is not in",
+        _evaluation(tmp_path / "twice", pd.concat([ages, ages[:1]]), "predictions.csv"): "session s0 is listed twice",
         _evaluation(tmp_path / "moved", ages.assign(subject="P0"), "predictions.csv"): "has another subject",
         _evaluation(tmp_path / "sex", frame.assign(sex="F", p_male=0.5), "predictions.csv"): "a sex evaluation",
         tmp_path / "missing": "not a finished evaluation",
@@ -92,3 +94,33 @@ def test_evaluations_that_cannot_be_paired_get_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert compare_evaluations(base, base, n_resamples=50)["decided"] == "undecided"
+
+
+def test_segmenters_must_average_the_same_scans_and_a_test_split_comparison_is_flagged(tmp_path, caplog):
+    coarse, fine = _segmentations(40, 0), _segmentations(4, 1)
+    other_masks = fine.assign(volume_true_ml=fine["volume_true_ml"].where(fine["session"] != "s1", 0.0))
+    with pytest.raises(ComparisonError, match="session s1 has a reference lesion in one table and none in the other"):
+        compare_tables("lesion_seg", coarse, other_masks, 50)
+    first = _evaluation(tmp_path / "a", coarse, "per_scan.csv", split="testing")
+    second = _evaluation(tmp_path / "b", fine, "per_scan.csv", split="testing")
+    with caplog.at_level("WARNING"):
+        assert compare_evaluations(first, second, n_resamples=50)["decided"] == "second better"
+    assert "score the test split once" in caplog.text
+
+
+def test_cv_compare_takes_lesion_seg_runs(tmp_path):
+    """``monai-ms cv-compare`` of two lesion_seg cross-validations: the pooled per-scan tables, scored as compare-eval
+    scores two evaluations."""
+    from monai_ms.bundle.cross_validation import compare_runs
+
+    runs = []
+    for name, table in (("coarse", _segmentations(40, 0)), ("fine", _segmentations(4, 1))):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "cv.json").write_text(json.dumps({"task": "lesion_seg", "manifest_sha256": "m1", "bundle_version": "0.6.0"}))
+        table.assign(fold=0).to_csv(folder / "predictions.csv", index=False)
+        runs.append((folder, table))
+    result = compare_runs(runs[0][0], runs[1][0], n_resamples=200)
+    direct = compare_tables("lesion_seg", runs[0][1], runs[1][1], n_resamples=200)
+    assert result["second"]["value"] == pytest.approx(direct["second"]) and result["decided"] == "second better"
+    assert result["difference_ci95"] == pytest.approx(direct["difference_ci95"])

@@ -311,7 +311,7 @@ def test_two_runs_are_compared_on_the_same_resamples(tmp_path, capsys):
     other_sessions = _finished_run(tmp_path / "fewer", frame["age"][:30], frame[:30])
     other_cohort = _finished_run(tmp_path / "other", frame["age"], frame, manifest="m2")
     anonymous = _finished_run(tmp_path / "anonymous", frame["age"], frame.drop(columns="subject"))
-    refused = {other_sessions: "session s30 is in one table", other_cohort: "another manifest", tmp_path: "not a finished"}
+    refused = {other_sessions: "session s30 is not in", other_cohort: "another manifest", tmp_path: "not a finished"}
     unlabelled = _finished_run(tmp_path / "unlabelled", frame["age"], frame.drop(columns="session"))
     refused[anonymous] = "column 'subject' missing"
     refused[unlabelled] = "column 'session' missing"

@@ -70,6 +70,11 @@ TASK_FEATURES: dict[str, tuple[str, ...]] = {
 LESION_FEATURES = ("log_lesion_volume_ml", "log_lesion_count")
 IMAGING_BASELINE = "imaging_features"  # its name among an evaluation's baselines (tier 2)
 CACHE_ENV = "MONAI_MS_CACHE_DIR"
+# what session_features measures (besides session and subject): the cached row's keys
+FEATURE_KEYS = (
+    "brain_volume_ml", "csf_fraction", "gm_fraction", "wm_fraction",
+    "lesion_volume_ml", "lesion_count", "log_lesion_volume_ml", "log_lesion_count",
+)
 
 
 def feature_cache_dir() -> Path | None:
@@ -85,12 +90,20 @@ def feature_cache_dir() -> Path | None:
 
 @functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
-    # the measurement's own code: a change to the tissue model or to N4 must not read rows measured before it
+    # what measures: this module (tissue model), N4, lesion labelling (segmentation.py: minimum size, connectivity)
+    # and the libraries under them. A change to any of them must not read rows measured before it.
+    import scipy
+    import SimpleITK
+    import sklearn
+
     from monai_ms.data import bias_correction
+    from monai_ms.engines.metrics import segmentation
 
     digest = hashlib.sha256()
-    for module_file in (__file__, bias_correction.__file__):
+    for module_file in (__file__, bias_correction.__file__, segmentation.__file__):
         digest.update(Path(module_file).read_bytes())
+    versions = (np.__version__, scipy.__version__, sklearn.__version__, SimpleITK.Version_VersionString(), nib.__version__)
+    digest.update(json.dumps(versions).encode())
     return digest.hexdigest()
 
 
@@ -187,9 +200,10 @@ def session_features(
         cached = cache / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()}.json"
         try:
             values = json.loads(cached.read_text())
-            return {**identity, **{k: math.nan if v is None else v for k, v in values.items()}}  # JSON has no NaN
         except (OSError, ValueError):
-            pass
+            values = None
+        if isinstance(values, dict) and set(values) == set(FEATURE_KEYS):  # anything else is measured afresh
+            return {**identity, **{k: math.nan if v is None else v for k, v in values.items()}}  # JSON has no NaN
     row = {**identity, **_measure(entry, image_key, lesion_path, bias_correction)}
     if cached is not None:
         try:
