@@ -17,25 +17,22 @@ from __future__ import annotations
 
 import argparse
 
+from monai_ms.bundle.cv_compare_cli import add_comparison_arguments, run_comparison
+
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``monai-ms compare-eval``."""
-    parser.add_argument("first", metavar="FIRST", help="an evaluation output folder (metrics.json and its table), e.g. the default's")
-    parser.add_argument("second", metavar="SECOND", help="another model's evaluation of the same split, e.g. a variant's")
-    parser.add_argument("--out", default=None, help="also write the comparison to this JSON file")
-    parser.add_argument("--resamples", type=int, default=1000, help="subject-bootstrap resamples (default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="resampling seed (default 0)")
+    add_comparison_arguments(
+        parser,
+        "an evaluation output folder (metrics.json and its table), e.g. the default's",
+        "another model's evaluation of the same split, e.g. a variant's",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print one line: the two values, the difference and its interval, the verdict. Returns 0."""
-    from monai_ms.bundle.compare import compare_evaluations, comparison_line
-    from monai_ms.io import write_json
+    """Compare the two evaluations (:func:`monai_ms.bundle.compare.compare_evaluations`)."""
+    from monai_ms.bundle.compare import compare_evaluations
 
-    result = compare_evaluations(args.first, args.second, n_resamples=args.resamples, seed=args.seed)
-    print(comparison_line(result))
-    if args.out:
-        write_json(result, args.out)
-    return 0
+    return run_comparison(args, compare_evaluations)
