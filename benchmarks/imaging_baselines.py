@@ -30,7 +30,7 @@ from _shared import REPO, RESULTS, command_line, machine_info  # noqa: E402
 TASKS = {"edss": ("edss", "mae"), "brain_age": ("age", "mae"), "sex": ("sex", "auc")}
 
 
-def evaluate(manifest: str, split: str, n_resamples: int, workers: int) -> dict:
+def evaluate(manifest: str, split: str, n_resamples: int, workers: int, bias_correction: bool = False) -> dict:
     from monai_ms.data import load_datalist
     from monai_ms.engines.handlers.report import subjects_of
     from monai_ms.engines.metrics.bootstrap import bootstrap_metrics
@@ -41,7 +41,8 @@ def evaluate(manifest: str, split: str, n_resamples: int, workers: int) -> dict:
     train = load_datalist(manifest, "training", validate=False)
     held_out = load_datalist(manifest, split, validate=False)
     start = time.perf_counter()
-    rows_train, rows_held_out = feature_table(train, workers=workers), feature_table(held_out, workers=workers)
+    measure = dict(workers=workers, bias_correction=bias_correction)
+    rows_train, rows_held_out = feature_table(train, **measure), feature_table(held_out, **measure)
     feature_seconds = time.perf_counter() - start
     groups = subjects_of(held_out)
     results = {}
@@ -75,7 +76,11 @@ def evaluate(manifest: str, split: str, n_resamples: int, workers: int) -> dict:
             "n_sessions": boot["n_sessions"],
             "baselines": {name: {"value": point[name][metric], "ci95": boot["intervals"][name][metric]} for name in scores},
         }
-    return {"feature_seconds": feature_seconds, "sessions_measured": len(train) + len(held_out), "tasks": results}
+    from monai_ms.engines.metrics.imaging_features import feature_cache_dir
+
+    cache = feature_cache_dir()  # a second run over the same files reads the features from it
+    return {"feature_seconds": feature_seconds, "sessions_measured": len(train) + len(held_out), "bias_correction": bias_correction,
+            "feature_cache": str(cache) if cache else None, "tasks": results}
 
 
 def table(result: dict, split: str) -> str:
@@ -93,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="validation", choices=("validation", "testing"))
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--bias_correction", action="store_true", help="N4 before the tissue model (as a bundle with it on)")
     parser.add_argument("--out", default=str(RESULTS / "imaging_baselines.json"))
     args = parser.parse_args(argv)
     from monai_ms.bundle import demo_manifest
     from monai_ms.io import write_json
 
     manifest = args.manifest or demo_manifest(REPO / "demo_data")
-    result = evaluate(manifest, args.split, args.resamples, args.workers)
+    result = evaluate(manifest, args.split, args.resamples, args.workers, args.bias_correction)
     result.update(manifest=str(manifest), split=args.split, machine=machine_info(), command=command_line(__file__, argv))
     write_json(result, args.out)
     print(table(result, args.split))
