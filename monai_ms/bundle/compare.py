@@ -78,7 +78,8 @@ def compare_tables(
     if task not in TASK_SCORERS:
         raise ComparisonError(f"task must be one of {', '.join(TASK_SCORERS)}, got {task!r}")
     scorer = TASK_SCORERS[task]
-    needed = ["session", "subject"] + ([scorer.prediction] if scorer.prediction else [])
+    # lesion_seg: the scans with reference lesions, on which Dice is defined, must be the same on both sides
+    needed = ["session", "subject", scorer.prediction or "volume_true_ml"]
     for name, table in zip(sources, (first, second), strict=True):
         missing = [c for c in needed if c not in table]
         if missing:
@@ -249,12 +250,12 @@ def compare_evaluations(
 def comparison_line(result: Mapping[str, Any]) -> str:
     """One line: the two values, the difference, its interval and the verdict (both ``cv-compare`` and ``compare-eval``)."""
     low, high = result["difference_ci95"]
-    first, second = (result[k]["value"] if isinstance(result[k], Mapping) else result[k] for k in ("first", "second"))
     where = f" on the {result['split']} split" if result.get("split") else ""
     scored = f" ({result['n_sessions_with_lesions']} with lesions)" if "n_sessions_with_lesions" in result else ""
     return (
         f"{result['task']} {result['metric']} ({'lower' if result['lower_is_better'] else 'higher'} is better){where}, "
-        f"{result['n_sessions']} sessions{scored} of {result['n_subjects']} subjects: first {first:.4g}, second {second:.4g}; "
+        f"{result['n_sessions']} sessions{scored} of {result['n_subjects']} subjects: "
+        f"first {result['first']:.4g}, second {result['second']:.4g}; "
         f"second minus first {result['difference']:+.4g} [{low:+.4g}, {high:+.4g}] (paired 95% subject bootstrap): "
         f"{result['decided']}"
     )

@@ -799,8 +799,8 @@ def compare_runs(first: str | Path, second: str | Path, n_resamples: int = 1000,
         seed: resampling seed.
 
     Returns:
-        :func:`~monai_ms.bundle.compare.compare_tables`' dict, with ``"first"`` and ``"second"`` each
-        ``{"run", "bundle_version", "overrides", "value"}``.
+        :func:`~monai_ms.bundle.compare.compare_tables`' dict, with ``"runs"``: ``{"first", "second"}``, each
+        ``{"folder", "bundle_version", "overrides"}`` (as :func:`~monai_ms.bundle.compare.compare_evaluations`).
 
     Raises:
         CrossValidationError: a run folder without its files, two tasks or manifests, or sessions that are not
@@ -828,7 +828,7 @@ def compare_runs(first: str | Path, second: str | Path, n_resamples: int = 1000,
     sources = (str(path_a / "predictions.csv"), str(path_b / "predictions.csv"))
     result = compare_tables(str(task), table_a, table_b, n_resamples=n_resamples, seed=seed, sources=sources)
 
-    def side(folder: Path, run: Mapping[str, Any], value: float) -> dict[str, Any]:
-        return {"run": str(folder), "bundle_version": run.get("bundle_version"), "overrides": run.get("overrides"), "value": value}
+    def side(folder: Path, run: Mapping[str, Any]) -> dict[str, Any]:
+        return {"folder": str(folder), "bundle_version": run.get("bundle_version"), "overrides": run.get("overrides")}
 
-    return {**result, "first": side(path_a, run_a, result["first"]), "second": side(path_b, run_b, result["second"])}
+    return {**result, "runs": {"first": side(path_a, run_a), "second": side(path_b, run_b)}}

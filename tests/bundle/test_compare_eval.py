@@ -101,6 +101,8 @@ def test_segmenters_must_average_the_same_scans_and_a_test_split_comparison_is_f
     other_masks = fine.assign(volume_true_ml=fine["volume_true_ml"].where(fine["session"] != "s1", 0.0))
     with pytest.raises(ComparisonError, match="session s1 has a reference lesion in one table and none in the other"):
         compare_tables("lesion_seg", coarse, other_masks, 50)
+    with pytest.raises(ComparisonError, match="column 'volume_true_ml' missing"):
+        compare_tables("lesion_seg", coarse, fine.drop(columns="volume_true_ml"), 50)
     first = _evaluation(tmp_path / "a", coarse, "per_scan.csv", split="testing")
     second = _evaluation(tmp_path / "b", fine, "per_scan.csv", split="testing")
     with caplog.at_level("WARNING"):
@@ -122,5 +124,5 @@ def test_cv_compare_takes_lesion_seg_runs(tmp_path):
         runs.append((folder, table))
     result = compare_runs(runs[0][0], runs[1][0], n_resamples=200)
     direct = compare_tables("lesion_seg", runs[0][1], runs[1][1], n_resamples=200)
-    assert result["second"]["value"] == pytest.approx(direct["second"]) and result["decided"] == "second better"
+    assert result["second"] == pytest.approx(direct["second"]) and result["decided"] == "second better"
     assert result["difference_ci95"] == pytest.approx(direct["difference_ci95"])

@@ -297,7 +297,8 @@ def test_two_runs_are_compared_on_the_same_resamples(tmp_path, capsys):
     fine = _finished_run(tmp_path / "fine", frame["age"] + noise / 3, frame)
     result = compare_runs(coarse, fine, n_resamples=200)
     direct = [regression_metrics(frame["age"] + n, frame["age"])["mae"] for n in (noise, noise / 3)]
-    assert result["first"]["value"] == pytest.approx(direct[0]) and result["second"]["value"] == pytest.approx(direct[1])
+    assert result["first"] == pytest.approx(direct[0]) and result["second"] == pytest.approx(direct[1])
+    assert result["runs"]["second"]["folder"] == str(fine) and result["runs"]["first"]["bundle_version"] == "0.5.0"
     assert result["difference"] == pytest.approx(direct[1] - direct[0])
     low, high = result["difference_ci95"]
     assert low < result["difference"] < high < 0
