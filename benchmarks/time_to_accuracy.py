@@ -60,7 +60,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "edss": {
         "default": {},
         # 0.3.0 from a fresh clone: no segmenter, so the lesion pathway learnt from scratch
-        "v0.3": {"lesion_init": "", "lesion_features": None, "epochs": 12, "network_def#lesion_network#prior_probability": None},
+        "v0.3": {"lesion_init": "", "measured_features": None, "epochs": 12, "network_def#lesion_network#prior_probability": None},
     },
     "brain_age": {"default": {}},
     "sex": {"default": {}},

@@ -13,7 +13,7 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution
 from torch.jit import Final
 
-from monai_ms.networks.blocks import Conv3DBlock, GlobalPool, MLPHead
+from monai_ms.networks.blocks import Conv3DBlock, GlobalPool, MLPHead, TissueFeatures
 from monai_ms.networks.encoder import FeatureExtractor3D
 from monai_ms.networks.heads import _statistic
 
@@ -103,6 +103,8 @@ class DualStreamRegressor(nn.Module):
         second_in_channels: channels of the second stream (default ``in_channels``): with the bundle's
             ``modalities`` ``["t1", "t2", "flair"]`` the second stream reads T2 and FLAIR as two channels
             (:func:`stream_keys`); the attribute keeps its name ``t2_encoder``.
+        tissue_features: add the T1's brain share and three tissue-class fractions to the covariates
+            (``measured_width`` grows by 4). The T1 background must be exactly zero.
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, negative
@@ -118,6 +120,9 @@ class DualStreamRegressor(nn.Module):
         ``forward_with_lesion_map``: the same inputs -> ``((B, out_channels), (B, 1, *S_l))`` with
         ``S_l`` the spatial size at ``lesion_level``, or the input size with ``lesion_network`` (an empty
         tensor without a lesion pathway).
+        ``measured_covariates(t1, lesion_logits)`` -> ``(B, measured_width)``: the standardised tissue
+        features, then the lesion load; ``forward_with_measured(t1, t2, demographics, measured)`` takes them
+        precomputed.
 
     Examples::
 
@@ -148,6 +153,7 @@ class DualStreamRegressor(nn.Module):
         lesion_level: int | None = None,
         lesion_network: nn.Module | None = None,
         second_in_channels: int | None = None,
+        tissue_features: bool = False,
     ) -> None:
         super().__init__()
         if lesion_level is not None and lesion_network is not None:
@@ -186,10 +192,15 @@ class DualStreamRegressor(nn.Module):
             width = 2 * int(channels[lesion_level])
             self.lesion_head.append(Conv3DBlock(spatial_dims, width, width, kernel_size=3, act=act, norm=norm, bias=bias))
             self.lesion_head.append(Convolution(spatial_dims, width, 1, kernel_size=1, conv_only=True))
-        head_in = 2 * image_features + demographics + int(self.has_lesion_map)
+        # atrophy covariates of the T1 (brain share, CSF / grey / white matter fractions), or none
+        self.tissue: TissueFeatures | None = TissueFeatures(channel=0) if tissue_features else None
+        tissue_width = 0 if self.tissue is None else self.tissue.out_features
+        self.measured_width: Final[int] = tissue_width + int(self.has_lesion_map)
+        head_in = 2 * image_features + demographics + self.measured_width
         self.head = MLPHead(head_in, out_channels, hidden=hidden, act=act, dropout=dropout)
-        # covariates (demographics, lesion load) also enter linearly: the MLP learns what they do not explain
-        self.covariate_head = nn.Linear(demographics + int(self.has_lesion_map), out_channels)
+        # covariates (demographics, tissue fractions, lesion load) also enter linearly: the MLP learns what
+        # they do not explain
+        self.covariate_head = nn.Linear(demographics + self.measured_width, out_channels)
         self.register_buffer("demographics_mean", torch.zeros(demographics))
         self.register_buffer("demographics_std", torch.ones(demographics))
         self.register_buffer("target_mean", torch.zeros(out_channels))
@@ -298,8 +309,25 @@ class DualStreamRegressor(nn.Module):
             lesion_logits = self.lesion_network(torch.cat([t1, t2], dim=1))
         elif self.has_lesion_map:
             lesion_logits = self.lesion_head(torch.cat([t1_maps[self.lesion_level], t2_maps[self.lesion_level]], dim=1))
-        lesion_feature = self.lesion_load_feature(lesion_logits) if self.has_lesion_map else lesion_logits
-        return self._predict(t1_maps[-1], t2_maps[-1], demographics, lesion_feature), lesion_logits
+        measured = self.measured_covariates(t1, lesion_logits)
+        return self._predict(t1_maps[-1], t2_maps[-1], demographics, measured), lesion_logits
+
+    def measured_covariates(self, t1: torch.Tensor, lesion_logits: torch.Tensor) -> torch.Tensor:
+        """The covariates measured on the images: tissue features of ``t1`` ``(B, C, *S)``, then the lesion load.
+
+        Args:
+            t1: the first stream's input (its channel 0 is measured).
+            lesion_logits: the lesion pathway's logits ``(B, 1, *S_l)`` (ignored without a pathway).
+
+        Returns:
+            ``(B, measured_width)``, empty columns for a network with neither.
+        """
+        columns = [torch.zeros(t1.shape[0], 0, dtype=t1.dtype, device=t1.device)]
+        if self.tissue is not None:
+            columns.append(self.tissue(t1).to(t1.dtype))
+        if self.has_lesion_map:
+            columns.append(self.lesion_load_feature(lesion_logits).to(t1.dtype))
+        return torch.cat(columns, dim=1)
 
     def lesion_load_feature(self, lesion_logits: torch.Tensor) -> torch.Tensor:
         """``log(1 + 1000 * lesion fraction)`` of lesion logits ``(B, 1, *S)`` -> ``(B, 1)``.
@@ -311,29 +339,33 @@ class DualStreamRegressor(nn.Module):
         load = (probability * (probability > 0.5).to(probability.dtype)).mean(2)  # (B, 1) lesion fraction
         return torch.log1p(1000.0 * load)
 
-    def forward_with_lesion_feature(
-        self, t1: torch.Tensor, t2: torch.Tensor, demographics: torch.Tensor, lesion_feature: torch.Tensor
+    def forward_with_measured(
+        self, t1: torch.Tensor, t2: torch.Tensor, demographics: torch.Tensor, measured: torch.Tensor
     ) -> torch.Tensor:
-        """Predict from the images with a lesion-load feature ``(B, 1)`` computed beforehand.
+        """Predict from the images with the measured covariates ``(B, measured_width)`` computed beforehand.
 
-        What training uses when the lesion pathway is a frozen segmenter: its feature depends only on a
-        session's images, so it is computed once per session (see
+        What training uses: the tissue features and a frozen segmenter's lesion load depend only on a
+        session's images, so they are computed once per session from the images without augmentation (see
         :func:`~monai_ms.engines.fit_covariate_head`) instead of at every step, where the segmenter's
-        full-resolution forward pass cost more than both encoders together. :meth:`forward` (evaluation,
-        inference, the exported model) still computes it from the images.
+        full-resolution forward pass cost more than both encoders together and noise augmentation would
+        move the tissue features. :meth:`forward` (evaluation, inference, the exported model) still
+        computes them from the images.
         """
-        if not self.has_lesion_map:
-            raise ValueError("forward_with_lesion_feature: this network has no lesion pathway")
-        return self._predict(self.t1_encoder(t1)[-1], self.t2_encoder(t2)[-1], demographics, lesion_feature.reshape(-1, 1))
+        if self.measured_width == 0:
+            raise ValueError("forward_with_measured: this network measures no covariate (no lesion pathway, no tissue features)")
+        measured = measured.reshape(t1.shape[0], -1)
+        if measured.shape[1] != self.measured_width:
+            raise ValueError(f"forward_with_measured: expected {self.measured_width} measured covariates, got {measured.shape[1]}")
+        return self._predict(self.t1_encoder(t1)[-1], self.t2_encoder(t2)[-1], demographics, measured)
 
     def _predict(
-        self, t1_features: torch.Tensor, t2_features: torch.Tensor, demographics: torch.Tensor, lesion_feature: torch.Tensor
+        self, t1_features: torch.Tensor, t2_features: torch.Tensor, demographics: torch.Tensor, measured: torch.Tensor
     ) -> torch.Tensor:
-        """Pooled last feature maps, raw demographics and the lesion feature (empty without a pathway) -> target units."""
+        """Pooled last feature maps, raw demographics and the measured covariates ``(B, measured_width)`` -> target units."""
         demographics = (demographics.to(self.demographics_mean.dtype) - self.demographics_mean) / self.demographics_std
         features = [self.pool(t1_features), self.pool(t2_features), demographics.to(t1_features.dtype)]
-        if self.has_lesion_map:
-            features.append(lesion_feature.to(t1_features.dtype))
+        if self.measured_width > 0:
+            features.append(measured.to(t1_features.dtype))
         covariates = torch.cat(features[2:], dim=1)
         output = self.head(torch.cat(features, dim=1)) + self.covariate_head(covariates)
         return self.target_mean + self.target_std * output
@@ -346,31 +378,35 @@ class ForwardWithLesionMap(nn.Module):
     call), while evaluation, checkpoints and TorchScript use the wrapped network and its plain
     ``forward``. Both share the same parameters.
 
-    With ``lesion_features`` (session id -> lesion-load feature of a frozen segmenter, filled by
-    :func:`~monai_ms.engines.fit_covariate_head`) and the batch's session ids as the fourth input, the
-    segmenter is not run: the stored feature is used, and the lesion logits come back empty (a frozen
-    pathway has no lesion loss; their shape ``(B, 1, 0, 0, 0)`` tells
-    :class:`~monai_ms.engines.LesionAuxiliaryLoss` so). A session missing from the table is computed from its images.
+    With ``measured_features`` (session id -> the network's measured covariates, the tissue features and a
+    frozen segmenter's lesion load, filled by :func:`~monai_ms.engines.fit_covariate_head`) and the batch's
+    session ids as the fourth input, they are not measured again on the augmented images: the stored row is
+    used, the segmenter is not run, and the lesion logits come back empty (a frozen pathway has no lesion
+    loss; their shape ``(B, 1, 0, 0, 0)`` tells :class:`~monai_ms.engines.LesionAuxiliaryLoss` so). A batch
+    with a session missing from the table is measured on its images.
 
     Args:
         network: a :class:`DualStreamRegressor` (with or without the lesion pathway).
-        lesion_features: the per-session feature table, or ``None`` (always compute from the images).
+        measured_features: the per-session table, or ``None`` (always measure on the images).
 
     Shapes:
         see :meth:`DualStreamRegressor.forward_with_lesion_map`.
     """
 
-    def __init__(self, network: DualStreamRegressor, lesion_features: dict[str, float] | None = None) -> None:
+    def __init__(self, network: DualStreamRegressor, measured_features: dict[str, list[float]] | None = None) -> None:
         super().__init__()
         self.network = network
-        self.lesion_features = lesion_features
+        self.measured_features = measured_features
 
     def forward(
         self, t1: torch.Tensor, t2: torch.Tensor, demographics: torch.Tensor, session: Sequence[str] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.lesion_features and session is not None and all(s in self.lesion_features for s in session):
-            feature = torch.tensor([self.lesion_features[s] for s in session], dtype=t1.dtype, device=t1.device)
-            prediction = self.network.forward_with_lesion_feature(t1, t2, demographics, feature)
+        table = self.measured_features
+        if table and session is not None and all(s in table for s in session):
+            measured = torch.tensor([table[s] for s in session], dtype=t1.dtype, device=t1.device)
+            prediction = self.network.forward_with_measured(t1, t2, demographics, measured)
+            if not self.network.has_lesion_map:
+                return prediction, torch.zeros(0, dtype=t1.dtype, device=t1.device)
             # a lesion map of no voxels, (B, 1, 0, 0, 0): the stored feature stood in for the segmenter (no lesion
             # loss), unlike the (0,) tensor of a network without a lesion pathway
             return prediction, torch.zeros(t1.shape[0], 1, 0, 0, 0, dtype=t1.dtype, device=t1.device)

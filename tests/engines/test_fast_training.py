@@ -71,7 +71,7 @@ def test_stored_lesion_feature_gives_the_prediction_forward_computes_and_skips_t
     with torch.no_grad():
         expected, logits = network.forward_with_lesion_map(t1, t2, demographics)
         feature = network.lesion_load_feature(logits)[:, 0]
-    table = {"s1": float(feature[0]), "s2": float(feature[1])}
+    table = {"s1": [float(feature[0])], "s2": [float(feature[1])]}
     calls = []
     network.lesion_network.register_forward_hook(lambda *args: calls.append(1))
     view = ForwardWithLesionMap(network, table)
@@ -94,13 +94,13 @@ def test_fit_covariate_head_stores_the_feature_only_for_a_frozen_segmenter() -> 
     trainable, frozen = _regressor(), _regressor()
     frozen.lesion_network.requires_grad_(False)
     table_trainable, table_frozen = {}, {}
-    fit_covariate_head(trainable, entries, identity, lesion_features=table_trainable)
-    fit_covariate_head(frozen, entries, identity, lesion_features=table_frozen)
+    fit_covariate_head(trainable, entries, identity, measured_features=table_trainable)
+    fit_covariate_head(frozen, entries, identity, measured_features=table_frozen)
     assert table_trainable == {}  # a trainable pathway changes every step: nothing to store
     assert sorted(table_frozen) == ["s0", "s1", "s2"]
     with torch.no_grad():
         _, logits = frozen.forward_with_lesion_map(t1[:1], t2[:1], demographics[:1])
-    assert table_frozen["s0"] == pytest.approx(float(frozen.lesion_load_feature(logits)), abs=1e-5)
+    assert table_frozen["s0"] == pytest.approx([float(frozen.lesion_load_feature(logits))], abs=1e-5)
 
 
 def test_loss_with_a_stored_feature_is_the_regression_loss_alone() -> None:

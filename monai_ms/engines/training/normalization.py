@@ -69,17 +69,18 @@ def fit_covariate_head(
     transform: Any,
     target_key: str = "edss",
     ridge: float = 1e-3,
-    lesion_features: dict[str, float] | None = None,
+    measured_features: dict[str, list[float]] | None = None,
     input_keys: Sequence[str] = ("t1", "t2", "demographics"),
 ) -> None:
     """Start a :class:`~monai_ms.networks.DualStreamRegressor`'s linear covariate path at the least-squares fit.
 
-    The covariates (standardised demographics and the lesion load of the network's pre-trained lesion
-    pathway) of every training session are computed once, without augmentation; ``covariate_head`` is
-    set to the ridge solution for the standardised target and the MLP's last layer to zero, so training
-    starts from the linear model and the CNN only learns what it leaves unexplained. On a few dozen
-    scans the MLP otherwise memorises the training split long before the linear path has learnt.
-    Call after :func:`fit_normalization` and ``load_lesion_network``.
+    The covariates (standardised demographics, the T1's tissue features when the network has them, and the
+    lesion load of its pre-trained lesion pathway) of every training session are computed once, without
+    augmentation. The tissue features' standardisation is set to their training means and standard
+    deviations; ``covariate_head`` is set to the ridge solution for the standardised target and the MLP's
+    last layer to zero, so training starts from the linear model and the CNN only learns what it leaves
+    unexplained. On a few dozen scans the MLP otherwise memorises the training split long before the linear
+    path has learnt. Call after :func:`fit_normalization` and ``load_lesion_network``.
 
     Args:
         network: the regressor (its normalisation buffers set).
@@ -87,14 +88,28 @@ def fit_covariate_head(
         transform: the evaluation chain producing the ``input_keys`` and ``target_key``.
         target_key: key of the target.
         ridge: L2 penalty of the fit (on standardised covariates).
-        lesion_features: filled with session id -> lesion-load feature when the network's lesion pathway
-            is a frozen segmenter (no parameter needs a gradient), for
-            :class:`~monai_ms.networks.ForwardWithLesionMap` to reuse at every training step; the feature
-            depends only on the session's images, so a frozen segmenter gives the same value each time
-            (from the images without augmentation). Left empty otherwise.
+        measured_features: filled with session id -> the measured covariates (``measured_covariates``: tissue
+            features, lesion load) when none depends on a trained parameter (no lesion pathway, or a frozen
+            segmenter), for :class:`~monai_ms.networks.ForwardWithLesionMap` to reuse at every training step:
+            they are then those of the images without augmentation, as in evaluation. Left empty otherwise.
         input_keys: the network's three inputs in the transform's output (the bundle's ``input_keys``: the
             two image streams, :func:`monai_ms.networks.stream_keys`, and ``demographics``).
+
+    Raises:
+        ValueError: tissue features with a lesion pathway that trains (``lesion_freeze`` false, or the small
+            lesion head): they could then only be measured on augmented images, whose background is not zero.
     """
+    tissue = getattr(network, "tissue", None)
+    segmenter = getattr(network, "lesion_network", None)
+    frozen = bool(getattr(network, "lesion_from_images", False)) and not any(p.requires_grad for p in segmenter.parameters())
+    parameter_free = frozen or not bool(getattr(network, "has_lesion_map", False))
+    if tissue is not None and not parameter_free:
+        raise ValueError(
+            "network_def#tissue_features needs a frozen lesion pathway (lesion_freeze true) or none: with a pathway "
+            "that trains, the tissue features would be measured on augmented images, whose background is not zero"
+        )
+    if tissue is not None:  # measure the raw features: standardised below, on the training split
+        tissue.set_standardization(torch.zeros(tissue.out_features), torch.ones(tissue.out_features))
     captured: list[torch.Tensor] = []
     hook = network.covariate_head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
     targets = []
@@ -113,14 +128,19 @@ def fit_covariate_head(
     finally:
         hook.remove()
         network.train(was_training)
-    x = torch.cat(captured).to(torch.float64).cpu()
-    segmenter = getattr(network, "lesion_network", None)
-    frozen = bool(getattr(network, "lesion_from_images", False)) and not any(p.requires_grad for p in segmenter.parameters())
-    if lesion_features is not None and frozen:
-        # the lesion feature is the covariates' last column (see DualStreamRegressor._predict)
-        lesion_features.update({str(entry["session"]): float(x[i, -1]) for i, entry in enumerate(entries)})
+    x = torch.cat(captured).to(torch.float64).cpu()  # (sessions, demographics + measured_width)
+    first = int(network.demographics)  # the measured covariates follow the demographics (DualStreamRegressor._predict)
+    if tissue is not None:
+        raw = x[:, first : first + tissue.out_features]
+        std = raw.std(dim=0, unbiased=False)
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a feature no training scan varies stays unscaled
+        tissue.set_standardization(raw.mean(dim=0), std)
+        x[:, first : first + tissue.out_features] = (raw - raw.mean(dim=0)) / std
+    if measured_features is not None and parameter_free and int(network.measured_width) > 0:
+        measured_features.update({str(entry["session"]): x[i, first:].tolist() for i, entry in enumerate(entries)})
         logger.info(
-            f"lesion pathway frozen: its lesion-load feature of {len(entries)} training sessions is computed once, not at every step"
+            f"the measured covariates ({int(network.measured_width)}: tissue features, lesion load) of {len(entries)} "
+            "training sessions are computed once, without augmentation, not at every step"
         )
     y = (torch.cat(targets) - network.target_mean.double().cpu()) / network.target_std.double().cpu()
     design = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
