@@ -259,3 +259,44 @@ def test_leading_features_keep_brain_size_alone_unless_the_fractions_clearly_hel
     assert plain["used"] == 4 and "scores" not in plain
     with pytest.raises(ValueError, match="leading_features must be None or at least 1, got 0"):
         fit_feature_paths(network, entries, transform=lambda d: d, target_key="sex", leading_features=0)
+
+
+def test_augmented_copies_move_the_start_to_the_features_the_augmentation_keeps() -> None:
+    """Age follows brain size, and on the clean training scans the CSF share too; an augmentation that moves
+    the CSF share (as another scanner's partial volume does) and keeps the size moves the fitted weight to the
+    size, and a scan whose CSF share moved is predicted closer. Copies share their subject's inner fold."""
+    from monai_ms.engines import fit_normalization
+
+    entries = []
+    for i in range(24):
+        side = 12 + i % 6
+        entries.append({"image": _sized_brain(side, 0.1 + 0.04 * (side - 12), seed=i), "age": 30.0 + 4.0 * (side - 12), "subject": f"P{i}"})
+    generator = torch.Generator().manual_seed(0)
+    calls = []
+
+    def move_csf(image: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        brain = image != 0
+        moved = brain & (torch.rand(image.shape, generator=generator) < 0.3 * float(torch.rand((), generator=generator)))
+        return torch.where(moved, torch.full_like(image, -2.0), image)
+
+    weights, networks = {}, {}
+    for name, augment in (("plain", None), ("augmented", move_csf)):
+        torch.manual_seed(0)
+        network = BrainRegressor3D(channels=TINY, strides=(2, 2), tissue_features=True).eval()
+        fit_normalization(network, entries, target_key="age", demographics=False)
+        result = fit_feature_paths(network, entries, transform=lambda d: d, target_key="age", augment=augment, augment_copies=2)
+        weights[name] = network.tissue_head.weight.detach()[0].abs()
+        if augment is None:
+            assert result["augmented_copies"] == 0
+        else:
+            assert result["augmented_copies"] == 2 and len(calls) == 2 * len(entries)
+            assert result["cv"] == "GroupKFold(5) over 24 subjects"
+            shifted = move_csf(entries[0]["image"][0])[None]  # the youngest scan, its CSF share raised
+            with torch.no_grad():
+                assert abs(float(network(shifted)) - 30.0) < abs(float(networks["plain"](shifted)) - 30.0)
+        networks[name] = network
+    ratio = {name: float(w[1] / w[0]) for name, w in weights.items()}  # CSF share weight / size weight
+    assert ratio["augmented"] < 0.5 * ratio["plain"], ratio
+    with pytest.raises(ValueError, match="augment_copies must be at least 1 with augment, got 0"):
+        fit_feature_paths(networks["plain"], entries, transform=lambda d: d, target_key="age", augment=move_csf, augment_copies=0)

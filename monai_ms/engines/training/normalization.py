@@ -179,6 +179,8 @@ def fit_feature_paths(
     input_key: str = "image",
     alphas: Sequence[float] = tuple(np.logspace(-3, 4, 30)),
     leading_features: int | None = None,
+    augment: Any = None,
+    augment_copies: int = 1,
 ) -> dict[str, Any]:
     """Start a whole-volume network's linear feature paths at the linear model fitted on the training split.
 
@@ -207,6 +209,12 @@ def fit_feature_paths(
             training sessions a feature that carries no signal is not free: on coarse voxels the tissue
             fractions follow head size through partial volume, and a sex model fitted on size and fractions
             ranked worse than size alone (docs/generalisation.md). None: all features.
+        augment: a channel-first array transform (e.g. MONAI's ``RandSimulateLowResolution``, its random state
+            set for reproducibility) applied to each training image ``augment_copies`` times; each copy adds a
+            row with the same target and subject, so the fit prefers features the transform does not move
+            (a scan acquired at coarser voxels measures the same brain). The inner folds keep a subject's
+            copies together. None: the images as they are.
+        augment_copies: copies per training image with ``augment``.
 
     Returns:
         ``{"penalty": chosen alpha, "features": number of features, "used": features with a fitted weight,
@@ -226,6 +234,9 @@ def fit_feature_paths(
         return {}
     if leading_features is not None and int(leading_features) < 1:
         raise ValueError(f"leading_features must be None or at least 1, got {leading_features}")
+    copies = int(augment_copies) if augment is not None else 0
+    if augment is not None and copies < 1:
+        raise ValueError(f"augment_copies must be at least 1 with augment, got {augment_copies}")
     outputs = max(int(head.out_features) for _, _, head in paths)
     if outputs != 1:
         raise ValueError(f"fit_feature_paths fits one output, the network has {outputs}")
@@ -234,13 +245,17 @@ def fit_feature_paths(
     device = paths[0][2].weight.device
     counts: list[list[torch.Tensor]] = [[] for _ in paths]
     targets = []
+    rows: list[Mapping[str, Any]] = []  # the entry of each row (a subject's copies share its inner fold)
     with torch.no_grad():
         for entry in entries:
             item = transform(dict(entry))
-            image = torch.as_tensor(item[input_key]).as_subclass(torch.Tensor)[None].to(device)
-            for store, (_, features, _) in zip(counts, paths):
-                store.append(features.counts(image).double().cpu())
-            targets.append(float(torch.as_tensor(item[target_key]).flatten()[0]))
+            image = torch.as_tensor(item[input_key]).as_subclass(torch.Tensor)
+            versions = [image] + [torch.as_tensor(augment(image.clone())).as_subclass(torch.Tensor) for _ in range(copies)]
+            for version in versions:
+                for store, (_, features, _) in zip(counts, paths):
+                    store.append(features.counts(version[None].to(device)).double().cpu())
+                targets.append(float(torch.as_tensor(item[target_key]).flatten()[0]))
+                rows.append(entry)
     blocks = []
     for store, (_, features, _) in zip(counts, paths):
         x = torch.cat(store)
@@ -257,10 +272,10 @@ def fit_feature_paths(
             class_counts = np.bincount(y.astype(int), minlength=2).tolist()
             raise ValueError(f"the training split needs at least 2 sessions of each class for {target_key!r}, got {class_counts}")
         y = y.astype(int)
-        splits, cv = subject_folds(entries, labels=y)
+        splits, cv = subject_folds(rows, labels=y)
     else:  # regressor: the head predicts the standardised target
         y = (y - float(module.target_mean[0])) / float(module.target_std[0])
-        splits, cv = subject_folds(entries)
+        splits, cv = subject_folds(rows)
     used = x.shape[1]
     weight, bias, penalty, score, spread = _fit_linear(x, y, splits, alphas, classifier)
     scores: dict[str, list[float]] = {}
@@ -288,11 +303,15 @@ def fit_feature_paths(
             chosen = f"; the first {used} of them kept by the one-standard-error rule ({pairs})"
         else:
             chosen = f"; all of them kept, better than the first {leading_features} by more than one standard error ({pairs})"
+    augmented = f" and {copies} augmented cop{'y' if copies == 1 else 'ies'} of each" if copies else ""
     logger.info(
-        f"linear feature paths ({' + '.join(names)}) fitted on {len(entries)} sessions ({x.shape[1]} features, "
+        f"linear feature paths ({' + '.join(names)}) fitted on {len(entries)} sessions{augmented} ({x.shape[1]} features, "
         f"penalty {penalty:.3g} chosen by {cv}{chosen})"
     )
-    result = {"penalty": penalty, "features": int(x.shape[1]), "used": used, "paths": names, "sessions": len(entries), "cv": cv}
+    result = {
+        "penalty": penalty, "features": int(x.shape[1]), "used": used, "paths": names, "sessions": len(entries), "cv": cv,
+        "augmented_copies": copies,
+    }
     if scores:
         result["scores"] = scores
     return result
