@@ -105,6 +105,9 @@ class DualStreamRegressor(nn.Module):
             (:func:`stream_keys`); the attribute keeps its name ``t2_encoder``.
         tissue_features: add the T1's brain share and three tissue-class fractions to the covariates
             (``measured_width`` grows by 4). The T1 background must be exactly zero.
+        lesion_voxel_ml: the volume of one input voxel in mL (``prod(spacing) / 1000``): the lesion load is then
+            ``log(1 + lesion volume in mL)``, the clinical unit and the imaging-feature baseline's feature.
+            ``None``: ``log(1 + 1000 * lesion fraction of the input)``, the feature of bundles before EDSS 0.5.0.
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, negative
@@ -154,8 +157,12 @@ class DualStreamRegressor(nn.Module):
         lesion_network: nn.Module | None = None,
         second_in_channels: int | None = None,
         tissue_features: bool = False,
+        lesion_voxel_ml: float | None = None,
     ) -> None:
         super().__init__()
+        if lesion_voxel_ml is not None and not float(lesion_voxel_ml) > 0:
+            raise ValueError(f"lesion_voxel_ml must be None or > 0 (mL per voxel), got {lesion_voxel_ml}")
+        self.lesion_voxel_ml: Final[float] = -1.0 if lesion_voxel_ml is None else float(lesion_voxel_ml)
         if lesion_level is not None and lesion_network is not None:
             raise ValueError("give lesion_level (small head on the encoders) or lesion_network (a segmenter), not both")
         if lesion_level is not None and not (isinstance(lesion_level, int) and 0 <= lesion_level < len(channels)):
@@ -330,14 +337,17 @@ class DualStreamRegressor(nn.Module):
         return torch.cat(columns, dim=1)
 
     def lesion_load_feature(self, lesion_logits: torch.Tensor) -> torch.Tensor:
-        """``log(1 + 1000 * lesion fraction)`` of lesion logits ``(B, 1, *S)`` -> ``(B, 1)``.
+        """The lesion load of lesion logits ``(B, 1, *S)`` -> ``(B, 1)``: ``log(1 + lesion mL)`` with
+        ``lesion_voxel_ml``, else ``log(1 + 1000 * lesion fraction)``.
 
         Only voxels called lesion (probability > 0.5) count: the faint probability spread over the whole
         background would otherwise outweigh lesions of a few mL.
         """
         probability = torch.sigmoid(lesion_logits).flatten(2)
-        load = (probability * (probability > 0.5).to(probability.dtype)).mean(2)  # (B, 1) lesion fraction
-        return torch.log1p(1000.0 * load)
+        called = probability * (probability > 0.5).to(probability.dtype)
+        if self.lesion_voxel_ml > 0:
+            return torch.log1p(called.sum(2) * self.lesion_voxel_ml)
+        return torch.log1p(1000.0 * called.mean(2))  # (B, 1) lesion fraction, scaled
 
     def forward_with_measured(
         self, t1: torch.Tensor, t2: torch.Tensor, demographics: torch.Tensor, measured: torch.Tensor

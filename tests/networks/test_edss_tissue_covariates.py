@@ -142,3 +142,17 @@ def test_a_network_with_tissue_features_scripts_and_keeps_them_in_its_state() ->
             scripted(e["t1"][None], e["t2"][None], e["demographics"][None]),
             network(e["t1"][None], e["t2"][None], e["demographics"][None]),
         )
+
+
+def test_lesion_load_is_log_one_plus_millilitres_whatever_the_voxel_size() -> None:
+    """1 mL of lesion: 125 voxels at 2 mm or 1000 at 1 mm give log(2); without a voxel volume, the former
+    ``log(1 + 1000 * fraction)`` depends on the grid."""
+    coarse, fine = torch.full((1, 1, 20, 20, 20), -20.0), torch.full((1, 1, 40, 40, 40), -20.0)
+    coarse[0, 0, :5, :5, :5], fine[0, 0, :10, :10, :10] = 20.0, 20.0
+    at = {ml: DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_level=0, lesion_voxel_ml=ml) for ml in (0.008, 0.001)}
+    assert float(at[0.008].lesion_load_feature(coarse)) == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-5)
+    assert float(at[0.001].lesion_load_feature(fine)) == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-5)
+    legacy = DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_level=0)
+    assert float(legacy.lesion_load_feature(coarse)) == pytest.approx(float(torch.log1p(torch.tensor(1000.0 * 125 / 8000))), abs=1e-5)
+    with pytest.raises(ValueError, match="lesion_voxel_ml must be None or > 0"):
+        DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_voxel_ml=0.0)
