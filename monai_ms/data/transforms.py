@@ -64,6 +64,7 @@ from monai_ms.data.fields import DEFAULT_MODALITIES, parse_sex  # parse_sex: re-
 
 __all__ = [
     "STAGES",
+    "voxel_volume_ml",
     "parse_sex",
     "EncodeDemographics",
     "EncodeDemographicsd",
@@ -619,6 +620,19 @@ def paired_steps(
     if target_key is not None:
         chain.append(Step(_ScalarTargetd, dict(keys=target_key, encode_sex=target_key == "sex")))
     return chain
+
+
+def voxel_volume_ml(spacing: Sequence[float] | float) -> float:
+    """The volume in mL of one voxel of ``spacing`` (mm; one number for isotropic voxels).
+
+    Examples:
+        >>> voxel_volume_ml([2.0, 2.0, 2.0]), voxel_volume_ml(1.0)
+        (0.008, 0.001)
+    """
+    sides = [float(spacing)] * 3 if isinstance(spacing, (int, float)) else [float(s) for s in spacing]
+    if len(sides) != 3 or not all(s > 0 for s in sides):
+        raise ValueError(f"spacing must be one number or three, all > 0 (mm), got {spacing}")
+    return sides[0] * sides[1] * sides[2] / 1000.0
 
 
 def paired_transforms(stage: str = "train", **kwargs: Any) -> Compose:

@@ -105,14 +105,15 @@ class DualStreamRegressor(nn.Module):
             (:func:`stream_keys`); the attribute keeps its name ``t2_encoder``.
         tissue_features: add the T1's brain share and three tissue-class fractions to the covariates
             (``measured_width`` grows by 4). The T1 background must be exactly zero.
-        lesion_voxel_ml: the volume of one input voxel in mL (``prod(spacing) / 1000``): the lesion load is then
+        lesion_voxel_ml: with ``lesion_network``, the volume of one input voxel in mL
+            (:func:`~monai_ms.data.transforms.voxel_volume_ml` of the spacing): the lesion load is then
             ``log(1 + lesion volume in mL)``, the clinical unit and the imaging-feature baseline's feature.
             ``None``: ``log(1 + 1000 * lesion fraction of the input)``, the feature of bundles before EDSS 0.5.0.
 
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, negative
             ``demographics``, ``lesion_level`` outside the encoder levels, both ``lesion_level`` and
-            ``lesion_network``; in ``forward``, a
+            ``lesion_network``, ``lesion_voxel_ml`` <= 0 or with ``lesion_level``; in ``forward``, a
             demographics tensor that is not ``(B, demographics)``, inputs whose batch sizes differ, or
             (with the lesion pathway) T1 and T2 of different sizes.
 
@@ -162,6 +163,8 @@ class DualStreamRegressor(nn.Module):
         super().__init__()
         if lesion_voxel_ml is not None and not float(lesion_voxel_ml) > 0:
             raise ValueError(f"lesion_voxel_ml must be None or > 0 (mL per voxel), got {lesion_voxel_ml}")
+        if lesion_voxel_ml is not None and lesion_level is not None:  # the small head's map is coarser than the input
+            raise ValueError("lesion_voxel_ml counts input voxels: it needs lesion_network (a full-resolution segmenter), not lesion_level")
         self.lesion_voxel_ml: Final[float] = -1.0 if lesion_voxel_ml is None else float(lesion_voxel_ml)
         if lesion_level is not None and lesion_network is not None:
             raise ValueError("give lesion_level (small head on the encoders) or lesion_network (a segmenter), not both")

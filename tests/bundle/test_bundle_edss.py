@@ -15,6 +15,7 @@ import torch
 from bundle_runner import REPO, TINY_OVERRIDES, check, run_bundle
 from monai.bundle import ConfigParser
 
+import monai_ms.data
 from monai_ms.data import load_datalist, read_manifest, write_manifest
 from monai_ms.engines.training.lesion_pathway import provenance_path, training_provenance
 from monai_ms.io import write_json
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.slow
 def _network():
     """The bundle's network_def, built as MONAI builds it."""
     network_def = json.loads((REPO / "bundles/edss/configs/train.json").read_text())["network_def"]
-    return ConfigParser({"network_def": network_def, "modalities": ["t1", "t2"]}).get_parsed_content("network_def")
+    config = {"network_def": network_def, "modalities": ["t1", "t2"], "spacing": [2.0, 2.0, 2.0]}  # the lesion load's voxel volume
+    return ConfigParser(config, globals={"monai_ms": monai_ms}).get_parsed_content("network_def")
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +301,7 @@ def test_usage_line_from_nothing_trains_the_lesion_stage_first_and_reuses_it(tin
     for name, value in torch.load(stage, map_location="cpu", weights_only=True).items():
         assert torch.equal(trained[f"lesion_network.{name}"], value)
     # training used the stored per-session lesion feature (no segmenter pass per step)
-    assert "lesion-load feature of" in output
+    assert "the measured covariates (the lesion load) of" in output
     again = check(run_bundle("edss", "training", ["train"],
                              {**overrides, "output_dir": str(tmp_path / "eval2"), "ckpt_dir": str(tmp_path / "models")}))
     assert f"lesion stage: reusing {stage}" in again.stdout + again.stderr

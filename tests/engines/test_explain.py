@@ -14,6 +14,7 @@ import torch.nn as nn
 from bundle_runner import REPO, TINY_OVERRIDES, check, run_bundle
 from monai.bundle import ConfigParser
 
+import monai_ms.data
 from monai_ms.data import read_manifest
 from monai_ms.data.transforms import paired_transforms
 from monai_ms.engines.inference.saliency import (
@@ -179,7 +180,9 @@ def random_checkpoints(tmp_path_factory):
         config = json.loads((REPO / "bundles" / bundle / "configs" / "train.json").read_text())["network_def"]
         arguments = {k: v for k, v in config.items() if k != "in_channels"}  # brain_age/sex: "$len(@image_keys)"
         torch.manual_seed(0)
-        network = ConfigParser({"network_def": arguments, "modalities": ["t1", "t2"]}).get_parsed_content("network_def")
+        # the EDSS lesion load reads the voxel volume of the bundle's spacing
+        context = {"modalities": ["t1", "t2"], "spacing": [2.0, 2.0, 2.0]}
+        network = ConfigParser({"network_def": arguments, **context}, globals={"monai_ms": monai_ms}).get_parsed_content("network_def")
         assert isinstance(network, network_class)
         (folder / bundle).mkdir()
         paths[bundle] = folder / bundle / "model.pt"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from monai_ms.data.transforms import voxel_volume_ml
 from monai_ms.engines import fit_covariate_head, fit_normalization
 from monai_ms.networks import BrainSegmenter3D, DualStreamRegressor, ForwardWithLesionMap
 
@@ -149,10 +150,18 @@ def test_lesion_load_is_log_one_plus_millilitres_whatever_the_voxel_size() -> No
     ``log(1 + 1000 * fraction)`` depends on the grid."""
     coarse, fine = torch.full((1, 1, 20, 20, 20), -20.0), torch.full((1, 1, 40, 40, 40), -20.0)
     coarse[0, 0, :5, :5, :5], fine[0, 0, :10, :10, :10] = 20.0, 20.0
-    at = {ml: DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_level=0, lesion_voxel_ml=ml) for ml in (0.008, 0.001)}
+    segmenter = BrainSegmenter3D(in_channels=2, channels=TINY, strides=(2, 2, 2))
+    at = {
+        ml: DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_network=segmenter, lesion_voxel_ml=ml)
+        for ml in (0.008, 0.001)
+    }
     assert float(at[0.008].lesion_load_feature(coarse)) == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-5)
     assert float(at[0.001].lesion_load_feature(fine)) == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-5)
     legacy = DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_level=0)
     assert float(legacy.lesion_load_feature(coarse)) == pytest.approx(float(torch.log1p(torch.tensor(1000.0 * 125 / 8000))), abs=1e-5)
     with pytest.raises(ValueError, match="lesion_voxel_ml must be None or > 0"):
         DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_voxel_ml=0.0)
+    with pytest.raises(ValueError, match="lesion_voxel_ml counts input voxels: it needs lesion_network"):
+        DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_level=0, lesion_voxel_ml=0.008)
+    assert voxel_volume_ml([2.0, 2.0, 2.0]) == voxel_volume_ml(2.0) == pytest.approx(0.008)
+    assert voxel_volume_ml([1.0, 1.0, 3.0]) == pytest.approx(0.003)

@@ -138,9 +138,10 @@ def fit_covariate_head(
         x[:, first : first + tissue.out_features] = (raw - raw.mean(dim=0)) / std
     if measured_features is not None and parameter_free and int(network.measured_width) > 0:
         measured_features.update({str(entry["session"]): x[i, first:].tolist() for i, entry in enumerate(entries)})
+        names = (["4 tissue features"] if tissue is not None else []) + (["the lesion load"] if frozen else [])
         logger.info(
-            f"the measured covariates ({int(network.measured_width)}: tissue features, lesion load) of {len(entries)} "
-            "training sessions are computed once, without augmentation, not at every step"
+            f"the measured covariates ({' and '.join(names)}) of {len(entries)} training sessions are computed once, "
+            "without augmentation, not at every step"
         )
     y = (torch.cat(targets) - network.target_mean.double().cpu()) / network.target_std.double().cpu()
     design = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
