@@ -59,9 +59,9 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "edss": {
         "default": {},
-        # 0.3.0 from a fresh clone: no segmenter, so the lesion pathway learnt from scratch
         # 0.4.0: the lesion load as log(1 + 1000 x lesion fraction of the ROI)
         "v0.4": {"network_def#lesion_voxel_ml": None},
+        # 0.3.0 from a fresh clone: no segmenter, so the lesion pathway learnt from scratch
         "v0.3": {
             "lesion_init": "", "measured_features": None, "epochs": 12, "network_def#lesion_network#prior_probability": None,
             "network_def#lesion_voxel_ml": None,

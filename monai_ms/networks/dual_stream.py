@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +48,10 @@ def stream_keys(modalities: Sequence[str]) -> list[str]:
     if len(chosen) < 2:
         raise ValueError(f"the EDSS network has two image streams: modalities needs T1 and at least one more, got {list(chosen)}")
     return [chosen[0], chosen[1] if len(chosen) == 2 else SECOND_STREAM_KEY]
+
+
+def _unit(voxel_ml: float) -> str:
+    return f"{voxel_ml:.6g} (mL per voxel)" if voxel_ml > 0 else "None (the ROI fraction)"
 
 
 class DualStreamRegressor(nn.Module):
@@ -105,7 +110,7 @@ class DualStreamRegressor(nn.Module):
             (:func:`stream_keys`); the attribute keeps its name ``t2_encoder``.
         tissue_features: add the T1's brain share and three tissue-class fractions to the covariates
             (``measured_width`` grows by 4). The T1 background must be exactly zero.
-        lesion_voxel_ml: with ``lesion_network``, the volume of one input voxel in mL
+        lesion_voxel_ml: with ``lesion_network`` only, the volume of one input voxel in mL
             (:func:`~monai_ms.data.transforms.voxel_volume_ml` of the spacing): the lesion load is then
             ``log(1 + lesion volume in mL)``, the clinical unit and the imaging-feature baseline's feature.
             ``None``: ``log(1 + 1000 * lesion fraction of the input)``, the feature of bundles before EDSS 0.5.0.
@@ -113,7 +118,8 @@ class DualStreamRegressor(nn.Module):
     Raises:
         ValueError: inconsistent ``channels`` / ``strides``, unknown ``pooling``, negative
             ``demographics``, ``lesion_level`` outside the encoder levels, both ``lesion_level`` and
-            ``lesion_network``, ``lesion_voxel_ml`` <= 0 or with ``lesion_level``; in ``forward``, a
+            ``lesion_network``, ``lesion_voxel_ml`` <= 0 or without ``lesion_network``; on load, a checkpoint whose
+            lesion load has another unit (``lesion_voxel_ml``; one from before EDSS 0.5.0 has none); in ``forward``, a
             demographics tensor that is not ``(B, demographics)``, inputs whose batch sizes differ, or
             (with the lesion pathway) T1 and T2 of different sizes.
 
@@ -163,9 +169,11 @@ class DualStreamRegressor(nn.Module):
         super().__init__()
         if lesion_voxel_ml is not None and not float(lesion_voxel_ml) > 0:
             raise ValueError(f"lesion_voxel_ml must be None or > 0 (mL per voxel), got {lesion_voxel_ml}")
-        if lesion_voxel_ml is not None and lesion_level is not None:  # the small head's map is coarser than the input
-            raise ValueError("lesion_voxel_ml counts input voxels: it needs lesion_network (a full-resolution segmenter), not lesion_level")
+        if lesion_voxel_ml is not None and lesion_network is None:  # the small head's map is coarser than the input
+            raise ValueError("lesion_voxel_ml counts input voxels: it needs lesion_network (a full-resolution segmenter)")
         self.lesion_voxel_ml: Final[float] = -1.0 if lesion_voxel_ml is None else float(lesion_voxel_ml)
+        # the lesion load's unit travels with the weights: a checkpoint fitted on the other unit is refused on load
+        self.register_buffer("lesion_load_unit_ml", torch.tensor([self.lesion_voxel_ml]))
         if lesion_level is not None and lesion_network is not None:
             raise ValueError("give lesion_level (small head on the encoders) or lesion_network (a segmenter), not both")
         if lesion_level is not None and not (isinstance(lesion_level, int) and 0 <= lesion_level < len(channels)):
@@ -215,6 +223,23 @@ class DualStreamRegressor(nn.Module):
         self.register_buffer("demographics_std", torch.ones(demographics))
         self.register_buffer("target_mean", torch.zeros(out_channels))
         self.register_buffer("target_std", torch.ones(out_channels))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        key = prefix + "lesion_load_unit_ml"
+        if key not in state_dict:  # written before EDSS 0.5.0: the lesion load was log(1 + 1000 x ROI fraction)
+            if self.lesion_voxel_ml > 0:
+                raise ValueError(
+                    "this checkpoint predates EDSS 0.5.0: its lesion load is log(1 + 1000 x lesion fraction), the network's "
+                    "log(1 + lesion mL); retrain, or rebuild the old feature with network_def#lesion_voxel_ml null"
+                )
+            state_dict[key] = torch.tensor([-1.0])
+        elif not math.isclose(float(state_dict[key].flatten()[0]), self.lesion_voxel_ml, rel_tol=1e-6):
+            saved = float(state_dict[key].flatten()[0])
+            raise ValueError(
+                f"this checkpoint's lesion load was fitted with lesion_voxel_ml {_unit(saved)}, the network reads "
+                f"{_unit(self.lesion_voxel_ml)}: build the network with the checkpoint's spacing and lesion_voxel_ml"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_normalization(
         self,
@@ -346,7 +371,7 @@ class DualStreamRegressor(nn.Module):
         Only voxels called lesion (probability > 0.5) count: the faint probability spread over the whole
         background would otherwise outweigh lesions of a few mL.
         """
-        probability = torch.sigmoid(lesion_logits).flatten(2)
+        probability = torch.sigmoid(lesion_logits.float()).flatten(2)  # float32: a sum of 10^5 voxels under autocast
         called = probability * (probability > 0.5).to(probability.dtype)
         if self.lesion_voxel_ml > 0:
             return torch.log1p(called.sum(2) * self.lesion_voxel_ml)
@@ -366,9 +391,11 @@ class DualStreamRegressor(nn.Module):
         """
         if self.measured_width == 0:
             raise ValueError("forward_with_measured: this network measures no covariate (no lesion pathway, no tissue features)")
-        measured = measured.reshape(t1.shape[0], -1)
-        if measured.shape[1] != self.measured_width:
-            raise ValueError(f"forward_with_measured: expected {self.measured_width} measured covariates, got {measured.shape[1]}")
+        if measured.numel() != t1.shape[0] * self.measured_width:
+            raise ValueError(
+                f"forward_with_measured: expected {self.measured_width} measured covariates per scan, got shape {list(measured.shape)}"
+            )
+        measured = measured.reshape(t1.shape[0], self.measured_width)
         return self._predict(self.t1_encoder(t1)[-1], self.t2_encoder(t2)[-1], demographics, measured)
 
     def _predict(

@@ -23,11 +23,16 @@ from monai_ms.io import write_json
 pytestmark = pytest.mark.slow
 
 
-def _network():
-    """The bundle's network_def, built as MONAI builds it."""
+def _network(spacing=(2.0, 2.0, 2.0)):
+    """The bundle's network_def, built as MONAI builds it (``spacing``: the lesion load's voxel volume)."""
     network_def = json.loads((REPO / "bundles/edss/configs/train.json").read_text())["network_def"]
-    config = {"network_def": network_def, "modalities": ["t1", "t2"], "spacing": [2.0, 2.0, 2.0]}  # the lesion load's voxel volume
+    config = {"network_def": network_def, "modalities": ["t1", "t2"], "spacing": list(spacing)}
     return ConfigParser(config, globals={"monai_ms": monai_ms}).get_parsed_content("network_def")
+
+
+def test_bundle_network_reads_the_lesion_load_in_ml_of_its_spacing_and_no_tissue_features():
+    network = _network()
+    assert network.lesion_voxel_ml == pytest.approx(0.008) and network.tissue is None and network.measured_width == 1
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +146,13 @@ def test_torchscript_export_matches_checkpoint(trained, tmp_path):
                "--config_file", str(REPO / "bundles/edss/configs/train.json")]
     import subprocess
 
-    check(subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300))
+    # without the run's spacing the network reads another lesion-load unit than its weights: refused in one line
+    refused = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "the network reads 0.008 (mL per voxel)" in refused.stderr
+    spacing = overrides["spacing"]
+    check(subprocess.run(command + ["--spacing", json.dumps(spacing)], cwd=REPO, capture_output=True, text=True, timeout=300))
     scripted = torch.jit.load(str(ts))
-    eager = _network()
+    eager = _network(spacing)
     eager.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu", weights_only=True))
     eager.eval()
     t1, t2 = torch.randn(2, 1, 32, 40, 32), torch.randn(2, 1, 32, 40, 32)

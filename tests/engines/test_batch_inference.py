@@ -58,6 +58,7 @@ def _random_checkpoint(bundle: str, folder: Path) -> Path:
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
     parser["bundle_root"] = str(REPO / "bundles" / bundle)
+    parser["spacing"] = [4.0, 4.0, 4.0]  # the runs' spacing (the EDSS lesion load's voxel volume travels with the weights)
     if bundle == "lesion_seg":
         # an untrained network with the default lesion prior (0.01) finds no lesion; at 0.5 it finds many,
         # which the lesion tables below need

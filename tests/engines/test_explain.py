@@ -181,7 +181,7 @@ def random_checkpoints(tmp_path_factory):
         arguments = {k: v for k, v in config.items() if k != "in_channels"}  # brain_age/sex: "$len(@image_keys)"
         torch.manual_seed(0)
         # the EDSS lesion load reads the voxel volume of the bundle's spacing
-        context = {"modalities": ["t1", "t2"], "spacing": [2.0, 2.0, 2.0]}
+        context = {"modalities": ["t1", "t2"], "spacing": TINY_OVERRIDES["spacing"]}  # the runs below use it
         network = ConfigParser({"network_def": arguments, **context}, globals={"monai_ms": monai_ms}).get_parsed_content("network_def")
         assert isinstance(network, network_class)
         (folder / bundle).mkdir()

@@ -92,9 +92,10 @@ def test_tissue_standardisation_is_the_training_split_s() -> None:
     torch.testing.assert_close(rows.mean(0), torch.zeros(4, dtype=rows.dtype), atol=1e-5, rtol=0)
     raw = torch.cat([network.tissue.counts(e["t1"][None]) for e in entries])
     torch.testing.assert_close(network.tissue.feature_mean, raw.mean(0), atol=1e-5, rtol=1e-5)
-    # fitting again (a resumed run) measures the raw features again, not the standardised ones
-    again = _fitted(True, entries)
-    torch.testing.assert_close(again.tissue.feature_mean, network.tissue.feature_mean)
+    # fitting the same network again (a resumed run) measures the raw features again, not the standardised ones
+    first_mean = network.tissue.feature_mean.clone()
+    fit_covariate_head(network.train(), entries, _identity, measured_features={})
+    torch.testing.assert_close(network.tissue.feature_mean, first_mean)
 
 
 def test_stored_rows_give_the_prediction_forward_computes_and_skip_the_segmenter() -> None:
@@ -118,7 +119,7 @@ def test_stored_rows_give_the_prediction_forward_computes_and_skip_the_segmenter
         prediction, empty = ForwardWithLesionMap(network, table)(t1, t2, demographics, ["s0", "s1"])
     assert not calls and empty.shape == (2, 1, 0, 0, 0)
     torch.testing.assert_close(prediction, expected, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="expected 5 measured covariates, got 4"):
+    with pytest.raises(ValueError, match=r"expected 5 measured covariates per scan, got shape \[2, 4\]"):
         network.forward_with_measured(t1, t2, demographics, torch.zeros(2, 4))
 
 
@@ -128,7 +129,7 @@ def test_tissue_features_refuse_a_lesion_pathway_that_trains() -> None:
     segmenter = BrainSegmenter3D(in_channels=2, channels=TINY, strides=(2, 2, 2))
     network = DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_network=segmenter, tissue_features=True)
     fit_normalization(network, entries, target_key="edss")
-    with pytest.raises(ValueError, match="tissue_features needs a frozen lesion pathway"):
+    with pytest.raises(ValueError, match="tissue_features needs a frozen, pre-trained lesion pathway"):
         fit_covariate_head(network, entries, _identity, measured_features={})
 
 
@@ -165,3 +166,20 @@ def test_lesion_load_is_log_one_plus_millilitres_whatever_the_voxel_size() -> No
         DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_level=0, lesion_voxel_ml=0.008)
     assert voxel_volume_ml([2.0, 2.0, 2.0]) == voxel_volume_ml(2.0) == pytest.approx(0.008)
     assert voxel_volume_ml([1.0, 1.0, 3.0]) == pytest.approx(0.003)
+
+
+def test_a_checkpoint_carries_its_lesion_load_unit() -> None:
+    """Weights fitted on one unit of the lesion load are refused by a network that reads another, with one line."""
+
+    def network(voxel_ml: float | None) -> DualStreamRegressor:
+        segmenter = BrainSegmenter3D(in_channels=2, channels=TINY, strides=(2, 2, 2))
+        return DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_network=segmenter, lesion_voxel_ml=voxel_ml)
+
+    current = network(0.008).state_dict()
+    network(0.008).load_state_dict(current)  # the same unit
+    before_050 = {k: v for k, v in network(None).state_dict().items() if k != "lesion_load_unit_ml"}
+    network(None).load_state_dict(before_050)  # an EDSS 0.4.0 checkpoint into the 0.4.0 feature
+    with pytest.raises(ValueError, match="this checkpoint predates EDSS 0.5.0.*network_def#lesion_voxel_ml null"):
+        network(0.008).load_state_dict(before_050)
+    with pytest.raises(ValueError, match=r"fitted with lesion_voxel_ml 0.008 \(mL per voxel\), the network reads 0.001"):
+        network(0.001).load_state_dict(current)

@@ -148,6 +148,14 @@ def _scriptable_cases() -> list[tuple[str, nn.Module, tuple[torch.Tensor, ...]]]
             (torch.randn(2, 2, 16, 24, 16),),
         ),
         ("segmenter", BrainSegmenter3D(channels=TINY, strides=(2, 2, 2)), (torch.randn(2, 2, 16, 24, 16),)),
+        (
+            "dual_segmenter_ml_tissue",
+            DualStreamRegressor(
+                channels=TINY, hidden=(16,), lesion_network=BrainSegmenter3D(channels=TINY, strides=(2, 2, 2)),
+                lesion_voxel_ml=0.008, tissue_features=True,
+            ),
+            _dual_inputs(2, (16, 24, 16)),
+        ),
     ]
 
 

@@ -105,8 +105,9 @@ def fit_covariate_head(
     parameter_free = frozen or not bool(getattr(network, "has_lesion_map", False))
     if tissue is not None and not parameter_free:
         raise ValueError(
-            "network_def#tissue_features needs a frozen lesion pathway (lesion_freeze true) or none: with a pathway "
-            "that trains, the tissue features would be measured on augmented images, whose background is not zero"
+            "network_def#tissue_features needs a frozen, pre-trained lesion pathway (lesion_freeze true and a lesion_init "
+            "other than \"\") or none: with a pathway that trains, the tissue features would be measured on augmented "
+            "images, whose background is not zero"
         )
     if tissue is not None:  # measure the raw features: standardised below, on the training split
         tissue.set_standardization(torch.zeros(tissue.out_features), torch.ones(tissue.out_features))
@@ -138,7 +139,7 @@ def fit_covariate_head(
         x[:, first : first + tissue.out_features] = (raw - raw.mean(dim=0)) / std
     if measured_features is not None and parameter_free and int(network.measured_width) > 0:
         measured_features.update({str(entry["session"]): x[i, first:].tolist() for i, entry in enumerate(entries)})
-        names = (["4 tissue features"] if tissue is not None else []) + (["the lesion load"] if frozen else [])
+        names = ([f"{tissue.out_features} tissue features"] if tissue is not None else []) + (["the lesion load"] if frozen else [])
         logger.info(
             f"the measured covariates ({' and '.join(names)}) of {len(entries)} training sessions are computed once, "
             "without augmentation, not at every step"
@@ -248,15 +249,17 @@ def fit_feature_paths(
     targets = []
     rows: list[Mapping[str, Any]] = []  # the entry of each row (a subject's copies share its inner fold)
     with torch.no_grad():
-        for entry in entries:
+        for index, entry in enumerate(entries):
             item = transform(dict(entry))
             image = torch.as_tensor(item[input_key]).as_subclass(torch.Tensor)
+            # a scan's copies are one subject, also when the entry names none (subject_folds would give each row its own)
+            row = entry if entry.get("subject") or not copies else {**entry, "subject": f"#entry{index}"}
             versions = [image] + [torch.as_tensor(augment(image.clone())).as_subclass(torch.Tensor) for _ in range(copies)]
             for version in versions:
                 for store, (_, features, _) in zip(counts, paths):
                     store.append(features.counts(version[None].to(device)).double().cpu())
                 targets.append(float(torch.as_tensor(item[target_key]).flatten()[0]))
-                rows.append(entry)
+                rows.append(row)
     blocks = []
     for store, (_, features, _) in zip(counts, paths):
         x = torch.cat(store)
