@@ -16,7 +16,7 @@ from monai_ms.bundle.steps import (
     swap_transform,
     sync_batch_norm,
 )
-from monai_ms.bundle.verify import check_weights_fit, verify_checksums
+from monai_ms.bundle.verify import verify_checksums
 
 __all__ = [
     "init_distributed",
@@ -36,5 +36,4 @@ __all__ = [
     "start_lesion_pathway",
     "validate_cohort",
     "verify_checksums",
-    "check_weights_fit",
 ]

@@ -78,10 +78,6 @@ class ChecksumError(UserError, ValueError):
     """A model file that is missing from, or does not match, ``models/SHA256SUMS``."""
 
 
-class WeightsError(UserError, ValueError):
-    """A checkpoint the bundle's network cannot load (other layers, or a feature fitted in another unit)."""
-
-
 class UnsafeArchiveError(UserError, ValueError):
     """A zip entry that would be written outside the target folder, or is not a plain file or folder."""
 
@@ -181,32 +177,6 @@ def verify_checksums(models_dir: str | os.PathLike, required: Sequence[str] = ("
         f"bundle yourself, delete {models_dir / CHECKSUM_FILE}."
     )
     stop_or_raise(ChecksumError("\n".join([*problems, hint])), "\n".join(problems) + f"\n\n{hint}")
-
-
-def check_weights_fit(network: Any, checkpoint: str | os.PathLike) -> bool:
-    """Refuse, in one line naming the file, a checkpoint the network cannot load, before the evaluator runs.
-
-    MONAI's ``CheckpointLoader`` would fail inside the engine, behind a traceback; this loads the same weights
-    into the same network first (the loader then loads them again). A missing file is left to the loader.
-
-    Examples:
-        In ``evaluate.json``: ``"$monai_ms.bundle.check_weights_fit(@network, @ckpt_dir + '/model.pt')"``.
-
-    Raises:
-        WeightsError: under Python; under ``python -m monai.bundle`` one line on stderr and exit status 1.
-    """
-    import torch
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        return True
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
-    try:
-        network.load_state_dict(state)
-    except (ValueError, RuntimeError) as error:
-        stop_or_raise(WeightsError(f"{path}: {error}"))
-    return True
 
 
 def _unsafe_relative(name: str) -> bool:

@@ -183,19 +183,3 @@ def test_a_checkpoint_carries_its_lesion_load_unit() -> None:
         network(0.008).load_state_dict(before_050)
     with pytest.raises(ValueError, match=r"fitted with lesion_voxel_ml 0.008 \(mL per voxel\), the network reads 0.001"):
         network(0.001).load_state_dict(current)
-
-
-def test_evaluation_refuses_weights_of_another_unit_in_one_line_naming_the_file(tmp_path) -> None:
-    from monai_ms.bundle import check_weights_fit
-    from monai_ms.bundle.verify import WeightsError
-
-    segmenter = BrainSegmenter3D(in_channels=2, channels=TINY, strides=(2, 2, 2))
-    network = DualStreamRegressor(channels=TINY, strides=(2, 2, 2, 2), lesion_network=segmenter, lesion_voxel_ml=0.008)
-    path = tmp_path / "model.pt"
-    torch.save({"model": network.state_dict()}, path)
-    assert check_weights_fit(network, path)  # the run's own checkpoint, saved as the bundles save it
-    assert check_weights_fit(network, tmp_path / "absent.pt")  # left to the loader, which names it
-    before_050 = {k: v for k, v in network.state_dict().items() if k != "lesion_load_unit_ml"}
-    torch.save(before_050, path)
-    with pytest.raises(WeightsError, match=rf"^{path}: this checkpoint predates EDSS 0.5.0"):
-        check_weights_fit(network, path)
